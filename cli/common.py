@@ -1,0 +1,88 @@
+"""Shared plumbing for CLI subcommands: output, progress on stderr, and clean user errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.jobs import JobContext
+from storage.errors import ProjectError
+from storage.project import Project, open_project
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit status 2, never a traceback."""
+
+
+@dataclass
+class CommandResult:
+    data: dict[str, Any] | list[Any]
+    text: str = ""
+    exit_code: int = 0
+    # Printed instead of text/JSON when the command writes its own format (e.g. --csv).
+    raw: str | None = field(default=None)
+
+
+def add_json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+
+
+def open_existing_project(path: str) -> Project:
+    project_path = Path(path)
+    if not project_path.exists():
+        raise CliError(f"Project {path} does not exist.")
+    try:
+        return open_project(project_path)
+    except ProjectError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def open_or_create_project(path: str) -> Project:
+    project_path = Path(path)
+    if not project_path.exists() and project_path.suffix != ".sortlab":
+        raise CliError(f"New project files must end in .sortlab: {path}")
+    try:
+        return open_project(project_path, create=True)
+    except ProjectError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def stderr_progress_context(quiet: bool = False) -> JobContext:
+    """A job context that draws a one-line progress indicator on stderr (at most ~10 times a second)."""
+    last_print = [0.0]
+    interactive = sys.stderr.isatty()
+
+    def on_progress(fraction: float, message: str) -> None:
+        if quiet:
+            return
+        now = time.monotonic()
+        if fraction < 1.0 and now - last_print[0] < (0.1 if interactive else 2.0):
+            return
+        last_print[0] = now
+        line = f"[{fraction * 100:5.1f}%] {message}"
+        if interactive:
+            sys.stderr.write("\r" + line[:100].ljust(100) + ("\n" if fraction >= 1.0 else ""))
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    return JobContext(on_progress)
+
+
+def emit(result: CommandResult, as_json: bool) -> None:
+    if result.raw is not None:
+        sys.stdout.write(result.raw)
+    elif as_json:
+        sys.stdout.write(json.dumps(result.data, ensure_ascii=False, default=str) + "\n")
+    elif result.text:
+        sys.stdout.write(result.text.rstrip("\n") + "\n")
+    sys.stdout.flush()
+
+
+Handler = Callable[[argparse.Namespace], CommandResult]

@@ -1,0 +1,1 @@
+"""Sortlab gui layer."""

@@ -1,0 +1,1 @@
+"""Sortlab storage layer."""

@@ -1,0 +1,235 @@
+"""Classes and labels: the user's sorting scheme, as plain-data functions over a Project.
+
+Every function opens its own short-lived session and returns dataclasses, never ORM objects,
+so it is safe to call from any thread.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import delete, func, select, update
+
+from storage.errors import ProjectError
+from storage.models import Image, ImageClass, Label, utcnow
+from storage.project import Project
+
+# Distinct, colour-blind-friendly defaults (Okabe-Ito first, then Tableau).
+DEFAULT_COLORS = [
+    "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7",
+    "#4E79A7", "#F28E2B", "#59A14F", "#B07AA1", "#9C755F", "#EDC948", "#76B7B2",
+]
+SHORTCUT_KEYS = "123456789"
+LABEL_ORIGINS = ("manual", "suggestion", "import")
+
+
+class UnknownClassError(ProjectError):
+    """A class name or id that the project does not have."""
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    id: int
+    name: str
+    color: str
+    position: int
+    shortcut: str | None
+    count: int = 0
+
+
+@dataclass(frozen=True)
+class LabelState:
+    """An image's label as it was: what undo needs to restore it (class_id None = unlabeled)."""
+
+    image_id: int
+    class_id: int | None
+    origin: str | None
+    labeled_at: dt.datetime | None
+
+
+def _validate_name(name: str) -> str:
+    cleaned = " ".join(str(name).split())
+    if not cleaned:
+        raise ProjectError("A class name cannot be empty.")
+    if len(cleaned) > 255:
+        raise ProjectError("A class name can have at most 255 characters.")
+    return cleaned
+
+
+def list_classes(project: Project) -> list[ClassInfo]:
+    """All classes in display order, each with its number of labeled images."""
+    with project.session() as session:
+        counts = dict(session.execute(select(Label.class_id, func.count()).group_by(Label.class_id)).all())
+        rows = session.scalars(select(ImageClass).order_by(ImageClass.position, ImageClass.id)).all()
+        return [
+            ClassInfo(row.id, row.name, row.color, row.position, row.shortcut, counts.get(row.id, 0))
+            for row in rows
+        ]
+
+
+def find_class(project: Project, name: str) -> ClassInfo:
+    for info in list_classes(project):
+        if info.name == name:
+            return info
+    known = ", ".join(c.name for c in list_classes(project)) or "none yet"
+    raise UnknownClassError(f"No class named '{name}' (classes: {known}).")
+
+
+def add_class(project: Project, name: str, color: str | None = None) -> ClassInfo:
+    name = _validate_name(name)
+    with project.writing() as session:
+        if session.scalar(select(ImageClass.id).where(ImageClass.name == name)) is not None:
+            raise ProjectError(f"A class named '{name}' already exists.")
+        existing = session.scalars(select(ImageClass)).all()
+        used_shortcuts = {c.shortcut for c in existing}
+        position = max((c.position for c in existing), default=-1) + 1
+        shortcut = next((k for k in SHORTCUT_KEYS if k not in used_shortcuts), None)
+        color = color or DEFAULT_COLORS[len(existing) % len(DEFAULT_COLORS)]
+        row = ImageClass(name=name, color=color, position=position, shortcut=shortcut)
+        session.add(row)
+        session.flush()
+        return ClassInfo(row.id, row.name, row.color, row.position, row.shortcut, 0)
+
+
+def ensure_classes(project: Project, names: Iterable[str]) -> dict[str, int]:
+    """Class ids by name, creating the classes that do not exist yet (for folder-per-class imports)."""
+    ids = {c.name: c.id for c in list_classes(project)}
+    for name in names:
+        cleaned = _validate_name(name)
+        if cleaned not in ids:
+            ids[cleaned] = add_class(project, cleaned).id
+        ids[name] = ids[cleaned]
+    return ids
+
+
+def rename_class(project: Project, class_id: int, new_name: str) -> None:
+    new_name = _validate_name(new_name)
+    with project.writing() as session:
+        row = session.get(ImageClass, class_id)
+        if row is None:
+            raise UnknownClassError(f"No class with id {class_id}.")
+        clash = session.scalar(select(ImageClass.id).where(ImageClass.name == new_name, ImageClass.id != class_id))
+        if clash is not None:
+            raise ProjectError(f"A class named '{new_name}' already exists.")
+        row.name = new_name
+
+
+def recolor_class(project: Project, class_id: int, color: str) -> None:
+    with project.writing() as session:
+        row = session.get(ImageClass, class_id)
+        if row is None:
+            raise UnknownClassError(f"No class with id {class_id}.")
+        row.color = color
+
+
+def reorder_classes(project: Project, ordered_ids: Sequence[int]) -> None:
+    """Set display order; shortcut keys 1-9 follow the new order."""
+    with project.writing() as session:
+        rows = {row.id: row for row in session.scalars(select(ImageClass))}
+        if set(ordered_ids) != set(rows):
+            raise ProjectError("Reordering must list every class exactly once.")
+        for position, class_id in enumerate(ordered_ids):
+            rows[class_id].position = position
+            rows[class_id].shortcut = SHORTCUT_KEYS[position] if position < len(SHORTCUT_KEYS) else None
+
+
+def remove_class(project: Project, class_id: int) -> int:
+    """Delete a class; its images become unlabeled. Returns how many labels were removed."""
+    with project.writing() as session:
+        row = session.get(ImageClass, class_id)
+        if row is None:
+            raise UnknownClassError(f"No class with id {class_id}.")
+        removed = session.execute(delete(Label).where(Label.class_id == class_id)).rowcount
+        session.delete(row)
+    remaining = [c.id for c in list_classes(project)]
+    reorder_classes(project, remaining)
+    return removed
+
+
+def label_states(project: Project, image_ids: Iterable[int]) -> list[LabelState]:
+    """Current labels of these images (for undo), in the order given."""
+    image_ids = list(image_ids)
+    with project.session() as session:
+        rows = {
+            row.image_id: row
+            for chunk in _chunks(image_ids)
+            for row in session.scalars(select(Label).where(Label.image_id.in_(chunk)))
+        }
+    return [
+        LabelState(i, rows[i].class_id, rows[i].origin, rows[i].labeled_at)
+        if i in rows
+        else LabelState(i, None, None, None)
+        for i in image_ids
+    ]
+
+
+def set_labels(
+    project: Project, image_ids: Iterable[int], class_id: int | None, origin: str = "manual"
+) -> list[LabelState]:
+    """Label (or, with class_id None, unlabel) images in one transaction; returns the previous states."""
+    if origin not in LABEL_ORIGINS:
+        raise ValueError(f"origin must be one of {LABEL_ORIGINS}")
+    image_ids = list(dict.fromkeys(image_ids))
+    before = label_states(project, image_ids)
+    now = utcnow()
+    with project.writing() as session:
+        if class_id is not None and session.get(ImageClass, class_id) is None:
+            raise UnknownClassError(f"No class with id {class_id}.")
+        existing_images = set()
+        for chunk in _chunks(image_ids):
+            existing_images.update(session.scalars(select(Image.id).where(Image.id.in_(chunk))))
+        missing = [i for i in image_ids if i not in existing_images]
+        if missing:
+            raise ProjectError(f"No image with id {', '.join(map(str, missing[:5]))}.")
+        for chunk in _chunks(image_ids):
+            session.execute(delete(Label).where(Label.image_id.in_(chunk)))
+        if class_id is not None:
+            session.add_all(Label(image_id=i, class_id=class_id, origin=origin, labeled_at=now) for i in image_ids)
+    return before
+
+
+def restore_labels(project: Project, states: Iterable[LabelState]) -> None:
+    """Put labels back exactly as they were (undo/redo)."""
+    states = list(states)
+    with project.writing() as session:
+        ids = [s.image_id for s in states]
+        for chunk in _chunks(ids):
+            session.execute(delete(Label).where(Label.image_id.in_(chunk)))
+        session.add_all(
+            Label(image_id=s.image_id, class_id=s.class_id, origin=s.origin or "manual", labeled_at=s.labeled_at or utcnow())
+            for s in states
+            if s.class_id is not None
+        )
+
+
+def set_labels_by_class(project: Project, assignments: dict[int, int], origin: str = "manual") -> list[LabelState]:
+    """Give each image its own class in one transaction ({image_id: class_id}), e.g. accepting suggestions."""
+    before = label_states(project, assignments)
+    now = utcnow()
+    with project.writing() as session:
+        ids = list(assignments)
+        for chunk in _chunks(ids):
+            session.execute(delete(Label).where(Label.image_id.in_(chunk)))
+        session.add_all(
+            Label(image_id=i, class_id=c, origin=origin, labeled_at=now) for i, c in assignments.items()
+        )
+    return before
+
+
+def set_split(project: Project, image_ids: Iterable[int], split: str, pinned: bool = True) -> None:
+    """Pin images to the training or validation side (the engine keeps pinned images where they are)."""
+    if split not in ("train", "val"):
+        raise ProjectError("The split must be 'train' or 'val'.")
+    ids = list(image_ids)
+    with project.writing() as session:
+        for chunk in _chunks(ids):
+            session.execute(update(Image).where(Image.id.in_(chunk)).values(split=split, split_pinned=pinned))
+
+
+def _chunks(items: Sequence[int], size: int = 900) -> Iterable[Sequence[int]]:
+    """SQLite limits bound parameters per statement; keep IN (...) lists under that."""
+    items = list(items)
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,1 @@
+"""Alembic migrations for the project file; run programmatically by storage.project."""

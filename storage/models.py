@@ -1,0 +1,163 @@
+"""SQLAlchemy 2.0 typed models for a Sortlab project file.
+
+Everything a project knows lives in one SQLite file: images (bytes and thumbnails), classes,
+labels, cached deep features, trained model versions, training runs and predictions.
+Weights and vectors are stored as raw float32 bytes or safetensors blobs, never pickle.
+
+Schema changes must go through a new Alembic revision in ``storage/migrations/versions``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class ProjectMeta(Base):
+    """Key/value facts about the project (name, creating Sortlab version)."""
+
+    __tablename__ = "project_meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class Image(Base):
+    """One imported image: normalized RGB bytes (max side bounded) plus a small thumbnail."""
+
+    __tablename__ = "images"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    content_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    original_name: Mapped[str] = mapped_column(Text)
+    original_path: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(255), default="", index=True)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    original_format: Mapped[str] = mapped_column(String(16))
+    imported_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    data: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    thumbnail: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    # Train/validation assignment: 'train' or 'val'; pinned means the user chose it.
+    split: Mapped[str] = mapped_column(String(8), default="train", index=True)
+    split_pinned: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    label: Mapped[Label | None] = relationship(back_populates="image", uselist=False, passive_deletes=True)
+
+
+class ImageClass(Base):
+    """A class the user sorts images into."""
+
+    __tablename__ = "classes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    color: Mapped[str] = mapped_column(String(9))  # '#rrggbb'
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    shortcut: Mapped[str | None] = mapped_column(String(1), nullable=True)
+
+
+class Label(Base):
+    """At most one label per image; origin says who set it ('manual', 'suggestion', 'import')."""
+
+    __tablename__ = "labels"
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    class_id: Mapped[int] = mapped_column(ForeignKey("classes.id", ondelete="CASCADE"), index=True)
+    labeled_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    origin: Mapped[str] = mapped_column(String(16), default="manual")
+
+    image: Mapped[Image] = relationship(back_populates="label")
+
+
+class FeatureSet(Base):
+    """One (backbone, layer) pair whose vectors are cached for images."""
+
+    __tablename__ = "feature_sets"
+    __table_args__ = (UniqueConstraint("backbone", "layer"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    backbone: Mapped[str] = mapped_column(String(64))
+    layer: Mapped[str] = mapped_column(String(64))
+    dim: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Feature(Base):
+    """A cached feature vector (float32 little-endian bytes) of one image in one feature set."""
+
+    __tablename__ = "features"
+    feature_set_id: Mapped[int] = mapped_column(
+        ForeignKey("feature_sets.id", ondelete="CASCADE"), primary_key=True
+    )
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ModelVersion(Base):
+    """A trained classifier: parameters, class order, metrics, and weights as safetensors bytes."""
+
+    __tablename__ = "model_versions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    method: Mapped[str] = mapped_column(String(32))
+    backbone: Mapped[str] = mapped_column(String(64))
+    layer: Mapped[str] = mapped_column(String(64))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    class_names: Mapped[list[Any]] = mapped_column(JSON, default=list)  # output order
+    class_ids: Mapped[list[Any]] = mapped_column(JSON, default=list)  # same order, ids in `classes`
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    weights: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    n_labeled: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class TrainingRun(Base):
+    """One training job: status and per-epoch curves (list of dicts), linked to its model when done."""
+
+    __tablename__ = "training_runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="SET NULL"), nullable=True
+    )
+    method: Mapped[str] = mapped_column(String(32))
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running|done|cancelled|failed
+    curves: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    message: Mapped[str] = mapped_column(Text, default="")
+
+
+class Prediction(Base):
+    """A model version's prediction for one image (labeled or not)."""
+
+    __tablename__ = "predictions"
+    model_version_id: Mapped[int] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="CASCADE"), primary_key=True
+    )
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    class_index: Mapped[int] = mapped_column(Integer)  # index into ModelVersion.class_names
+    class_id: Mapped[int | None] = mapped_column(
+        ForeignKey("classes.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    probability: Mapped[float] = mapped_column(Float)
+    margin: Mapped[float] = mapped_column(Float)  # top-1 minus top-2 probability
+    probabilities: Mapped[bytes] = mapped_column(LargeBinary)  # float32 per class
+    out_of_fold: Mapped[bool] = mapped_column(Boolean, default=False)  # cross-validated for labeled images

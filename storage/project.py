@@ -1,0 +1,244 @@
+"""Open, create and migrate a Sortlab project file (one SQLite database, suffix ``.sortlab``).
+
+Threading rule: the ``Project`` (and its SQLAlchemy Engine) may be shared between threads, but each
+thread opens its own short-lived session with ``project.session()`` (reads) or ``project.writing()``
+(writes, which take SQLite's write lock up front with BEGIN IMMEDIATE so two writers wait for each
+other instead of failing with "database is locked"). ORM objects never leave the ``with`` block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, event, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage.errors import NewerProjectError, NotAProjectError, ProjectError, ReadOnlyProjectError
+from storage.models import ProjectMeta
+
+SUFFIX = ".sortlab"
+APP_MARKER = "sortlab"
+SQLITE_HEADER = b"SQLite format 3\x00"
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+BUSY_TIMEOUT_MS = 30_000
+
+
+def _alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+def head_revision() -> str:
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+def known_revisions() -> set[str]:
+    return {rev.revision for rev in ScriptDirectory.from_config(_alembic_config()).walk_revisions()}
+
+
+def _make_engine(path: Path) -> Engine:
+    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):
+        # Let SQLAlchemy, not pysqlite, decide when transactions begin (see the "begin" hook).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection):
+        immediate = connection.get_execution_options().get("sortlab_write", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def _check_is_project_file(path: Path) -> str | None:
+    """Return the file's Alembic revision, or raise NotAProjectError with a clear reason."""
+    with open(path, "rb") as handle:
+        header = handle.read(len(SQLITE_HEADER))
+    if header != SQLITE_HEADER:
+        raise NotAProjectError(f"{path.name} is not a Sortlab project (it is not a database file).")
+    try:
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if "project_meta" not in tables or "alembic_version" not in tables:
+                raise NotAProjectError(f"{path.name} is a database, but not a Sortlab project.")
+            marker = connection.execute("SELECT value FROM project_meta WHERE key='app'").fetchone()
+            if not marker or marker[0] != APP_MARKER:
+                raise NotAProjectError(f"{path.name} is a database, but not a Sortlab project.")
+            row = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+            return row[0] if row else None
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError as exc:
+        raise NotAProjectError(f"{path.name} is not a readable Sortlab project ({exc}).") from exc
+
+
+def backup_path(path: Path, revision: str | None) -> Path:
+    return path.with_name(f"{path.name}.before-upgrade-{revision or 'none'}.bak")
+
+
+def _backup(path: Path, revision: str | None) -> Path:
+    """Copy the project with SQLite's online backup API (consistent even with a WAL beside it)."""
+    target = backup_path(path, revision)
+    source = sqlite3.connect(str(path))
+    try:
+        destination = sqlite3.connect(str(target))
+        with destination:
+            source.backup(destination)
+        destination.close()
+    finally:
+        source.close()
+    return target
+
+
+class Project:
+    """An open project file. Cheap to share between threads; sessions are per thread."""
+
+    def __init__(self, path: Path, engine: Engine):
+        self.path = path
+        self.engine = engine
+        self._read_sessions = sessionmaker(bind=engine, expire_on_commit=False)
+        self._write_sessions = sessionmaker(
+            bind=engine.execution_options(sortlab_write=True), expire_on_commit=False
+        )
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Session]:
+        """A read session (it may write too, but prefer ``writing()`` for anything that writes)."""
+        with self._read_sessions() as session:
+            yield session
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[Session]:
+        """A write transaction: committed on success, rolled back on any exception."""
+        with self._write_sessions() as session:
+            with session.begin():
+                yield session
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Project:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def create_project(path: str | os.PathLike, *, revision: str = "head") -> Project:
+    """Create a new, empty project file. ``revision`` exists so tests can make old-format files."""
+    path = Path(path)
+    if path.exists() and path.stat().st_size > 0:
+        raise ProjectError(f"{path} already exists; open it instead.")
+    if not path.parent.exists():
+        raise ProjectError(f"Folder {path.parent} does not exist.")
+    engine = _make_engine(path)
+    try:
+        _migrate(engine, revision)
+        with engine.begin() as connection:
+            connection.exec_driver_sql(
+                "INSERT INTO project_meta (key, value) VALUES ('app', ?), ('created_by_version', ?)",
+                (APP_MARKER, _app_version()),
+            )
+    except Exception:
+        engine.dispose()
+        raise
+    return Project(path, engine)
+
+
+def _migrate(engine: Engine, revision: str) -> None:
+    """Upgrade with foreign keys off: SQLite's table rebuilds (batch migrations) would otherwise
+    cascade-delete dependent rows. Integrity is checked before the transaction commits."""
+    with engine.connect() as connection:
+        connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with connection.begin():
+                config = _alembic_config()
+                config.attributes["connection"] = connection
+                command.upgrade(config, revision)
+                problems = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                if problems:
+                    raise ProjectError(f"Upgrading the project left broken references: {problems[:3]}")
+        finally:
+            connection.connection.driver_connection.execute("PRAGMA foreign_keys=ON")
+
+
+def open_project(path: str | os.PathLike, *, create: bool = False) -> Project:
+    """Open a project, upgrading its format (after a backup copy) if it was made by an older Sortlab."""
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        if create:
+            if path.exists():
+                path.unlink()
+            return create_project(path)
+        raise ProjectError(f"Project {path} does not exist.")
+    if path.is_dir():
+        raise NotAProjectError(f"{path} is a folder, not a Sortlab project file.")
+    if not os.access(path, os.R_OK):
+        raise ProjectError(f"Cannot read {path}: permission denied.")
+    revision = _check_is_project_file(path)
+    if revision not in known_revisions():
+        raise NewerProjectError(
+            f"{path.name} was made by a newer version of Sortlab (format {revision}); "
+            "please update Sortlab to open it."
+        )
+    if not _is_writable(path) or not os.access(path.parent, os.W_OK):
+        raise ReadOnlyProjectError(
+            f"{path} is read-only. Copy it to a folder you can write to, or change its permissions."
+        )
+    if revision != head_revision():
+        _backup(path, revision)
+    engine = _make_engine(path)
+    try:
+        _migrate(engine, "head")
+    except Exception:
+        engine.dispose()
+        raise
+    return Project(path, engine)
+
+
+def _is_writable(path: Path) -> bool:
+    """Honour the file's write bits even for root, who may write anyway: the user meant read-only."""
+    return os.access(path, os.W_OK) and bool(path.stat().st_mode & 0o222)
+
+
+def current_revision(project: Project) -> str | None:
+    with project.engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def project_meta(project: Project) -> dict[str, str]:
+    with project.session() as session:
+        return {row.key: row.value for row in session.scalars(select(ProjectMeta))}
+
+
+def _app_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("sortlab")
+    except Exception:  # running from a source tree that was never installed
+        return "0+source"
+

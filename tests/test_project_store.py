@@ -1,0 +1,103 @@
+"""Project file: creation, pragmas, migrations from the first revision, clear errors."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from sqlalchemy import select, text
+
+from storage.errors import NewerProjectError, NotAProjectError, ReadOnlyProjectError
+from storage.models import Image, ImageClass, Label
+from storage.project import (
+    backup_path,
+    create_project,
+    current_revision,
+    head_revision,
+    open_project,
+    project_meta,
+)
+
+
+def test_new_project_is_at_head_with_wal_and_foreign_keys(project):
+    assert current_revision(project) == head_revision()
+    with project.session() as session:
+        assert session.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert session.execute(text("PRAGMA foreign_keys")).scalar() == 1
+    assert project_meta(project)["app"] == "sortlab"
+
+
+def test_upgrade_from_first_revision_keeps_data_and_makes_backup(tmp_path):
+    path = tmp_path / "old.sortlab"
+    old = create_project(path, revision="0001")
+    with old.engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO images (id, content_hash, original_name, original_path, source, width, height,"
+                " original_format, imported_at, data, thumbnail) VALUES (1, 'h', 'a.jpg', '/a.jpg', 'cam1',"
+                " 4, 3, 'JPEG', '2026-01-01 00:00:00', x'00', x'00')"
+            )
+        )
+        connection.execute(text("INSERT INTO classes (id, name, color, position) VALUES (1, 'ant', '#ff0000', 0)"))
+        connection.execute(
+            text("INSERT INTO labels (image_id, class_id, labeled_at, origin) VALUES (1, 1, '2026-01-01', 'manual')")
+        )
+    old.close()
+
+    upgraded = open_project(path)
+    try:
+        assert current_revision(upgraded) == head_revision() != "0001"
+        assert backup_path(path, "0001").exists()
+        with upgraded.session() as session:
+            image = session.get(Image, 1)
+            assert image.split == "train" and image.split_pinned is False
+            assert session.scalars(select(Label.class_id)).all() == [1]
+            assert session.get(ImageClass, 1).name == "ant"
+    finally:
+        upgraded.close()
+
+
+def test_not_a_project_gives_clear_message(tmp_path):
+    text_file = tmp_path / "notes.sortlab"
+    text_file.write_text("hello")
+    with pytest.raises(NotAProjectError, match="not a Sortlab project"):
+        open_project(text_file)
+
+    other_db = tmp_path / "other.sortlab"
+    sqlite3.connect(other_db).execute("CREATE TABLE t (x)").connection.commit()
+    with pytest.raises(NotAProjectError, match="not a Sortlab project"):
+        open_project(other_db)
+
+
+def test_newer_project_gives_clear_message(tmp_path):
+    path = tmp_path / "future.sortlab"
+    create_project(path).close()
+    connection = sqlite3.connect(path)
+    connection.execute("UPDATE alembic_version SET version_num = '9999_from_the_future'")
+    connection.commit()
+    connection.close()
+    with pytest.raises(NewerProjectError, match="newer version of Sortlab"):
+        open_project(path)
+
+
+def test_read_only_project_gives_clear_message(tmp_path):
+    import os
+
+    path = tmp_path / "ro.sortlab"
+    create_project(path).close()
+    os.chmod(path, 0o444)
+    try:
+        with pytest.raises(ReadOnlyProjectError, match="read-only"):
+            open_project(path)
+    finally:
+        os.chmod(path, 0o644)
+
+
+def test_write_rolls_back_on_error(project):
+    with pytest.raises(RuntimeError):
+        with project.writing() as session:
+            session.add(ImageClass(name="ghost", color="#000000", position=0))
+            session.flush()
+            raise RuntimeError("boom")
+    with project.session() as session:
+        assert session.scalars(select(ImageClass)).all() == []
