@@ -18,7 +18,7 @@ def app_version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cli import model_commands, project_commands
+    from cli import feature_commands, model_commands, project_commands, ship_commands
 
     parser = argparse.ArgumentParser(
         prog="sortlab",
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"Sortlab {app_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (project_commands, model_commands):
+    for module in (project_commands, feature_commands, model_commands, ship_commands):
         module.register(subparsers)
     return parser
 

@@ -1,0 +1,5 @@
+"""CLI: extract (deep features)."""
+
+
+def register(subparsers) -> None:
+    """Adds no subcommands yet."""
