@@ -33,3 +33,9 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) build dist
+
+package: setup
+	bash packaging/build.sh
+
+package-test:
+	bash packaging/smoke_test.sh

@@ -1,5 +1,204 @@
-"""CLI: import, info, classes, label, demo (to be filled by the import/CLI work)."""
+"""CLI: import, info, classes, label, demo.
+
+Each command prints human-readable text, or with ``--json`` one JSON document on stdout;
+progress goes to stderr. User errors raise CliError (one line, exit status 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from cli.common import (
+    CliError,
+    CommandResult,
+    add_json_flag,
+    open_existing_project,
+    open_or_create_project,
+    stderr_progress_context,
+)
+from engine.demo import build_demo_project
+from engine.importing import ImportReport, import_paths
+from engine.jobs import JobContext
+from storage import catalog
+from storage.errors import ProjectError
+from storage.images import project_summary
+from storage.project import SUFFIX
+
+EXIT_CANCELLED = 130
 
 
 def register(subparsers) -> None:
-    """Adds no subcommands yet."""
+    """Adds import, info, classes, label and demo."""
+    importer = subparsers.add_parser(
+        "import", help="import image files and folders into a project (created if missing)",
+        description="Import image files and folders (recursively). Identical images are skipped; "
+        "files that cannot be read are listed with the reason and the import goes on.",
+    )
+    importer.add_argument("project", help="project file (.sortlab); created if it does not exist")
+    importer.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    importer.add_argument("--labels-from-folders", action="store_true",
+                          help="use each file's folder name as its class")
+    importer.add_argument("--source", metavar="NAME",
+                          help="source tag for every imported image (default: the sub-folder or folder name)")
+    add_json_flag(importer)
+    importer.set_defaults(handler=run_import)
+
+    info = subparsers.add_parser("info", help="count images, labels, classes and sources")
+    info.add_argument("project")
+    add_json_flag(info)
+    info.set_defaults(handler=run_info)
+
+    classes = subparsers.add_parser("classes", help="list, add, rename or remove classes")
+    classes.add_argument("project")
+    add_json_flag(classes)
+    classes.set_defaults(handler=run_classes, action="list")
+    actions = classes.add_subparsers(dest="action", metavar="ACTION")
+    add = actions.add_parser("add", help="add classes")
+    add.add_argument("names", nargs="+", metavar="NAME")
+    rename = actions.add_parser("rename", help="rename a class")
+    rename.add_argument("old", metavar="OLD")
+    rename.add_argument("new", metavar="NEW")
+    remove = actions.add_parser("remove", help="remove a class (its images become unlabeled)")
+    remove.add_argument("name", metavar="NAME")
+    listing = actions.add_parser("list", help="list classes with their image counts")
+    for action_parser in (add, rename, remove, listing):
+        # SUPPRESS keeps a --json given before the action from being reset to False here.
+        action_parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                                   help="print one JSON document on stdout")
+
+    label = subparsers.add_parser("label", help="label images (by id) with a class, or clear their labels")
+    label.add_argument("project")
+    target = label.add_mutually_exclusive_group(required=True)
+    target.add_argument("--class", dest="class_name", metavar="NAME", help="class to give the images")
+    target.add_argument("--clear", action="store_true", help="remove the images' labels")
+    label.add_argument("image_ids", nargs="+", type=int, metavar="IMAGE_ID")
+    add_json_flag(label)
+    label.set_defaults(handler=run_label)
+
+    demo = subparsers.add_parser("demo", help="create a demo project of handwritten digits, partly labeled")
+    demo.add_argument("project", help="new project file (.sortlab)")
+    add_json_flag(demo)
+    demo.set_defaults(handler=run_demo)
+
+
+@contextlib.contextmanager
+def _cancel_on_interrupt(context: JobContext) -> Iterator[None]:
+    """First Ctrl-C finishes the current batch and stops cleanly; a second one interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_interrupt(signum, frame):
+        if context.cancelled:
+            raise KeyboardInterrupt
+        context.cancel()
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _report_text(report: ImportReport) -> str:
+    lines = [f"Imported {report.imported} images ({report.duplicates} duplicates skipped, "
+             f"{report.skipped} non-image files skipped, {len(report.failed)} failed)."]
+    if report.classes:
+        lines.append("Labeled: " + ", ".join(f"{name} {count}" for name, count in report.classes.items()))
+    if report.failed:
+        lines.append("Could not import:")
+        lines.extend(f"  {failure.path}: {failure.reason}" for failure in report.failed)
+    if report.cancelled:
+        lines.append("Cancelled: the images imported so far are saved.")
+    return "\n".join(lines)
+
+
+def run_import(args: argparse.Namespace) -> CommandResult:
+    missing = [p for p in args.paths if not os.path.lexists(p)]
+    if missing:
+        raise CliError(f"No such file or folder: {missing[0]}")
+    context = stderr_progress_context(quiet=False)
+    with open_or_create_project(args.project) as project, _cancel_on_interrupt(context):
+        report = import_paths(context, project, args.paths,
+                              labels_from_folders=args.labels_from_folders, source=args.source)
+    return CommandResult(report.to_dict(), _report_text(report),
+                         exit_code=EXIT_CANCELLED if report.cancelled else 0)
+
+
+def run_info(args: argparse.Namespace) -> CommandResult:
+    with open_existing_project(args.project) as project:
+        summary = project_summary(project)
+    data = {"images": summary.images, "labeled": summary.labeled, "unlabeled": summary.unlabeled,
+            "classes": summary.classes, "sources": summary.sources}
+    lines = [f"{Path(args.project).name}: {summary.images} images, {summary.labeled} labeled, "
+             f"{summary.unlabeled} unlabeled"]
+    lines.append("Classes: " + (", ".join(f"{n} ({c})" for n, c in summary.classes.items()) or "none"))
+    lines.append("Sources: " + (", ".join(f"{n or '(none)'} ({c})" for n, c in summary.sources.items()) or "none"))
+    return CommandResult(data, "\n".join(lines))
+
+
+def _classes_result(project, message: str = "") -> CommandResult:
+    infos = catalog.list_classes(project)
+    data = {"classes": [{"id": c.id, "name": c.name, "color": c.color, "shortcut": c.shortcut, "count": c.count}
+                        for c in infos]}
+    lines = [message] if message else []
+    lines.extend(f"{c.shortcut or ' '}  {c.name}  ({c.count} images)" for c in infos)
+    if not infos:
+        lines.append("No classes yet.")
+    return CommandResult(data, "\n".join(lines))
+
+
+def run_classes(args: argparse.Namespace) -> CommandResult:
+    with open_existing_project(args.project) as project:
+        try:
+            if args.action == "add":
+                for name in args.names:
+                    catalog.add_class(project, name)
+                return _classes_result(project, f"Added {len(args.names)} class(es).")
+            if args.action == "rename":
+                catalog.rename_class(project, catalog.find_class(project, args.old).id, args.new)
+                return _classes_result(project, f"Renamed '{args.old}' to '{args.new}'.")
+            if args.action == "remove":
+                removed = catalog.remove_class(project, catalog.find_class(project, args.name).id)
+                return _classes_result(project, f"Removed '{args.name}'; {removed} images are unlabeled now.")
+            return _classes_result(project)
+        except ProjectError as exc:
+            raise CliError(str(exc)) from exc
+
+
+def run_label(args: argparse.Namespace) -> CommandResult:
+    with open_existing_project(args.project) as project:
+        try:
+            class_id = None if args.clear else catalog.find_class(project, args.class_name).id
+            catalog.set_labels(project, args.image_ids, class_id, origin="manual")
+        except ProjectError as exc:
+            raise CliError(str(exc)) from exc
+    count = len(set(args.image_ids))
+    if args.clear:
+        return CommandResult({"cleared": count, "image_ids": args.image_ids}, f"Cleared the labels of {count} images.")
+    return CommandResult({"labeled": count, "class": args.class_name, "image_ids": args.image_ids},
+                         f"Labeled {count} images as '{args.class_name}'.")
+
+
+def run_demo(args: argparse.Namespace) -> CommandResult:
+    path = Path(args.project)
+    if path.suffix != SUFFIX:
+        raise CliError(f"New project files must end in {SUFFIX}: {args.project}")
+    if path.exists():
+        raise CliError(f"{args.project} already exists; choose a new file name for the demo project.")
+    context = stderr_progress_context()
+    try:
+        with _cancel_on_interrupt(context):
+            report = build_demo_project(context, path)
+    except ProjectError as exc:
+        raise CliError(str(exc)) from exc
+    text = (f"Created demo project {path.name}: {report.imported} handwritten digits, "
+            f"{report.labeled} labeled in {len(report.classes)} classes.\n"
+            f"Open it with: python main.py {args.project}")
+    return CommandResult(report.to_dict(), text, exit_code=EXIT_CANCELLED if report.cancelled else 0)

@@ -15,3 +15,7 @@ class NewerProjectError(ProjectError):
 
 class ReadOnlyProjectError(ProjectError):
     """The project file or its folder cannot be written."""
+
+
+class DiskFullError(ProjectError):
+    """A write failed because the disk (or the file system holding the project) is full."""

@@ -20,9 +20,16 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, event, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError as SQLAlchemyOperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.errors import NewerProjectError, NotAProjectError, ProjectError, ReadOnlyProjectError
+from storage.errors import (
+    DiskFullError,
+    NewerProjectError,
+    NotAProjectError,
+    ProjectError,
+    ReadOnlyProjectError,
+)
 from storage.models import ProjectMeta
 
 SUFFIX = ".sortlab"
@@ -132,10 +139,20 @@ class Project:
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[Session]:
-        """A write transaction: committed on success, rolled back on any exception."""
-        with self._write_sessions() as session:
-            with session.begin():
-                yield session
+        """A write transaction: committed on success, rolled back on any exception.
+
+        A full disk or a file that became read-only raises DiskFullError / ReadOnlyProjectError
+        with a message for the user (SQLite's own text carries the SQL and its parameters).
+        """
+        try:
+            with self._write_sessions() as session:
+                with session.begin():
+                    yield session
+        except (SQLAlchemyOperationalError, sqlite3.OperationalError) as exc:
+            clear = _clear_write_error(self.path, exc)
+            if clear is None:
+                raise
+            raise clear from exc
 
     def close(self) -> None:
         self.engine.dispose()
@@ -145,6 +162,21 @@ class Project:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def _clear_write_error(path: Path, exc: Exception) -> ProjectError | None:
+    text = str(getattr(exc, "orig", None) or exc).lower()
+    if "database or disk is full" in text:
+        return DiskFullError(
+            f"The disk holding {path.name} is full, so the last change was not saved. "
+            "Free some space and try again; everything saved before is kept."
+        )
+    if "readonly database" in text:
+        return ReadOnlyProjectError(
+            f"{path.name} can no longer be written (it or its folder became read-only), so the last change "
+            "was not saved. Everything saved before is kept; save a copy elsewhere to go on working."
+        )
+    return None
 
 
 def create_project(path: str | os.PathLike, *, revision: str = "head") -> Project:

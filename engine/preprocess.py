@@ -1,0 +1,96 @@
+"""Turning a picture into the exact tensor a backbone's weights expect. The normalisation lives here only.
+
+Policy (the one each backbone's weights were evaluated with): resize the shorter side to
+``spec.resize_size``, center-crop ``spec.input_size``, then ``(x/255 - mean) / std``. The resize and
+the crop are done as ONE resampling of the crop's source box, which gives the same pixels as
+resize-then-crop with less work. JPEGs are decoded at a reduced DCT scale (``Image.draft``) when
+that still leaves at least ``resize_size`` pixels on the shorter side: about 5x faster decoding.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from engine.backbones import BackboneSpec
+from engine.imaging import ImageDecodeError, decode_image, to_rgb
+
+_RESAMPLING = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+
+def normalization_arrays(spec: BackboneSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (offset, scale) on the 0..255 scale: features = (pixels - offset) / scale."""
+    offset = np.asarray(spec.mean, dtype=np.float32) * np.float32(255.0)
+    scale = np.asarray(spec.std, dtype=np.float32) * np.float32(255.0)
+    return offset, scale
+
+
+def crop_box(width: int, height: int, spec: BackboneSpec) -> tuple[float, float, float, float]:
+    """The centered source box that resize-shorter-side-then-center-crop would keep."""
+    side = min(width, height) * spec.input_size / spec.resize_size
+    left = (width - side) / 2.0
+    top = (height - side) / 2.0
+    return (left, top, left + side, top + side)
+
+
+def resize_and_crop(image: Image.Image, spec: BackboneSpec) -> Image.Image:
+    """RGB ``input_size`` square: the center crop of the image resized to ``resize_size`` (shorter side)."""
+    if image.mode != "RGB":
+        image = to_rgb(image)
+    size = spec.input_size
+    return image.resize(
+        (size, size), _RESAMPLING[spec.interpolation], box=crop_box(image.width, image.height, spec)
+    )
+
+
+def normalize_array(pixels: np.ndarray, spec: BackboneSpec) -> np.ndarray:
+    """(H, W, 3) uint8 pixels -> (3, H, W) float32 network input."""
+    offset, scale = normalization_arrays(spec)
+    chw = np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
+    chw -= offset[:, None, None]
+    chw /= scale[:, None, None]
+    return chw
+
+
+def preprocess_pil(image: Image.Image, spec: BackboneSpec) -> np.ndarray:
+    """A PIL image (any size, RGB) -> (3, input_size, input_size) float32, normalized for ``spec``."""
+    return normalize_array(np.asarray(resize_and_crop(image, spec)), spec)
+
+
+def preprocess_batch(images: Sequence[Image.Image], spec: BackboneSpec) -> np.ndarray:
+    """Several PIL images -> (N, 3, H, W) float32."""
+    size = spec.input_size
+    batch = np.empty((len(images), 3, size, size), dtype=np.float32)
+    for index, image in enumerate(images):
+        batch[index] = preprocess_pil(image, spec)
+    return batch
+
+
+def decode_for_model(data: bytes, spec: BackboneSpec) -> Image.Image:
+    """Decode image bytes just large enough for ``spec`` (JPEG DCT scaling), RGB and EXIF-upright.
+
+    Raises ImageDecodeError(reason) for bytes that are not a readable image.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format in ("JPEG", "MPO"):
+                image.draft("RGB", (spec.resize_size, spec.resize_size))
+            image.load()
+            upright = ImageOps.exif_transpose(image) if image.getexif().get(0x0112, 1) not in (0, 1) else image
+            rgb = to_rgb(upright)
+            return rgb if rgb is not image else image.copy()
+    except Exception:  # let the careful importer-grade decoder name the reason (or succeed)
+        try:
+            return decode_image(data)
+        except ImageDecodeError:
+            raise
+        except Exception as exc:
+            raise ImageDecodeError(f"cannot decode image ({exc})") from None
+
+
+def preprocess_bytes(data: bytes, spec: BackboneSpec) -> np.ndarray:
+    """Image bytes -> (3, H, W) float32 network input; ImageDecodeError for unreadable bytes."""
+    return preprocess_pil(decode_for_model(data, spec), spec)

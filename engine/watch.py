@@ -1,0 +1,244 @@
+"""Watch a folder (camera drops) and predict each new image once its file has stopped growing.
+
+The loop polls with ``os.scandir`` (robust on network shares and every OS, unlike change
+notifications). A file is read only after its size and modification time were the same on
+``stable_polls`` consecutive polls, so a half-written camera drop is never decoded. Each
+prediction is appended to a CSV (``path,class,probability``, the format of ``predict --csv``)
+and flushed at once, so a Ctrl+C or a power cut loses at most the file being predicted.
+
+Files already listed in the CSV are skipped, so a restarted watcher resumes where it stopped.
+The predict function is injected, which keeps this loop testable without a model.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.imaging import has_image_extension
+
+CSV_HEADER = ("path", "class", "probability")
+# Partial downloads and editor/camera temp files: never images to predict.
+TEMPORARY_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".download", "~")
+
+
+@dataclass(frozen=True)
+class PredictedRow:
+    """One prediction as the CSV holds it."""
+
+    path: str
+    class_name: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class FailedPrediction:
+    path: str
+    reason: str
+
+
+@dataclass
+class PredictBatchResult:
+    """What a predict function returns for a batch of paths."""
+
+    rows: list[PredictedRow] = field(default_factory=list)
+    failed: list[FailedPrediction] = field(default_factory=list)
+
+
+PredictFunction = Callable[[Sequence[str]], PredictBatchResult]
+
+
+@dataclass
+class WatchReport:
+    predicted: int = 0
+    failed: list[FailedPrediction] = field(default_factory=list)
+    polls: int = 0
+
+
+@dataclass(frozen=True)
+class _FileState:
+    size: int
+    mtime_ns: int
+
+
+def is_candidate(name: str) -> bool:
+    """Whether a file name in the watched folder looks like a finished image worth predicting."""
+    lowered = name.lower()
+    if name.startswith(".") or lowered.endswith(TEMPORARY_SUFFIXES):
+        return False
+    return has_image_extension(name)
+
+
+def scan_folder(folder: Path, recursive: bool = True) -> dict[str, _FileState]:
+    """Every candidate image file under ``folder`` with its size and modification time."""
+    found: dict[str, _FileState] = {}
+    pending = [folder]
+    while pending:
+        current = pending.pop()
+        try:
+            entries = list(os.scandir(current))
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if recursive and not entry.name.startswith("."):
+                        pending.append(Path(entry.path))
+                    continue
+                if not entry.is_file() or not is_candidate(entry.name):
+                    continue
+                stat = entry.stat()
+            except OSError:  # vanished between listing and stat: look again next poll
+                continue
+            found[os.path.abspath(entry.path)] = _FileState(stat.st_size, stat.st_mtime_ns)
+    return found
+
+
+def read_done_paths(csv_path: Path) -> set[str]:
+    """Paths already predicted in an earlier run (the CSV's first column)."""
+    if not csv_path.exists():
+        return set()
+    with open(csv_path, newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        return {row[0] for index, row in enumerate(reader) if row and not (index == 0 and tuple(row) == CSV_HEADER)}
+
+
+class CsvAppender:
+    """Appends prediction rows to a CSV, writing the header for a new file, flushing every row."""
+
+    def __init__(self, csv_path: Path):
+        self.path = Path(csv_path)
+        new_file = not self.path.exists() or self.path.stat().st_size == 0
+        self._handle = open(self.path, "a", newline="", encoding="utf-8")
+        self._writer = csv.writer(self._handle, lineterminator="\n")
+        if new_file:
+            self._writer.writerow(CSV_HEADER)
+            self.flush()
+
+    def write(self, rows: Iterable[PredictedRow]) -> None:
+        for row in rows:
+            self._writer.writerow((row.path, row.class_name, f"{row.probability:.6f}"))
+        self.flush()
+
+    def flush(self) -> None:
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        if not self._handle.closed:
+            self.flush()
+            self._handle.close()
+
+    def __enter__(self) -> CsvAppender:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+class FolderWatcher:
+    """Tracks file sizes between polls and hands out the files that are complete and not yet done."""
+
+    def __init__(self, folder: Path, done: set[str] | None = None, *, stable_polls: int = 2, recursive: bool = True):
+        self.folder = Path(folder)
+        self.done = set(done or ())
+        self.stable_polls = max(1, stable_polls)
+        self.recursive = recursive
+        self._last: dict[str, _FileState] = {}
+        self._unchanged: dict[str, int] = {}
+        self._failed_state: dict[str, _FileState] = {}
+
+    def ignore_existing(self) -> None:
+        """Treat everything in the folder now as done (watch only files that arrive later)."""
+        self.done.update(scan_folder(self.folder, self.recursive))
+
+    def poll(self) -> list[str]:
+        """One look at the folder: the paths whose size has been stable long enough, sorted."""
+        current = scan_folder(self.folder, self.recursive)
+        ready: list[str] = []
+        for path, state in current.items():
+            if path in self.done or self._failed_state.get(path) == state:
+                continue
+            if state.size > 0 and self._last.get(path) == state:
+                self._unchanged[path] = self._unchanged.get(path, 0) + 1
+            else:
+                self._unchanged[path] = 0
+            if self._unchanged[path] >= self.stable_polls:
+                ready.append(path)
+        self._last = current
+        for path in list(self._unchanged):
+            if path not in current:
+                del self._unchanged[path]
+        return sorted(ready)
+
+    def mark_done(self, paths: Iterable[str]) -> None:
+        for path in paths:
+            self.done.add(path)
+            self._unchanged.pop(path, None)
+            self._failed_state.pop(path, None)
+
+    def mark_failed(self, path: str) -> None:
+        """Do not retry a failed file unless it changes (e.g. the camera rewrites it)."""
+        state = self._last.get(path)
+        if state is not None:
+            self._failed_state[path] = state
+        self._unchanged.pop(path, None)
+
+
+def watch_folder(
+    folder: str | os.PathLike,
+    csv_path: str | os.PathLike,
+    predict: PredictFunction,
+    *,
+    poll_seconds: float = 1.0,
+    stable_polls: int = 2,
+    only_new: bool = False,
+    recursive: bool = True,
+    batch_size: int = 32,
+    stop_event: threading.Event | None = None,
+    max_polls: int | None = None,
+    on_rows: Callable[[list[PredictedRow]], None] | None = None,
+    on_failed: Callable[[FailedPrediction], None] | None = None,
+) -> WatchReport:
+    """Predict images as they appear in ``folder`` and append them to ``csv_path``.
+
+    Runs until ``stop_event`` is set, ``max_polls`` polls were made, or KeyboardInterrupt, which
+    is re-raised after the CSV was flushed and closed. Returns what was predicted.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is not a folder.")
+    csv_path = Path(csv_path)
+    stop_event = stop_event or threading.Event()
+    watcher = FolderWatcher(folder, read_done_paths(csv_path), stable_polls=stable_polls, recursive=recursive)
+    if only_new:
+        watcher.ignore_existing()
+    report = WatchReport()
+    with CsvAppender(csv_path) as appender:
+        while not stop_event.is_set():
+            ready = watcher.poll()
+            report.polls += 1
+            for start in range(0, len(ready), batch_size):
+                if stop_event.is_set():
+                    break
+                batch = ready[start : start + batch_size]
+                result = predict(batch)
+                appender.write(result.rows)
+                watcher.mark_done(row.path for row in result.rows)
+                report.predicted += len(result.rows)
+                if result.rows and on_rows is not None:
+                    on_rows(result.rows)
+                for failure in result.failed:
+                    watcher.mark_failed(failure.path)
+                    report.failed.append(failure)
+                    if on_failed is not None:
+                        on_failed(failure)
+            if max_polls is not None and report.polls >= max_polls:
+                break
+            if stop_event.wait(poll_seconds):
+                break
+    return report

@@ -1,0 +1,125 @@
+"""Filter and sort controls above the grid. Each choice becomes a ``browse.GridQuery`` that the
+window runs as one SQL query."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QToolButton, QWidget
+
+from gui.classes_panel import color_swatch
+from storage import browse
+from storage.catalog import ClassInfo
+
+SORT_TITLES = {
+    browse.IMPORT_ORDER: "Import order",
+    browse.CONFIDENCE: "Confidence (least sure first)",
+    browse.NAME: "File name",
+}
+
+
+class FilterBar(QWidget):
+    """Show: [filter]  Sort: [order]  "N of M images"; emits ``query_changed(GridQuery)``."""
+
+    query_changed = Signal(object)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.filter_combo = QComboBox()
+        self.filter_combo.setMinimumContentsLength(22)
+        self.filter_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.sort_combo = QComboBox()
+        for key, title in SORT_TITLES.items():
+            self.sort_combo.addItem(title, key)
+        self.count_label = QLabel()
+        self.refresh_button = QToolButton()
+        self.refresh_button.setText("Refresh")
+        self.refresh_button.setToolTip("Run the filter again (F5): images you just labeled may no longer match it.")
+        self.refresh_button.clicked.connect(self._emit)
+        self._chosen: browse.GridQuery | None = None
+        self._chosen_title = ""
+        self._filling = False
+
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(8, 6, 8, 6)
+        layout.addWidget(QLabel("Show:"))
+        layout.addWidget(self.filter_combo)
+        layout.addSpacing(12)
+        layout.addWidget(QLabel("Sort by:"))
+        layout.addWidget(self.sort_combo)
+        layout.addWidget(self.refresh_button)
+        layout.addStretch(1)
+        layout.addWidget(self.count_label)
+        self.filter_combo.currentIndexChanged.connect(self._emit)
+        self.sort_combo.currentIndexChanged.connect(self._emit)
+        self.set_choices([], [], has_model=False)
+
+    def set_choices(self, classes: list[ClassInfo], sources: list[tuple[str, int]], has_model: bool) -> None:
+        """Rebuild the filter list, keeping the current choice when it still exists."""
+        current = self.query()
+        self._filling = True
+        combo = self.filter_combo
+        combo.clear()
+        combo.addItem("All images", (browse.ALL, None))
+        combo.addItem("Unlabeled", (browse.UNLABELED, None))
+        for info in classes:
+            combo.addItem(color_swatch(info.color), f"Labeled “{info.name}”", (browse.LABELED_AS, info.id))
+        if len(sources) > 1:
+            for name, count in sources:
+                combo.addItem(f"From {name or '(no source)'} ({count})", (browse.FROM_SOURCE, name))
+        if has_model:
+            for info in classes:
+                combo.addItem(color_swatch(info.color), f"Suggested “{info.name}”", (browse.PREDICTED_AS, info.id))
+            combo.addItem("Label disagrees with suggestion", (browse.DISAGREES, None))
+            combo.addItem(f"Unsure suggestions (below {browse.LOW_CONFIDENCE_THRESHOLD:.0%})",
+                          (browse.LOW_CONFIDENCE, None))
+        if self._chosen is not None:
+            combo.addItem(self._chosen_title, (browse.CHOSEN, None))
+        self._select(current)
+        self._filling = False
+
+    def _select(self, query: browse.GridQuery) -> None:
+        wanted = (query.kind, query.class_id if query.kind in (browse.LABELED_AS, browse.PREDICTED_AS)
+                  else query.source if query.kind == browse.FROM_SOURCE else None)
+        index = next((i for i in range(self.filter_combo.count()) if self.filter_combo.itemData(i) == wanted), 0)
+        self.filter_combo.setCurrentIndex(index)
+
+    def query(self) -> browse.GridQuery:
+        data = self.filter_combo.currentData() or (browse.ALL, None)
+        kind, value = data
+        sort = self.sort_combo.currentData() or browse.IMPORT_ORDER
+        if kind == browse.CHOSEN and self._chosen is not None:
+            return browse.GridQuery(kind=kind, image_ids=self._chosen.image_ids, sort=sort)
+        if kind in (browse.LABELED_AS, browse.PREDICTED_AS):
+            return browse.GridQuery(kind=kind, class_id=value, sort=sort)
+        if kind == browse.FROM_SOURCE:
+            return browse.GridQuery(kind=kind, source=value, sort=sort)
+        return browse.GridQuery(kind=kind, sort=sort)
+
+    def set_query(self, query: browse.GridQuery) -> None:
+        """Choose a filter from code (e.g. the View menu); emits query_changed once."""
+        self._filling = True
+        sort_index = self.sort_combo.findData(query.sort)
+        self.sort_combo.setCurrentIndex(max(0, sort_index))
+        self._select(query)
+        self._filling = False
+        self._emit()
+
+    def show_chosen(self, image_ids, title: str) -> None:
+        """Add (or replace) the "chosen images" entry, select it and emit."""
+        self._chosen = browse.GridQuery(kind=browse.CHOSEN, image_ids=tuple(int(i) for i in image_ids))
+        self._chosen_title = title or f"{len(image_ids)} chosen images"
+        self._filling = True
+        for i in range(self.filter_combo.count() - 1, -1, -1):
+            if self.filter_combo.itemData(i) == (browse.CHOSEN, None):
+                self.filter_combo.removeItem(i)
+        self.filter_combo.addItem(self._chosen_title, (browse.CHOSEN, None))
+        self.filter_combo.setCurrentIndex(self.filter_combo.count() - 1)
+        self._filling = False
+        self._emit()
+
+    def set_counts(self, shown: int, total: int) -> None:
+        self.count_label.setText(f"{shown:,} of {total:,} images" if shown != total else f"{total:,} images")
+
+    def _emit(self) -> None:
+        if not self._filling:
+            self.query_changed.emit(self.query())

@@ -1,0 +1,130 @@
+"""Thumbnails for the grid: read from the project and decoded off the GUI thread, cached as pixmaps.
+
+A single daemon thread serves requests newest-first (what the user scrolled to last is what they
+look at), reads JPEG bytes in small batches with ``storage.images.read_thumbnails`` (reads only, no
+engine work) and decodes them into QImages, which are safe to build outside the GUI thread. The
+GUI thread turns them into QPixmaps and keeps a bounded LRU cache, so memory stays flat however
+far the user scrolls.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtGui import QImage, QPixmap
+
+from storage.images import read_thumbnails
+
+BATCH = 48
+MAX_PENDING = 4000
+CACHE_SIZE = 1500  # pixmaps; at 160x120 RGB about 75 KB each, so ~110 MB at most
+
+
+class PixmapCache:
+    """Least-recently-used pixmaps by image id."""
+
+    def __init__(self, capacity: int = CACHE_SIZE):
+        self.capacity = capacity
+        self._items: OrderedDict[int, QPixmap] = OrderedDict()
+
+    def get(self, image_id: int) -> QPixmap | None:
+        pixmap = self._items.get(image_id)
+        if pixmap is not None:
+            self._items.move_to_end(image_id)
+        return pixmap
+
+    def put(self, image_id: int, pixmap: QPixmap) -> None:
+        self._items[image_id] = pixmap
+        self._items.move_to_end(image_id)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+    def __contains__(self, image_id: int) -> bool:
+        return image_id in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+class ThumbnailLoader(QObject):
+    """Loads requested thumbnails in the background; ``loaded`` carries [(image_id, QImage)]."""
+
+    loaded = Signal(object)
+
+    def __init__(self, project, max_side: int = 160, parent: QObject | None = None):
+        super().__init__(parent)
+        self._project = project
+        self._max_side = max_side
+        self._pending: OrderedDict[int, None] = OrderedDict()  # newest requests at the end
+        self._in_flight: set[int] = set()
+        self._condition = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._work, name="sortlab-thumbnails", daemon=True)
+        self._thread.start()
+
+    def request(self, image_ids) -> None:
+        """Ask for these thumbnails (again asking moves them to the front of the queue)."""
+        with self._condition:
+            for image_id in image_ids:
+                if image_id in self._in_flight:
+                    continue
+                self._pending[image_id] = None
+                self._pending.move_to_end(image_id)
+            while len(self._pending) > MAX_PENDING:  # long-gone scroll positions: forget them
+                self._pending.popitem(last=False)
+            self._condition.notify()
+
+    def forget_pending(self) -> None:
+        """Drop queued requests (the filter changed; those rows are gone)."""
+        with self._condition:
+            self._pending.clear()
+
+    def stop(self) -> None:
+        with self._condition:
+            self._stopped = True
+            self._pending.clear()
+            self._condition.notify()
+        self._thread.join(timeout=5)
+
+    def _next_batch(self) -> list[int] | None:
+        with self._condition:
+            while not self._pending and not self._stopped:
+                self._condition.wait()
+            if self._stopped:
+                return None
+            batch = []
+            while self._pending and len(batch) < BATCH:
+                image_id, _ = self._pending.popitem(last=True)
+                batch.append(image_id)
+            self._in_flight.update(batch)
+            return batch
+
+    def _work(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            try:
+                data = read_thumbnails(self._project, batch)
+                images = [(image_id, self._decode(data[image_id])) for image_id in batch if image_id in data]
+            except Exception:  # project closed under us, or a bad row: those tiles stay blank
+                images = []
+            with self._condition:
+                self._in_flight.difference_update(batch)
+                if self._stopped:
+                    return
+            if images:
+                self.loaded.emit(images)
+
+    def _decode(self, data: bytes) -> QImage:
+        image = QImage.fromData(data)
+        if image.isNull():
+            return image
+        if max(image.width(), image.height()) > self._max_side:
+            image = image.scaled(
+                self._max_side, self._max_side, Qt.AspectRatioMode.KeepAspectRatio,
+                Qt.TransformationMode.SmoothTransformation,
+            )
+        return image

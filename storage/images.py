@@ -1,0 +1,200 @@
+"""Image rows: adding imported images (with their import labels) and reading bytes back.
+
+Every function opens its own short-lived session and returns plain data (bytes, dataclasses),
+never ORM objects, so it is safe to call from any thread.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import func, select
+
+from storage.models import Image, ImageClass, Label, utcnow
+from storage.project import Project
+
+# SQLite limits bound parameters per statement; keep IN (...) lists under that.
+_IN_CHUNK = 900
+
+
+@dataclass(frozen=True)
+class NewImage:
+    """An image ready to store: normalized JPEG bytes, thumbnail, and where it came from.
+
+    ``class_id`` labels the image in the same transaction (origin ``label_origin``), so a
+    folder-per-class import never leaves an image that lost its label.
+    """
+
+    content_hash: str
+    original_name: str
+    original_path: str
+    source: str
+    width: int
+    height: int
+    original_format: str
+    data: bytes = field(repr=False)
+    thumbnail: bytes = field(repr=False)
+    class_id: int | None = None
+    label_origin: str = "import"
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What views and jobs need to know about an image, without its bytes."""
+
+    id: int
+    original_name: str
+    original_path: str
+    source: str
+    width: int
+    height: int
+    original_format: str
+    imported_at: dt.datetime
+    class_id: int | None
+    split: str
+    split_pinned: bool
+
+
+@dataclass(frozen=True)
+class ProjectSummary:
+    """Counts for `info` and the status bar. ``classes`` lists every class (in display order)."""
+
+    images: int
+    labeled: int
+    unlabeled: int
+    classes: dict[str, int]
+    sources: dict[str, int]
+
+
+def _chunks(items: Sequence, size: int = _IN_CHUNK) -> Iterable[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def add_images(project: Project, rows: Sequence[NewImage]) -> list[int]:
+    """Insert images and their labels in ONE write transaction; returns each row's image id.
+
+    A row whose content hash is already in the project (or earlier in ``rows``) is not stored
+    again: it gets the existing image's id, so callers can always map rows to images. Importers
+    that must count duplicates check ``existing_hashes`` first.
+    """
+    rows = list(rows)
+    if not rows:
+        return []
+    now = utcnow()
+    with project.writing() as session:
+        hashes = list({row.content_hash for row in rows})
+        ids_by_hash: dict[str, int] = {}
+        for chunk in _chunks(hashes):
+            ids_by_hash.update(
+                session.execute(select(Image.content_hash, Image.id).where(Image.content_hash.in_(chunk))).all()
+            )
+        pending: dict[str, Image] = {}
+        labels: list[tuple[Image, NewImage]] = []
+        for row in rows:
+            if row.content_hash in ids_by_hash or row.content_hash in pending:
+                continue
+            image = Image(
+                content_hash=row.content_hash,
+                original_name=row.original_name,
+                original_path=row.original_path,
+                source=row.source,
+                width=row.width,
+                height=row.height,
+                original_format=row.original_format,
+                imported_at=now,
+                data=row.data,
+                thumbnail=row.thumbnail,
+            )
+            pending[row.content_hash] = image
+            if row.class_id is not None:
+                labels.append((image, row))
+        session.add_all(pending.values())
+        session.flush()
+        ids_by_hash.update((h, image.id) for h, image in pending.items())
+        session.add_all(
+            Label(image_id=image.id, class_id=row.class_id, origin=row.label_origin, labeled_at=now)
+            for image, row in labels
+        )
+    return [ids_by_hash[row.content_hash] for row in rows]
+
+
+def existing_hashes(project: Project, hashes: Iterable[str] | None = None) -> set[str]:
+    """Content hashes already stored: all of them, or those among ``hashes``."""
+    with project.session() as session:
+        if hashes is None:
+            return set(session.scalars(select(Image.content_hash)))
+        found: set[str] = set()
+        for chunk in _chunks(list(set(hashes))):
+            found.update(session.scalars(select(Image.content_hash).where(Image.content_hash.in_(chunk))))
+        return found
+
+
+def image_count(project: Project) -> int:
+    with project.session() as session:
+        return session.scalar(select(func.count()).select_from(Image)) or 0
+
+
+def image_ids(project: Project) -> list[int]:
+    """All image ids in import order."""
+    with project.session() as session:
+        return list(session.scalars(select(Image.id).order_by(Image.id)))
+
+
+def list_images(project: Project, ids: Iterable[int] | None = None) -> list[ImageInfo]:
+    """Image facts (no bytes) in import order, for all images or the given ids."""
+    query = select(Image, Label.class_id).outerjoin(Label, Label.image_id == Image.id).order_by(Image.id)
+    with project.session() as session:
+        if ids is None:
+            results = session.execute(query).all()
+        else:
+            results = []
+            for chunk in _chunks(list(ids)):
+                results.extend(session.execute(query.where(Image.id.in_(chunk))).all())
+            results.sort(key=lambda pair: pair[0].id)
+        return [
+            ImageInfo(
+                image.id, image.original_name, image.original_path, image.source, image.width, image.height,
+                image.original_format, image.imported_at, class_id, image.split, image.split_pinned,
+            )
+            for image, class_id in results
+        ]
+
+
+def _read_column(project: Project, column, ids: Iterable[int]) -> dict[int, bytes]:
+    ids = list(ids)
+    found: dict[int, bytes] = {}
+    with project.session() as session:
+        for chunk in _chunks(ids):
+            found.update(session.execute(select(Image.id, column).where(Image.id.in_(chunk))).all())
+    return found
+
+
+def read_image_bytes(project: Project, image_ids: Iterable[int]) -> dict[int, bytes]:
+    """Normalized JPEG bytes (RGB, max side bounded) by image id; unknown ids are left out."""
+    return _read_column(project, Image.data, image_ids)
+
+
+def read_thumbnails(project: Project, image_ids: Iterable[int]) -> dict[int, bytes]:
+    """Thumbnail JPEG bytes by image id; unknown ids are left out."""
+    return _read_column(project, Image.thumbnail, image_ids)
+
+
+def project_summary(project: Project) -> ProjectSummary:
+    with project.session() as session:
+        images = session.scalar(select(func.count()).select_from(Image)) or 0
+        labeled = session.scalar(select(func.count()).select_from(Label)) or 0
+        class_rows = session.execute(
+            select(ImageClass.name, func.count(Label.image_id))
+            .outerjoin(Label, Label.class_id == ImageClass.id)
+            .group_by(ImageClass.id)
+            .order_by(ImageClass.position, ImageClass.id)
+        ).tuples()
+        classes = {name: count for name, count in class_rows}
+        source_rows = session.execute(
+            select(Image.source, func.count()).group_by(Image.source).order_by(Image.source)
+        ).tuples()
+        sources = {name: count for name, count in source_rows}
+    return ProjectSummary(images, labeled, images - labeled, classes, sources)

@@ -1,0 +1,298 @@
+"""Trained model versions, their training runs (curves) and their predictions, as plain data.
+
+A model version is saved together with its predictions and made active in ONE write transaction,
+so the GUI never sees a new active model without its suggestions. Weights are safetensors bytes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sqlalchemy import delete, select, update
+
+from storage.errors import ProjectError
+from storage.models import ImageClass, ModelVersion, Prediction, TrainingRun, utcnow
+from storage.project import Project
+
+
+class NoModelError(ProjectError):
+    """The project has no trained model (or not the version asked for)."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model version without its weights."""
+
+    version: int
+    created_at: dt.datetime
+    method: str
+    backbone: str
+    layer: str
+    params: dict[str, Any]
+    class_names: list[str]
+    class_ids: list[int]
+    metrics: dict[str, Any]
+    is_active: bool
+    n_labeled: int
+
+
+@dataclass(frozen=True)
+class PredictionInfo:
+    """One image's prediction; ``out_of_fold`` marks honest (not trained-on) predictions of labeled images."""
+
+    class_id: int | None
+    class_name: str
+    probability: float
+    margin: float
+    class_index: int
+    out_of_fold: bool
+
+
+@dataclass
+class NewModel:
+    """Everything needed to store a trained model version."""
+
+    method: str
+    backbone: str
+    layer: str
+    class_names: list[str]
+    class_ids: list[int]
+    weights: bytes = field(repr=False)
+    params: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    n_labeled: int = 0
+
+
+@dataclass
+class PredictionBatch:
+    """Class probabilities for many images, columns in the model's class order."""
+
+    image_ids: np.ndarray
+    probabilities: np.ndarray
+    out_of_fold: np.ndarray | None = None
+
+
+def _info(row: ModelVersion) -> ModelInfo:
+    return ModelInfo(
+        row.id, row.created_at, row.method, row.backbone, row.layer, dict(row.params or {}),
+        list(row.class_names or []), [int(c) for c in row.class_ids or []], dict(row.metrics or {}),
+        bool(row.is_active), int(row.n_labeled or 0),
+    )
+
+
+def _prediction_rows(version: int, class_ids: Sequence[int], batch: PredictionBatch) -> list[tuple]:
+    """Rows for a bulk insert: top class, its probability, and the margin to the runner-up."""
+    proba = np.asarray(batch.probabilities, dtype=np.float32)
+    n, k = proba.shape
+    if k != len(class_ids):
+        raise ValueError(f"{k} probability columns for {len(class_ids)} classes")
+    order = np.argsort(-proba, axis=1, kind="stable")
+    top = order[:, 0]
+    top_p = proba[np.arange(n), top]
+    second_p = proba[np.arange(n), order[:, 1]] if k > 1 else np.zeros(n, dtype=np.float32)
+    margin = top_p - second_p
+    oof = np.zeros(n, dtype=bool) if batch.out_of_fold is None else np.asarray(batch.out_of_fold, dtype=bool)
+    ids = np.asarray(batch.image_ids, dtype=np.int64)
+    class_array = np.asarray(class_ids, dtype=np.int64)
+    return [
+        (version, int(ids[i]), int(top[i]), int(class_array[top[i]]), float(top_p[i]), float(margin[i]),
+         proba[i].tobytes(), bool(oof[i]))
+        for i in range(n)
+    ]
+
+
+_INSERT_PREDICTION = (
+    "INSERT OR REPLACE INTO predictions (model_version_id, image_id, class_index, class_id, probability, "
+    "margin, probabilities, out_of_fold) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _write_predictions(session, version: int, class_ids: Sequence[int], batch: PredictionBatch) -> int:
+    rows = _prediction_rows(version, class_ids, batch)
+    if rows:
+        # Class ids of classes deleted since training become NULL (the foreign key would refuse them).
+        existing = set(session.scalars(select(ImageClass.id)))
+        rows = [row if row[3] in existing else (*row[:3], None, *row[4:]) for row in rows]
+        session.connection().exec_driver_sql(_INSERT_PREDICTION, rows)
+    return len(rows)
+
+
+def save_model_version(
+    project: Project, model: NewModel, predictions: PredictionBatch | None = None, activate: bool = True
+) -> int:
+    """Store a model version (and its predictions), making it the active one; returns its version."""
+    with project.writing() as session:
+        if activate:
+            session.execute(update(ModelVersion).values(is_active=False))
+        row = ModelVersion(
+            method=model.method, backbone=model.backbone, layer=model.layer, params=model.params,
+            class_names=list(model.class_names), class_ids=[int(c) for c in model.class_ids],
+            metrics=model.metrics, weights=model.weights, is_active=activate, n_labeled=model.n_labeled,
+            created_at=utcnow(),
+        )
+        session.add(row)
+        session.flush()
+        if predictions is not None:
+            _write_predictions(session, row.id, model.class_ids, predictions)
+        return row.id
+
+
+def store_predictions(project: Project, version: int, predictions: PredictionBatch, keep_out_of_fold: bool = True) -> int:
+    """Insert or replace predictions of one version. With ``keep_out_of_fold`` the honest (cross-validated)
+    predictions of labeled images are left alone, so refreshing never overwrites them with in-sample ones."""
+    with project.writing() as session:
+        row = session.get(ModelVersion, version)
+        if row is None:
+            raise NoModelError(f"There is no model version {version}.")
+        batch = predictions
+        if keep_out_of_fold:
+            kept = set(session.scalars(
+                select(Prediction.image_id).where(Prediction.model_version_id == version, Prediction.out_of_fold)
+            ))
+            if kept:
+                mask = np.asarray([int(i) not in kept for i in predictions.image_ids], dtype=bool)
+                oof = None if predictions.out_of_fold is None else np.asarray(predictions.out_of_fold)[mask]
+                batch = PredictionBatch(np.asarray(predictions.image_ids)[mask],
+                                        np.asarray(predictions.probabilities)[mask], oof)
+        return _write_predictions(session, version, row.class_ids, batch)
+
+
+def list_models(project: Project) -> list[ModelInfo]:
+    """All model versions, oldest first."""
+    with project.session() as session:
+        return [_info(row) for row in session.scalars(select(ModelVersion).order_by(ModelVersion.id))]
+
+
+def active_model(project: Project) -> ModelInfo | None:
+    with project.session() as session:
+        row = session.scalars(select(ModelVersion).where(ModelVersion.is_active).order_by(ModelVersion.id.desc())).first()
+        return None if row is None else _info(row)
+
+
+def get_model(project: Project, version: int | None = None) -> ModelInfo:
+    """A version's info (the active one by default); NoModelError with a clear message otherwise."""
+    if version is None:
+        info = active_model(project)
+        if info is None:
+            raise NoModelError("This project has no trained model yet: train one first.")
+        return info
+    with project.session() as session:
+        row = session.get(ModelVersion, int(version))
+        if row is None:
+            raise NoModelError(f"There is no model version {version}.")
+        return _info(row)
+
+
+def model_weights(project: Project, version: int) -> bytes:
+    with project.session() as session:
+        weights = session.scalar(select(ModelVersion.weights).where(ModelVersion.id == int(version)))
+    if weights is None:
+        raise NoModelError(f"There is no model version {version}.")
+    return weights
+
+
+def set_active_model(project: Project, version: int) -> None:
+    with project.writing() as session:
+        if session.get(ModelVersion, int(version)) is None:
+            raise NoModelError(f"There is no model version {version}.")
+        session.execute(update(ModelVersion).values(is_active=False))
+        session.execute(update(ModelVersion).where(ModelVersion.id == int(version)).values(is_active=True))
+
+
+def delete_model(project: Project, version: int) -> None:
+    """Remove a version and its predictions (cascade); the newest remaining one becomes active if needed."""
+    with project.writing() as session:
+        session.execute(delete(ModelVersion).where(ModelVersion.id == int(version)))
+        if session.scalar(select(ModelVersion.id).where(ModelVersion.is_active)) is None:
+            newest = session.scalar(select(ModelVersion.id).order_by(ModelVersion.id.desc()))
+            if newest is not None:
+                session.execute(update(ModelVersion).where(ModelVersion.id == newest).values(is_active=True))
+
+
+def predictions(project: Project, version: int | None = None) -> dict[int, PredictionInfo]:
+    """Predictions by image id for one version (the active one by default; empty without a model)."""
+    if version is None:
+        info = active_model(project)
+        if info is None:
+            return {}
+    else:
+        info = get_model(project, version)
+    with project.session() as session:
+        rows = session.execute(
+            select(Prediction.image_id, Prediction.class_id, Prediction.class_index, Prediction.probability,
+                   Prediction.margin, Prediction.out_of_fold).where(Prediction.model_version_id == info.version)
+        ).all()
+    names = info.class_names
+    return {
+        int(image_id): PredictionInfo(
+            None if class_id is None else int(class_id),
+            names[index] if 0 <= index < len(names) else "", float(probability), float(margin), int(index),
+            bool(out_of_fold),
+        )
+        for image_id, class_id, index, probability, margin, out_of_fold in rows
+    }
+
+
+def prediction_probabilities(project: Project, version: int) -> tuple[np.ndarray, np.ndarray]:
+    """(image ids, probabilities (N, K) in the model's class order) of one version."""
+    with project.session() as session:
+        rows = session.execute(
+            select(Prediction.image_id, Prediction.probabilities)
+            .where(Prediction.model_version_id == int(version)).order_by(Prediction.image_id)
+        ).all()
+    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    if not rows:
+        return ids, np.zeros((0, 0), dtype=np.float32)
+    return ids, np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
+
+
+# -- training runs ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainingRunInfo:
+    id: int
+    method: str
+    status: str
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+    curves: list[Any]
+    message: str
+    model_version: int | None
+
+
+def start_training_run(project: Project, method: str) -> int:
+    with project.writing() as session:
+        row = TrainingRun(method=method, status="running", curves=[], message="", started_at=utcnow())
+        session.add(row)
+        session.flush()
+        return row.id
+
+
+def finish_training_run(
+    project: Project, run_id: int, status: str, curves: list[Any] | None = None, message: str = "",
+    model_version: int | None = None,
+) -> None:
+    """Close a run as done, cancelled or failed, keeping whatever curves it produced."""
+    with project.writing() as session:
+        row = session.get(TrainingRun, run_id)
+        if row is None:
+            return
+        row.status = status
+        row.finished_at = utcnow()
+        row.curves = list(curves or [])
+        row.message = message
+        row.model_version_id = model_version
+
+
+def list_training_runs(project: Project) -> list[TrainingRunInfo]:
+    with project.session() as session:
+        return [
+            TrainingRunInfo(r.id, r.method, r.status, r.started_at, r.finished_at, list(r.curves or []), r.message,
+                            r.model_version_id)
+            for r in session.scalars(select(TrainingRun).order_by(TrainingRun.id))
+        ]

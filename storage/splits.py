@@ -1,0 +1,73 @@
+"""Labeled images with their train/validation side, and writing the engine's split assignment.
+
+The engine remembers when it last assigned sides (``project_meta['splits_assigned_at']``): images
+labeled (or relabeled) after that are the new ones it may place; all others keep their side.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+
+from storage.models import Image, ImageClass, Label, ProjectMeta
+from storage.project import Project
+
+ASSIGNED_AT_KEY = "splits_assigned_at"
+
+
+@dataclass(frozen=True)
+class LabeledImage:
+    image_id: int
+    class_id: int
+    source: str
+    split: str
+    split_pinned: bool
+    labeled_at: dt.datetime
+    content_hash: str
+
+
+def labeled_images(project: Project) -> list[LabeledImage]:
+    """Every labeled image, by image id, with its class (in display order of classes) and side."""
+    query = (
+        select(Image.id, Label.class_id, Image.source, Image.split, Image.split_pinned, Label.labeled_at,
+               Image.content_hash)
+        .join(Label, Label.image_id == Image.id)
+        .join(ImageClass, ImageClass.id == Label.class_id)
+        .order_by(Image.id)
+    )
+    with project.session() as session:
+        return [LabeledImage(int(r[0]), int(r[1]), r[2] or "", r[3] or "train", bool(r[4]), r[5], r[6])
+                for r in session.execute(query)]
+
+
+def image_sources(project: Project) -> dict[int, str]:
+    with project.session() as session:
+        return {int(i): s or "" for i, s in session.execute(select(Image.id, Image.source))}
+
+
+def splits_assigned_at(project: Project) -> dt.datetime | None:
+    with project.session() as session:
+        value = session.scalar(select(ProjectMeta.value).where(ProjectMeta.key == ASSIGNED_AT_KEY))
+    return None if value is None else dt.datetime.fromisoformat(value)
+
+
+def write_splits(project: Project, sides: Mapping[int, str], assigned_at: dt.datetime) -> None:
+    """Put unpinned images on the given sides and record when this assignment was made (one transaction)."""
+    by_side: dict[str, list[int]] = {"train": [], "val": []}
+    for image_id, side in sides.items():
+        by_side[side].append(int(image_id))
+    with project.writing() as session:
+        for side, ids in by_side.items():
+            for start in range(0, len(ids), 900):
+                session.execute(
+                    update(Image).where(Image.id.in_(ids[start:start + 900]), Image.split_pinned.is_(False))
+                    .values(split=side)
+                )
+        row = session.get(ProjectMeta, ASSIGNED_AT_KEY)
+        if row is None:
+            session.add(ProjectMeta(key=ASSIGNED_AT_KEY, value=assigned_at.isoformat()))
+        else:
+            row.value = assigned_at.isoformat()

@@ -1,0 +1,166 @@
+"""CLI: import, info, classes, label, demo; JSON documents on stdout, one-line user errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import main
+from cli import project_commands
+from engine.demo import build_demo_project
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_jpeg(path: Path, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    root = tmp_path / "photos"
+    for seed in range(3):
+        write_jpeg(root / "cats" / f"c{seed}.jpg", seed)
+    for seed in range(3, 5):
+        write_jpeg(root / "dogs" / f"d{seed}.jpg", seed)
+    (root / "dogs" / "broken.jpg").write_bytes(b"GIF89a nope")
+    (root / "dogs" / "notes.txt").write_text("skip me")
+    return root
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    code = main.main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def cli_json(capsys, *args):
+    code, out, err = cli(capsys, *args, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_import_reports_json_and_lists_failures_with_exit_0(capsys, tmp_path, photos):
+    project = tmp_path / "pets.sortlab"
+    report = cli_json(capsys, "import", project, photos, "--labels-from-folders")
+    assert {k: report[k] for k in ("imported", "duplicates", "skipped", "labeled", "classes", "cancelled")} == {
+        "imported": 5, "duplicates": 0, "skipped": 1, "labeled": 5, "classes": {"cats": 3, "dogs": 2},
+        "cancelled": False}
+    assert [Path(f["path"]).name for f in report["failed"]] == ["broken.jpg"]
+    assert report["failed"][0]["reason"]
+    assert len(report["image_ids"]) == 5
+
+    again = cli_json(capsys, "import", project, photos / "cats", "--source", "second look")
+    assert (again["imported"], again["duplicates"]) == (0, 3)
+
+
+def test_import_text_output_and_progress_on_stderr(capsys, tmp_path, photos):
+    code, out, err = cli(capsys, "import", tmp_path / "p.sortlab", photos)
+    assert code == 0
+    assert "Imported 5 images" in out and "broken.jpg" in out
+    assert "%]" in err and "{" not in out
+
+
+def test_info_counts_labels_classes_and_sources(capsys, tmp_path, photos):
+    project = tmp_path / "pets.sortlab"
+    cli_json(capsys, "import", project, photos / "cats", "--labels-from-folders")
+    cli_json(capsys, "import", project, photos / "dogs", "--source", "phone")
+    info = cli_json(capsys, "info", project)
+    assert info == {"images": 5, "labeled": 3, "unlabeled": 2, "classes": {"cats": 3},
+                    "sources": {"phone": 2, "photos": 3}}
+    code, out, _ = cli(capsys, "info", project)
+    assert code == 0 and "5 images, 3 labeled, 2 unlabeled" in out and "cats (3)" in out
+
+
+def test_classes_add_rename_remove_and_list(capsys, tmp_path, photos):
+    project = tmp_path / "pets.sortlab"
+    cli_json(capsys, "import", project, photos / "cats", "--labels-from-folders")
+    added = cli_json(capsys, "classes", project, "add", "dogs", "birds")
+    assert [c["name"] for c in added["classes"]] == ["cats", "dogs", "birds"]
+    renamed = cli_json(capsys, "classes", project, "rename", "birds", "parrots")
+    assert [c["name"] for c in renamed["classes"]] == ["cats", "dogs", "parrots"]
+    removed = cli_json(capsys, "classes", project, "remove", "cats")
+    assert [(c["name"], c["shortcut"]) for c in removed["classes"]] == [("dogs", "1"), ("parrots", "2")]
+    assert cli_json(capsys, "info", project)["labeled"] == 0
+    code, out, _ = cli(capsys, "classes", project)
+    assert code == 0 and "dogs" in out and "parrots" in out
+    assert json.loads(cli(capsys, "classes", project, "--json", "list")[1]) == removed
+
+
+def test_label_and_clear_by_image_id(capsys, tmp_path, photos):
+    project = tmp_path / "pets.sortlab"
+    ids = cli_json(capsys, "import", project, photos)["image_ids"]
+    cli_json(capsys, "classes", project, "add", "cute")
+    assert cli_json(capsys, "label", project, "--class", "cute", *ids[:3])["labeled"] == 3
+    assert cli_json(capsys, "info", project)["classes"] == {"cute": 3}
+    assert cli_json(capsys, "label", project, "--clear", ids[0])["cleared"] == 1
+    assert cli_json(capsys, "info", project)["labeled"] == 2
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["info", "{tmp}/absent.sortlab"], "does not exist"),
+        (["info", "{tmp}/not_a_project.sortlab"], "not a Sortlab project"),
+        (["import", "{tmp}/new.sortlab", "{tmp}/no such folder"], "No such file or folder"),
+        (["import", "{tmp}/new.txt", "{tmp}"], "must end in .sortlab"),
+        (["label", "{tmp}/p.sortlab", "--class", "unicorn", "1"], "No class named 'unicorn'"),
+        (["label", "{tmp}/p.sortlab", "--clear", "12345"], "No image with id 12345"),
+        (["classes", "{tmp}/p.sortlab", "rename", "ghost", "spirit"], "No class named 'ghost'"),
+        (["classes", "{tmp}/p.sortlab", "add", "   "], "cannot be empty"),
+        (["demo", "{tmp}/p.sortlab"], "already exists"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(capsys, tmp_path, photos, args, message):
+    (tmp_path / "not_a_project.sortlab").write_text("just text")
+    cli_json(capsys, "import", tmp_path / "p.sortlab", photos / "cats")
+    code, out, err = cli(capsys, *[a.format(tmp=tmp_path) for a in args])
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("sortlab: error:") and message in err
+    assert not (tmp_path / "new.sortlab").exists()
+
+
+def test_demo_command_builds_a_partly_labeled_project(capsys, tmp_path, monkeypatch):
+    def small_demo(context, path):
+        return build_demo_project(context, path, n_images=40)
+
+    monkeypatch.setattr(project_commands, "build_demo_project", small_demo)
+    report = cli_json(capsys, "demo", tmp_path / "digits.sortlab")
+    assert report["imported"] == 40 and 0 < report["labeled"] < 40
+    info = cli_json(capsys, "info", tmp_path / "digits.sortlab")
+    assert list(info["classes"]) == [str(d) for d in range(10)]
+
+
+def test_as_a_process_exit_codes_and_no_tracebacks(tmp_path, photos):
+    def run(*args):
+        return subprocess.run([sys.executable, "main.py", *map(str, args)], cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=120)
+
+    ok = run("import", tmp_path / "p.sortlab", photos, "--json")
+    assert ok.returncode == 0 and json.loads(ok.stdout)["imported"] == 5
+    assert len(json.loads(ok.stdout)["failed"]) == 1
+    missing = run("import", tmp_path / "p.sortlab", tmp_path / "nowhere")
+    not_project = run("info", photos / "cats" / "c0.jpg")
+    for failed in (missing, not_project):
+        assert failed.returncode == 2 and failed.stdout == ""
+        assert "Traceback" not in failed.stderr and failed.stderr.count("\n") == 1
+
+
+def test_hymenoptera_train_imports_245_labeled_images_once(capsys, tmp_path, hymenoptera_dir):
+    project = tmp_path / "P.sortlab"
+    first = cli_json(capsys, "import", project, hymenoptera_dir / "train", "--labels-from-folders")
+    assert (first["imported"], first["labeled"], first["failed"]) == (245, 245, [])
+    assert sorted(first["classes"]) == ["ants", "bees"]
+    again = cli_json(capsys, "import", project, hymenoptera_dir / "train", "--labels-from-folders")
+    assert (again["imported"], again["duplicates"]) == (0, 245)
+    info = cli_json(capsys, "info", project)
+    assert (info["images"], info["labeled"], len(info["classes"])) == (245, 245, 2)

@@ -1,0 +1,246 @@
+"""Crash safety: SIGKILL a child process that imports, labels and trains, then prove nothing is lost.
+
+The child (tests/helpers/crash_worker.py) prints ``saved <image_id> <class>`` only after the label
+commit returned, flushed, to a file (a write() lands in the kernel, so it survives SIGKILL). After
+each kill, the project file must pass ``PRAGMA integrity_check``, hold every reported label (or the
+one write that was in flight when the kill came), hold every reported imported image whole, and
+open and accept a new label.
+
+The fast variant (5 kills, import + labeling) runs in ``make test``; the slow one (36 kills, with
+training when engine.training exists) in ``make test-slow``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers.proof import REPO_ROOT, incomplete_image_rows, max_image_id, report_counts
+
+WORKER = REPO_ROOT / "tests" / "helpers" / "crash_worker.py"
+CLASSES = ["ant", "bee", "wasp"]
+READY_TIMEOUT_S = 60
+
+
+def _write_images(folder: Path, count: int, rng: random.Random) -> None:
+    """Small, distinct images in class folders (PNG and JPEG), for a folder-per-class import."""
+    np_rng = np.random.default_rng(rng.randrange(2**32))
+    for index in range(count):
+        class_dir = folder / CLASSES[index % len(CLASSES)]
+        class_dir.mkdir(parents=True, exist_ok=True)
+        side = int(np_rng.integers(24, 64))
+        pixels = np_rng.integers(0, 256, size=(side, side + 7, 3), dtype=np.uint8)
+        fmt = "PNG" if index % 2 else "JPEG"
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format=fmt)
+        (class_dir / f"img{index:05d}.{fmt.lower()}").write_bytes(buffer.getvalue())
+
+
+def _labels(db_path: Path) -> dict[int, int]:
+    connection = sqlite3.connect(str(db_path))
+    try:
+        return dict(connection.execute("SELECT image_id, class_id FROM labels").fetchall())
+    finally:
+        connection.close()
+
+
+def _parse_class(text: str) -> int | None:
+    return None if text == "none" else int(text)
+
+
+@dataclass
+class CrashLedger:
+    """What the children reported, and what the file must therefore hold."""
+
+    expected: dict[int, int | None] = field(default_factory=dict)  # image id -> label (None = unlabeled)
+    reported_images: set[int] = field(default_factory=set)
+    checked_up_to_image: int = 0
+    counts: Counter = field(default_factory=Counter)
+
+    def absorb(self, lines: list[str]) -> dict[int, int | None]:
+        """Apply a child's lines; return the label writes that were in flight at the kill."""
+        in_flight: dict[int, int | None] = {}
+        for line in lines:
+            parts = line.split()
+            if not parts:
+                continue
+            if parts[0] == "begin":
+                in_flight[int(parts[1])] = _parse_class(parts[2])
+            elif parts[0] == "saved":
+                image_id = int(parts[1])
+                self.expected[image_id] = _parse_class(parts[2])
+                in_flight.pop(image_id, None)
+                self.counts["labels_reported_saved"] += 1
+            elif parts[0] == "images":
+                self.reported_images.update(int(p) for p in parts[1:])
+            elif parts[0] == "model":
+                self.counts["models_reported"] += 1
+            elif parts[0] == "error":
+                pytest.fail(f"the child reported an error before the kill: {line}")
+        return in_flight
+
+
+def _check_after_kill(path: Path, ledger: CrashLedger, in_flight: dict[int, int | None], rng: random.Random) -> None:
+    from storage import catalog
+    from storage.project import open_project
+
+    # 1. The file is a sound database (plain sqlite3, so this does not trust Sortlab's code).
+    connection = sqlite3.connect(str(path))
+    try:
+        assert connection.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert connection.execute("PRAGMA foreign_key_check").fetchall() == []
+    finally:
+        connection.close()
+    ledger.counts["integrity_checks_ok"] += 1
+
+    # 2. Every label the child reported saved is there (or the write in flight at the kill won).
+    actual = _labels(path)
+    lost = {
+        image_id: (want, actual.get(image_id))
+        for image_id, want in ledger.expected.items()
+        if actual.get(image_id) != want and not (image_id in in_flight and actual.get(image_id) == in_flight[image_id])
+    }
+    assert not lost, f"labels lost or changed after a kill (image: (reported, in file)): {dict(list(lost.items())[:10])}"
+    ledger.counts["label_checks_ok"] += len(ledger.expected)
+    for image_id in in_flight:
+        ledger.expected[image_id] = actual.get(image_id)
+
+    # 3. Every reported image is there, and every image row (new since the last check) is whole.
+    connection = sqlite3.connect(str(path))
+    try:
+        present = {row[0] for row in connection.execute("SELECT id FROM images")}
+    finally:
+        connection.close()
+    missing = ledger.reported_images - present
+    assert not missing, f"imported images reported committed are gone: {sorted(missing)[:10]}"
+    problems = incomplete_image_rows(path, after_id=ledger.checked_up_to_image)
+    assert not problems, problems[:10]
+    ledger.counts["image_rows_checked_whole"] += max_image_id(path) - ledger.checked_up_to_image
+    ledger.checked_up_to_image = max_image_id(path)
+
+    # 4. The project opens (with Sortlab's checks and migrations) and takes a new label.
+    project = open_project(path)
+    try:
+        ids = sorted(present)
+        classes = catalog.list_classes(project)
+        image_id = rng.choice(ids)
+        class_id = rng.choice(classes).id
+        catalog.set_labels(project, [image_id], class_id)
+        assert catalog.label_states(project, [image_id])[0].class_id == class_id
+        ledger.expected[image_id] = class_id
+    finally:
+        project.close()
+    ledger.counts["reopened_and_labeled"] += 1
+
+
+def _run_child_and_kill(path: Path, folder: Path, seed: int, tasks: str, delay: float, log_dir: Path) -> list[str]:
+    out_path = log_dir / f"child-{seed}.out"
+    err_path = log_dir / f"child-{seed}.err"
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONUNBUFFERED="1")
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        child = subprocess.Popen(
+            [sys.executable, str(WORKER), str(path), str(folder), str(seed), tasks],
+            stdout=out, stderr=err, env=env, cwd=str(REPO_ROOT),
+        )
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while b"ready\n" not in out_path.read_bytes():
+            if child.poll() is not None:
+                pytest.fail(f"the child exited before it was ready: {err_path.read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail("the child did not get ready in time")
+            time.sleep(0.01)
+        time.sleep(delay)
+        alive = child.poll() is None
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait(timeout=30)
+    assert alive, f"the child stopped by itself before the kill: {err_path.read_text()[-2000:]}"
+    assert child.returncode == -signal.SIGKILL
+    return out_path.read_text().splitlines()
+
+
+def _training_available() -> bool:
+    try:
+        import engine.features  # noqa: F401
+        import engine.training  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _crash_campaign(tmp_path: Path, request, *, kills: int, seed: int, images_per_round: int,
+                    max_delay: float, with_training: bool) -> Counter:
+    from engine.importing import import_paths
+    from engine.jobs import JobContext
+    from storage import catalog
+    from storage.project import create_project
+
+    rng = random.Random(seed)
+    path = tmp_path / "crash.sortlab"
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+    seed_folder = tmp_path / "seed-images"
+    _write_images(seed_folder, 30, rng)
+    project = create_project(path)
+    try:
+        for name in CLASSES:
+            catalog.add_class(project, name)
+        report = import_paths(JobContext(), project, [seed_folder], labels_from_folders=True)
+        assert report.imported == 30 and not report.failed
+    finally:
+        project.close()
+
+    ledger = CrashLedger()
+    task_menu = ["import,label", "import,label", "label", "import"]
+    if with_training:
+        task_menu += ["label,train", "import,label,train"]
+    for round_index in range(kills):
+        folder = tmp_path / f"round-{round_index}"
+        _write_images(folder, images_per_round, rng)
+        tasks = task_menu[round_index % len(task_menu)]
+        delay = rng.uniform(0.02, max_delay * (3 if "train" in tasks else 1))
+        lines = _run_child_and_kill(path, folder, seed * 1000 + round_index, tasks, delay, log_dir)
+        in_flight = ledger.absorb(lines)
+        ledger.counts["kills"] += 1
+        ledger.counts[f"kills_during_{tasks.replace(',', '+')}"] += 1
+        ledger.counts["kills_with_write_in_flight"] += bool(in_flight)
+        _check_after_kill(path, ledger, in_flight, rng)
+    ledger.counts["images_reported_committed"] = len(ledger.reported_images)
+    ledger.counts["labels_tracked_at_end"] = len(ledger.expected)
+    report_counts(request, f"crash safety seed={seed}", dict(ledger.counts))
+    return ledger.counts
+
+
+def test_sigkill_during_import_and_labeling_loses_nothing(tmp_path, request):
+    counts = _crash_campaign(tmp_path, request, kills=5, seed=7, images_per_round=80, max_delay=0.8,
+                             with_training=False)
+    assert counts["kills"] == 5
+    assert counts["labels_reported_saved"] > 0, "the children never got to label: the test proved nothing"
+    assert counts["images_reported_committed"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_sigkill_30_times_during_import_labeling_and_training(tmp_path, request):
+    with_training = _training_available()
+    counts = _crash_campaign(tmp_path, request, kills=36, seed=2024, images_per_round=150, max_delay=1.5,
+                             with_training=with_training)
+    assert counts["kills"] >= 30
+    assert counts["labels_reported_saved"] > 100
+    assert counts["kills_with_write_in_flight"] > 0

@@ -1,0 +1,274 @@
+"""Bad-input fuzzing (Hypothesis): mutated image bytes into import and into feature extraction.
+
+Each example takes a small valid PNG, GIF, BMP, JPEG, WEBP or TIFF and damages it: truncation,
+random byte flips, another format's header, or huge declared dimensions written into the header
+(with a valid CRC for PNG, so the decoder believes it). The file is imported with
+``engine.importing.import_paths``; the outcome must be exactly one of imported / duplicate /
+failed-with-a-reason, within the time bound (Hypothesis deadline), and every image row in the
+project must be whole afterwards (no half-written row). The same files go through
+``engine.features.features_for_files`` when the features engine exists.
+
+Normal suite: 50 import examples (+30 feature examples); ``make test-slow``: 600 (+150).
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from helpers.proof import incomplete_image_rows, max_image_id, report_counts
+
+HUGE_VALUES = [0, 1, 9000, 20_000, 46_341, 65_535, 2**16, 2**24, 2**31 - 1]
+IMPORT_DEADLINE_MS = 5_000
+FEATURE_DEADLINE_MS = 10_000
+_COUNTS: dict[str, Counter] = {}
+
+
+def _seed_images() -> dict[str, bytes]:
+    rng = np.random.default_rng(12345)
+    pixels = rng.integers(0, 256, size=(20, 28, 3), dtype=np.uint8)
+    picture = Image.fromarray(pixels, "RGB")
+    seeds = {}
+    for fmt, image, options in [
+        ("PNG", picture, {}),
+        ("PNG", picture.convert("RGBA"), {}),
+        ("GIF", picture.convert("P"), {}),
+        ("BMP", picture, {}),
+        ("JPEG", picture, {"quality": 80}),
+        ("JPEG", picture, {"progressive": True}),
+        ("WEBP", picture, {}),
+        ("TIFF", picture, {}),
+    ]:
+        buffer = io.BytesIO()
+        image.save(buffer, format=fmt, **options)
+        seeds[f"{fmt.lower()}-{image.mode}-{len(seeds)}"] = buffer.getvalue()
+    return seeds
+
+
+SEEDS = _seed_images()
+MAGICS = [b"\x89PNG\r\n\x1a\n", b"GIF89a", b"BM", b"\xff\xd8\xff\xe0", b"RIFF\x00\x00\x00\x00WEBP", b"II*\x00",
+          b"%PDF-1.4", b"PK\x03\x04", b"\x00\x00\x00\x00"]
+
+
+def _set_png_size(data: bytes, width: int, height: int) -> bytes:
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+        return data
+    header = bytearray(data)
+    header[16:24] = struct.pack(">II", width, height)
+    header[29:33] = struct.pack(">I", zlib.crc32(bytes(header[12:29])) & 0xFFFFFFFF)
+    return bytes(header)
+
+
+def _set_gif_size(data: bytes, width: int, height: int) -> bytes:
+    if data[:3] != b"GIF" or len(data) < 13:
+        return data
+    width, height = min(width, 0xFFFF), min(height, 0xFFFF)
+    out = bytearray(data)
+    out[6:10] = struct.pack("<HH", width, height)
+    position = 13 + (3 * 2 ** ((out[10] & 7) + 1) if out[10] & 0x80 else 0)
+    while position < len(out) and out[position] == 0x21:  # skip extension blocks
+        position += 2
+        while position < len(out) and out[position]:
+            position += out[position] + 1
+        position += 1
+    if position + 9 <= len(out) and out[position] == 0x2C:
+        out[position + 5 : position + 9] = struct.pack("<HH", width, height)
+    return bytes(out)
+
+
+def _set_bmp_size(data: bytes, width: int, height: int) -> bytes:
+    if data[:2] != b"BM" or len(data) < 26:
+        return data
+    out = bytearray(data)
+    out[18:26] = struct.pack("<ii", min(width, 2**31 - 1), -min(height, 2**31 - 1) if height % 2 else min(height, 2**31 - 1))
+    return bytes(out)
+
+
+def _set_jpeg_size(data: bytes, width: int, height: int) -> bytes:
+    out = bytearray(data)
+    for marker in (b"\xff\xc0", b"\xff\xc2"):
+        position = out.find(marker)
+        if position > 0 and position + 9 <= len(out):
+            out[position + 5 : position + 9] = struct.pack(">HH", min(height, 0xFFFF), min(width, 0xFFFF))
+            return bytes(out)
+    return data
+
+
+def _huge(data: bytes, width: int, height: int) -> bytes:
+    for setter in (_set_png_size, _set_gif_size, _set_bmp_size, _set_jpeg_size):
+        changed = setter(data, width, height)
+        if changed != data:
+            return changed
+    return data
+
+
+@st.composite
+def damaged_images(draw):
+    """(kind of damage, seed name, bytes)."""
+    name = draw(st.sampled_from(sorted(SEEDS)))
+    data = SEEDS[name]
+    kind = draw(st.sampled_from(["truncate", "flip", "header", "huge", "huge+truncate", "huge+flip", "mixed"]))
+    if "huge" in kind:
+        data = _huge(data, draw(st.sampled_from(HUGE_VALUES)), draw(st.sampled_from(HUGE_VALUES)))
+    if kind in ("truncate", "huge+truncate", "mixed"):
+        data = data[: draw(st.integers(0, max(len(data) - 1, 0)))]
+    if kind in ("flip", "huge+flip", "mixed") and data:
+        out = bytearray(data)
+        for _ in range(draw(st.integers(1, 12))):
+            position = draw(st.integers(0, len(out) - 1))
+            out[position] = draw(st.integers(0, 255))
+        data = bytes(out)
+    if kind == "header":
+        magic = draw(st.sampled_from(MAGICS))
+        data = magic + data[len(magic) :] if draw(st.booleans()) else magic + data
+    return kind, name, data
+
+
+def _reason_bucket(reason: str) -> str:
+    return reason.split("(")[0].split(":")[0].strip() or "empty reason"
+
+
+def _extension(name: str, kind: str) -> str:
+    return {"png": ".png", "gif": ".gif", "bmp": ".bmp", "jpeg": ".jpg", "webp": ".webp", "tiff": ".tif"}[
+        name.split("-")[0]
+    ]
+
+
+def _import_fuzz(tmp_path: Path, request, max_examples: int, label: str) -> None:
+    from engine.importing import import_paths
+    from engine.jobs import JobContext
+    from storage.project import create_project
+
+    project = create_project(tmp_path / "fuzz.sortlab")
+    counts: Counter = Counter()
+    folder = tmp_path / "files"
+    folder.mkdir()
+    checked = {"up_to": 0}
+
+    @settings(max_examples=max_examples, deadline=IMPORT_DEADLINE_MS, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @given(damaged_images())
+    def one(example):
+        kind, name, data = example
+        counts["examples"] += 1
+        counts[f"damage:{kind}"] += 1
+        path = folder / f"example{counts['examples']}{_extension(name, kind)}"
+        path.write_bytes(data)
+        report = import_paths(JobContext(), project, [path])
+        outcomes = report.imported + report.duplicates + len(report.failed)
+        assert outcomes == 1, f"one file must give exactly one outcome, got {report}"
+        if report.failed:
+            failure = report.failed[0]
+            assert failure.path == str(path)
+            assert isinstance(failure.reason, str) and failure.reason.strip(), "a failure needs a reason"
+            assert "Traceback" not in failure.reason
+            counts[f"failed:{_reason_bucket(failure.reason)}"] += 1
+        elif report.imported:
+            counts["imported"] += 1
+        else:
+            counts["duplicate"] += 1
+        problems = incomplete_image_rows(project.path, after_id=checked["up_to"])
+        assert not problems, problems
+        checked["up_to"] = max_image_id(project.path)
+
+    try:
+        one()
+    finally:
+        project.close()
+    _COUNTS[label] = counts
+    report_counts(request, f"fuzz import ({label})", dict(counts))
+    assert counts["examples"] >= min(max_examples, 20)
+    # The fuzzer must exercise both sides, or it proves little.
+    assert any(key.startswith("failed:") for key in counts), counts
+
+
+def test_fuzzed_images_import_or_fail_per_file(tmp_path, request):
+    _import_fuzz(tmp_path, request, max_examples=60, label="normal")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_fuzzed_images_import_or_fail_per_file_long(tmp_path, request):
+    _import_fuzz(tmp_path, request, max_examples=2000, label="slow")
+
+
+def test_huge_declared_dimensions_are_refused_quickly(project, tmp_path):
+    """A 2^31 x 2^31 PNG header (valid CRC) must be refused as a bomb, not allocated."""
+    from engine.importing import import_paths
+    from engine.jobs import JobContext
+
+    paths = []
+    for fmt, data in [("png", _set_png_size(SEEDS["png-RGB-0"], 2**31 - 1, 2**31 - 1)),
+                      ("gif", _set_gif_size(SEEDS["gif-P-2"], 65_535, 65_535)),
+                      ("bmp", _set_bmp_size(SEEDS["bmp-RGB-3"], 2**30, 2**30)),
+                      ("jpg", _set_jpeg_size(SEEDS["jpeg-RGB-4"], 65_535, 65_535))]:
+        path = tmp_path / f"huge.{fmt}"
+        path.write_bytes(data)
+        paths.append(path)
+    report = import_paths(JobContext(), project, paths)
+    assert report.imported == 0
+    assert len(report.failed) == 4, report
+    reasons = {Path(f.path).suffix: f.reason for f in report.failed}
+    assert "bomb" in reasons[".png"] or "large" in reasons[".png"], reasons
+    assert all(reason.strip() for reason in reasons.values())
+
+
+# --- feature extraction / prediction of files ---------------------------------------------------
+
+
+def _features_fuzz(tmp_path: Path, request, max_examples: int, label: str) -> None:
+    features = pytest.importorskip("engine.features", reason="the features engine has not landed")
+    from engine.backbones import DEFAULT_BACKBONE
+    from engine.jobs import JobContext
+
+    counts: Counter = Counter()
+    folder = tmp_path / "files"
+    folder.mkdir()
+    # Warm the backbone once, outside the timed examples.
+    good = folder / "good.png"
+    good.write_bytes(SEEDS["png-RGB-0"])
+    ok, X, failed = features.features_for_files(JobContext(), [good], DEFAULT_BACKBONE, None)
+    assert [str(p) for p in ok] == [str(good)] and not failed
+
+    @settings(max_examples=max_examples, deadline=FEATURE_DEADLINE_MS, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @given(st.lists(damaged_images(), min_size=1, max_size=3))
+    def one(examples):
+        paths = []
+        for kind, name, data in examples:
+            counts["files"] += 1
+            path = folder / f"f{counts['files']}{_extension(name, kind)}"
+            path.write_bytes(data)
+            paths.append(path)
+        ok_paths, X, failed = features.features_for_files(JobContext(), paths, DEFAULT_BACKBONE, None)
+        ok_set = {str(p) for p in ok_paths}
+        failed_set = {str(p) for p, _ in failed}
+        assert ok_set | failed_set == {str(p) for p in paths} and not ok_set & failed_set
+        assert X.shape[0] == len(ok_paths) and np.isfinite(X).all()
+        for _, reason in failed:
+            assert isinstance(reason, str) and reason.strip()
+            counts[f"failed:{_reason_bucket(reason)}"] += 1
+        counts["ok"] += len(ok_paths)
+
+    one()
+    report_counts(request, f"fuzz features ({label})", dict(counts))
+    assert any(key.startswith("failed:") for key in counts), counts
+
+
+def test_fuzzed_images_into_feature_extraction(tmp_path, request):
+    _features_fuzz(tmp_path, request, max_examples=30, label="normal")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_fuzzed_images_into_feature_extraction_long(tmp_path, request):
+    _features_fuzz(tmp_path, request, max_examples=150, label="slow")

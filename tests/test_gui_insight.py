@@ -1,0 +1,323 @@
+"""Training panel, curves, model report and embedding map, driven offscreen with fake jobs."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from PySide6.QtCore import QEvent, QPoint, QPointF, Qt
+from PySide6.QtGui import QMouseEvent
+from PySide6.QtTest import QTest
+from PySide6.QtWidgets import QApplication
+
+from gui.curves import TrainingCurves
+from gui.embedding_view import EmbeddingView, normalize_layout, points_in_polygon
+from gui.model_report import ModelReport, build_report, project_report
+from gui.runner import QtJobRunner
+from gui.training_panel import BackboneChoice, TimeLeftEstimator, TrainingPanel
+
+pytestmark = pytest.mark.gui
+BACKBONES = [BackboneChoice("efficientnet_lite0", "EfficientNet-Lite0", ("head", "block6"), "head")]
+
+
+@pytest.fixture
+def runner(qtbot):
+    qt_runner = QtJobRunner()
+    yield qt_runner
+    qt_runner.cancel_all()
+    qt_runner.shutdown()
+
+
+def add_images(project, n, sources=("phone", "camera")):
+    from storage.models import Image
+
+    with project.writing() as session:
+        for i in range(n):
+            session.add(Image(id=i + 1, content_hash=f"h{i}", original_name=f"{i}.png", original_path=f"/x/{i}.png",
+                              source=sources[i % len(sources)], width=4, height=4, original_format="PNG",
+                              data=b"", thumbnail=b""))
+    return list(range(1, n + 1))
+
+
+def make_panel(qtbot, runner, project, train_fn, **kwargs):
+    panel = TrainingPanel(runner, project, train_fn=train_fn, backbones=BACKBONES, device="cpu",
+                          history_fn=kwargs.pop("history_fn", lambda p: ([], [])), **kwargs)
+    qtbot.addWidget(panel)
+    return panel
+
+
+# -- training panel -----------------------------------------------------------------------------
+def slow_fake_training(context, project, method, backbone, layer):
+    for step in range(400):
+        context.check_cancelled()
+        context.progress(step / 400, f"Extracting features ({step}/400)")
+        time.sleep(0.01)
+    return {"metrics": {"val_acc": 0.9}}
+
+
+def test_start_then_cancel_from_the_panel(qtbot, runner, project):
+    calls = []
+
+    def train(context, project_arg, method, backbone, layer):
+        calls.append((method, backbone, layer))
+        return slow_fake_training(context, project_arg, method, backbone, layer)
+
+    panel = make_panel(qtbot, runner, project, train)
+    assert panel.start_button.isEnabled() and not panel.cancel_button.isEnabled()
+    assert not panel.advanced.isVisibleTo(panel)
+    qtbot.mouseClick(panel.start_button, Qt.MouseButton.LeftButton)
+    assert panel.is_running and panel.cancel_button.isEnabled() and not panel.start_button.isEnabled()
+    qtbot.waitUntil(lambda: panel.progress_bar.value() > 0, timeout=5000)
+    assert "Extracting features" in panel.step_label.text()
+    with qtbot.waitSignal(panel.training_finished, timeout=5000) as finished:
+        qtbot.mouseClick(panel.cancel_button, Qt.MouseButton.LeftButton)
+    assert finished.args[0].status == "cancelled"
+    assert calls == [("logreg", "efficientnet_lite0", "head")]
+    assert not panel.is_running and panel.start_button.isEnabled() and not panel.cancel_button.isEnabled()
+    assert "cancelled" in panel.step_label.text().lower()
+
+
+def test_epoch_partials_reach_the_curves(qtbot, runner, project):
+    epochs = [{"kind": "epoch", "epoch": e, "train_loss": 1.0 / e, "train_acc": 0.5 + e / 10,
+               "val_loss": 1.2 / e, "val_acc": 0.4 + e / 10} for e in (1, 2, 3)]
+
+    def fine_tune(context, project_arg, method, backbone, layer):
+        for epoch in epochs:
+            context.partial(epoch)
+            context.progress(epoch["epoch"] / 3, f"Epoch {epoch['epoch']} of 3")
+        return {"metrics": {"val_acc": 0.7}}
+
+    panel = make_panel(qtbot, runner, project, fine_tune)
+    panel.set_method("finetune")
+    with qtbot.waitSignal(panel.training_finished, timeout=5000) as finished:
+        assert panel.start()
+    assert finished.args[0].status == "done"
+    np.testing.assert_allclose(panel.curves.epoch_data("val_acc"), [0.5, 0.6, 0.7])
+    np.testing.assert_allclose(panel.curves.epoch_data("train_loss"), [1.0, 0.5, 1 / 3])
+    x, y = panel.curves.acc_curves["val_acc"].getData()
+    np.testing.assert_allclose(x, [1, 2, 3])
+    np.testing.assert_allclose(y, [50, 60, 70])  # fractions are shown as percentages
+    assert panel.curves.stack.currentIndex() == 0
+    assert "70.0%" in panel.step_label.text()
+
+
+def test_quick_history_curve_and_automatic_retraining(qtbot, runner, project):
+    history = ([10, 40, 25], [0.6, 0.9, 0.8])
+    runs = []
+
+    def quick(context, project_arg, method, backbone, layer):
+        runs.append(method)
+        return {"metrics": {"val_acc": 0.9}}
+
+    panel = make_panel(qtbot, runner, project, quick, history_fn=lambda p: history)
+    x, y = panel.curves.history_curve.getData()
+    np.testing.assert_allclose(x, [10, 25, 40])
+    np.testing.assert_allclose(y, [60, 80, 90])
+    panel._retrain_timer.setInterval(50)
+    for _ in range(5):  # a burst of labeling: one retraining
+        panel.labels_changed([1])
+    with qtbot.waitSignal(panel.training_finished, timeout=5000):
+        pass
+    qtbot.wait(200)
+    assert runs == ["logreg"]
+    panel.auto_retrain.setChecked(False)
+    panel.labels_changed([2])
+    qtbot.wait(200)
+    assert runs == ["logreg"]
+
+
+def test_time_left_follows_the_recent_rate():
+    now = [0.0]
+    estimator = TimeLeftEstimator(window_s=10, clock=lambda: now[0])
+    assert estimator.update(0.0) is None
+    now[0] = 2.0
+    assert estimator.update(0.1) == pytest.approx(18.0)
+    now[0] = 4.0
+    assert estimator.update(0.2) == pytest.approx(16.0)
+    now[0] = 5.0
+    assert estimator.update(0.05) is None  # a new step restarted the bar
+
+
+# -- model report -------------------------------------------------------------------------------
+@dataclass
+class FakeModel:
+    version: int
+    created_at: object
+    method: str
+    backbone: str
+    metrics: dict
+    n_labeled: int
+    is_active: bool
+
+
+@dataclass
+class FakePrediction:
+    class_id: int
+    probability: float = 0.9
+
+
+def test_build_report_metrics():
+    report = build_report([1, 2, 3, 4, 5, 6], [10, 10, 10, 20, 20, 30], [10, 20, 10, 20, 20, 10],
+                          [10, 20, 30], ["a", "b", "c"], ["s1", "s1", "s2", "s2", "s2", "s1"])
+    assert report.accuracy == pytest.approx(4 / 6)
+    assert report.balanced_accuracy == pytest.approx((2 / 3 + 1 + 0) / 3)
+    np.testing.assert_allclose(report.recall, [2 / 3, 1, 0])
+    np.testing.assert_allclose(report.precision[:2], [2 / 3, 2 / 3])
+    assert report.confusion.tolist() == [[2, 1, 0], [0, 2, 0], [1, 0, 0]]
+    assert report.cell_images[(0, 1)] == [2] and report.cell_images[(2, 0)] == [6]
+    assert report.sources == [("s1", pytest.approx(1 / 3), 3), ("s2", 1.0, 3)]
+
+
+def test_confusion_cell_click_shows_exactly_those_images(qtbot, project):
+    import datetime as dt
+
+    from storage.catalog import add_class, set_labels
+
+    ids = add_images(project, 12)
+    ants, bees = add_class(project, "ants"), add_class(project, "bees")
+    set_labels(project, ids[:6], ants.id)
+    set_labels(project, ids[6:10], bees.id)  # 11 and 12 stay unlabeled
+    predicted = {i: FakePrediction(ants.id if i in (1, 2, 3, 4, 7, 11) else bees.id) for i in ids}
+    models = [FakeModel(1, dt.datetime(2024, 5, 1, 9, 30), "logreg", "efficientnet_lite0", {"val_acc": 0.7}, 8, False),
+              FakeModel(2, dt.datetime(2024, 5, 2, 9, 30), "logreg", "efficientnet_lite0", {"val_acc": 0.8}, 10, True)]
+    activated = []
+    report_widget = ModelReport(
+        project, list_models_fn=lambda p: models, set_active_fn=lambda p, v: activated.append(v),
+        report_fn=lambda p, v: project_report(p, v, predictions_fn=lambda p2, v2: predicted),
+    )
+    qtbot.addWidget(report_widget)
+    report_widget.resize(700, 700)
+    report_widget.show()
+    assert report_widget.selected_version() == 2  # the active one is shown
+    report = report_widget.report
+    assert report.n == 10 and report.accuracy == pytest.approx(7 / 10)
+    assert report_widget.matrix.item(1, 0).text() == "1"
+
+    matrix = report_widget.matrix
+    rect = matrix.visualItemRect(matrix.item(0, 1))  # true ants, said bees
+    with qtbot.waitSignal(report_widget.show_images, timeout=2000) as shown:
+        qtbot.mouseClick(matrix.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    assert shown.args[0] == [5, 6]
+    assert "ants taken for bees" in shown.args[1]
+    rect = matrix.visualItemRect(matrix.item(1, 0))
+    with qtbot.waitSignal(report_widget.show_images, timeout=2000) as shown:
+        qtbot.mouseClick(matrix.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    assert shown.args[0] == [7]
+
+    report_widget.versions_table.selectRow(0)
+    assert report_widget.activate_button.isEnabled()
+    with qtbot.waitSignal(report_widget.active_changed, timeout=2000):
+        qtbot.mouseClick(report_widget.activate_button, Qt.MouseButton.LeftButton)
+    assert activated == [1]
+
+
+# -- embedding map ------------------------------------------------------------------------------
+def test_points_in_polygon_matches_geometry():
+    rng = np.random.default_rng(0)
+    points = rng.uniform(-2, 2, (5000, 2))
+    square = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], float)
+    np.testing.assert_array_equal(points_in_polygon(points, square), np.all(np.abs(points) < 1, axis=1))
+    angles = np.linspace(0, 2 * np.pi, 200, endpoint=False)
+    circle = np.c_[np.cos(angles), np.sin(angles)] * 1.5
+    radius = np.hypot(points[:, 0], points[:, 1])
+    clear = np.abs(radius - 1.5) > 0.01
+    np.testing.assert_array_equal(points_in_polygon(points, circle)[clear], (radius < 1.5)[clear])
+    assert normalize_layout(points * 1000 + 5).max() <= 1.6
+
+
+def drag(widget, points):
+    """Left-drag through the given widget positions with real mouse events."""
+    def send(kind, pos, button, buttons):
+        event = QMouseEvent(kind, QPointF(pos), QPointF(widget.mapToGlobal(pos)), button, buttons,
+                            Qt.KeyboardModifier.NoModifier)
+        QApplication.sendEvent(widget, event)
+
+    left = Qt.MouseButton.LeftButton
+    send(QEvent.Type.MouseButtonPress, points[0], left, left)
+    for point in points[1:]:
+        QTest.qWait(25)  # pyqtgraph drops move events that come faster than its rate limit
+        send(QEvent.Type.MouseMove, point, Qt.MouseButton.NoButton, left)
+    send(QEvent.Type.MouseButtonRelease, points[-1], left, Qt.MouseButton.NoButton)
+
+
+def test_lasso_labels_several_images_as_one_undoable_step(qtbot, project):
+    from storage.catalog import add_class, label_states, set_labels
+
+    ids = add_images(project, 40)
+    ants, bees = add_class(project, "ants"), add_class(project, "bees")
+    set_labels(project, [1, 2], bees.id)
+    changed = []
+    view = EmbeddingView(None, project)
+    view.labels_changed.connect(changed.append)
+    qtbot.addWidget(view)
+    view.resize(600, 500)
+    view.show()
+    qtbot.waitExposed(view)
+    # points 1..20 on the left half, 21..40 on the right half
+    coords = np.array([[-1 + 0.1 * (i % 5), -1 + 0.5 * (i // 5)] for i in range(20)]
+                      + [[0.6 + 0.1 * (i % 5), -1 + 0.5 * (i // 5)] for i in range(20)], float)
+    view.set_layout(ids, coords)
+    assert view.class_ids[:2].tolist() == [bees.id, bees.id]
+    vb = view.viewbox
+    qtbot.wait(50)  # let the view apply its new range before mapping map coordinates to pixels
+
+    def to_widget(x, y):
+        return view.plot.mapFromScene(vb.mapViewToScene(QPointF(float(x), float(y))))
+
+    left = normalize_layout(coords)[:20]
+    pad = np.array([0.02, 0.02])  # inside the view's own 5% margin
+    lo, hi = left.min(axis=0) - pad, left.max(axis=0) + pad
+    path = [to_widget(lo[0], lo[1]), to_widget(hi[0], lo[1]), to_widget(hi[0], hi[1]), to_widget(lo[0], hi[1]),
+            to_widget(lo[0], lo[1] + pad[1])]
+    drag(view.plot.viewport(), [QPoint(p.x(), p.y()) for p in path])
+    assert sorted(view.selected_ids) == ids[:20]
+
+    qtbot.keyClick(view.plot, "1")  # shortcut 1 = ants
+    assert view.undo_stack.count() == 1
+    states = {s.image_id: s.class_id for s in label_states(project, ids)}
+    assert all(states[i] == ants.id for i in ids[:20]) and all(states[i] is None for i in ids[20:])
+    assert (view.class_ids[:20] == ants.id).all()
+    assert changed and sorted(changed[-1]) == ids[:20]
+
+    view.undo_stack.undo()
+    states = {s.image_id: s.class_id for s in label_states(project, ids)}
+    assert states[1] == bees.id and states[2] == bees.id
+    assert all(states[i] is None for i in ids[2:])
+    view.undo_stack.redo()
+    assert label_states(project, [5])[0].class_id == ants.id
+
+
+def test_embedding_partials_move_points_and_colors(qtbot, runner, project):
+    from storage.catalog import add_class, set_labels
+
+    ids = add_images(project, 30)
+    ants = add_class(project, "ants")
+    set_labels(project, ids[:10], ants.id)
+    rng = np.random.default_rng(0)
+    layouts = [rng.normal(size=(30, 2)) for _ in range(3)]
+
+    def fake_embedding(context, project_arg, backbone, layer):
+        context.partial({"kind": "embedding", "coords": layouts[0], "iteration": 0, "method": "pca", "image_ids": np.array(ids)})
+        for i, layout in enumerate(layouts[1:], 1):
+            context.partial({"kind": "embedding", "coords": layout, "iteration": 25 * i, "method": "tsne",
+                             "image_ids": np.array(ids), "total_iterations": 50})
+        return {"image_ids": np.array(ids), "coords": layouts[-1], "method": "tsne"}
+
+    view = EmbeddingView(runner, project, predictions_fn=lambda p: {i: FakePrediction(ants.id) for i in ids[:25]})
+    qtbot.addWidget(view)
+    view.resize(500, 400)
+    seen = []
+    runner.partial.connect(lambda name, result: seen.append(view.coords.copy()))
+    with qtbot.waitSignal(runner.finished, timeout=5000):
+        assert view.compute("efficientnet_lite0", None, job=fake_embedding)
+    np.testing.assert_allclose(view.coords, normalize_layout(layouts[-1]), rtol=1e-5)
+    assert view.method == "tsne"
+    sizes = {len(idx) for idx, _item in view._groups}
+    assert sizes == {10, 20}  # labeled ants, unlabeled
+    view.set_color_mode("prediction")
+    assert sorted(len(idx) for idx, _item in view._groups) == [5, 10, 15]  # ants labeled / predicted-only / none
+    view.set_color_mode("source")
+    assert sorted(len(idx) for idx, _item in view._groups) == [5, 5, 10, 10]
+    assert not view.compute("efficientnet_lite0", None, job=fake_embedding)  # same images: recolor only

@@ -1,0 +1,122 @@
+"""engine.projection: PCA at once, t-SNE streaming partials, cancellation, the embedding job."""
+
+from __future__ import annotations
+
+import threading
+import types
+
+import numpy as np
+import pytest
+
+from engine import projection
+from engine.jobs import JobCancelled, JobContext, run_job
+from engine.projection import compute_embedding, embedding_job, point_attributes
+
+
+def clusters(n_per: int = 60, k: int = 3, dim: int = 32, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 8, (k, dim))
+    X = np.concatenate([rng.normal(c, 1.0, (n_per, dim)) for c in centers]).astype(np.float32)
+    y = np.repeat(np.arange(k), n_per)
+    return X, y
+
+
+def separation(coords: np.ndarray, y: np.ndarray) -> float:
+    """Between-cluster distance of centroids over mean within-cluster spread."""
+    centroids = np.stack([coords[y == c].mean(axis=0) for c in np.unique(y)])
+    within = np.mean([np.linalg.norm(coords[y == c] - centroids[c], axis=1).mean() for c in np.unique(y)])
+    between = np.mean([np.linalg.norm(a - b) for i, a in enumerate(centroids) for b in centroids[i + 1 :]])
+    return between / within
+
+
+def test_pca_is_immediate_float32_and_keeps_clusters_apart():
+    X, y = clusters()
+    coords = compute_embedding(JobContext(), X, "pca")
+    assert coords.shape == (len(X), 2) and coords.dtype == np.float32
+    assert separation(coords, y) > 3
+
+
+def test_pca_handles_degenerate_inputs():
+    assert compute_embedding(JobContext(), np.ones((1, 5), np.float32), "pca").shape == (1, 2)
+    one_dim = compute_embedding(JobContext(), np.arange(10, dtype=np.float32)[:, None], "pca")
+    assert one_dim.shape == (10, 2) and np.all(one_dim[:, 1] == 0)
+    with pytest.raises(ValueError):
+        compute_embedding(JobContext(), np.ones((4, 3)), "umap")
+
+
+def test_tsne_streams_partials_and_separates_clusters():
+    X, y = clusters()
+    partials = []
+    fractions = []
+    context = JobContext(on_progress=lambda f, m: fractions.append(f), on_partial=partials.append)
+    coords = compute_embedding(context, X, "tsne", seed=1)
+    assert coords.shape == (len(X), 2) and coords.dtype == np.float32
+    iterations = [p["iteration"] for p in partials]
+    assert iterations == sorted(iterations) and iterations[0] == projection.PARTIAL_EVERY
+    assert iterations[-1] == projection.EARLY_ITERATIONS + projection.MAIN_ITERATIONS
+    assert all(p["kind"] == "embedding" and p["method"] == "tsne" and p["coords"].shape == (len(X), 2) for p in partials)
+    # partials are copies: a later step does not rewrite an earlier one
+    assert not np.allclose(partials[0]["coords"], partials[-1]["coords"])
+    assert fractions[-1] == 1.0
+    assert separation(coords, y) > 3
+
+
+def test_tsne_cancels_inside_the_optimisation():
+    X, _ = clusters()
+    cancel = threading.Event()
+    partials = []
+
+    def on_partial(result):
+        partials.append(result)
+        cancel.set()  # the user presses Cancel as soon as the first layout arrives
+
+    context = JobContext(on_partial=on_partial, cancel_event=cancel)
+    with pytest.raises(JobCancelled):
+        compute_embedding(context, X, "tsne")
+    assert len(partials) == 1
+    assert run_job(compute_embedding, JobContext(cancel_event=cancel), X, "tsne").status == "cancelled"
+
+
+def test_embedding_job_gives_pca_first_then_tsne(project, monkeypatch):
+    X, _ = clusters(n_per=20)
+    ids = np.arange(100, 100 + len(X), dtype=np.int64)
+    calls = []
+
+    def fake_load_features(project_arg, backbone, layer):
+        calls.append((project_arg, backbone, layer))
+        return ids, X
+
+    try:
+        import engine.features as features_module
+    except ImportError:  # the features engine has not landed in this checkout
+        features_module = types.ModuleType("engine.features")
+        monkeypatch.setitem(__import__("sys").modules, "engine.features", features_module)
+    monkeypatch.setattr(features_module, "load_features", fake_load_features, raising=False)
+    monkeypatch.setattr(projection, "EARLY_ITERATIONS", 100)
+    monkeypatch.setattr(projection, "MAIN_ITERATIONS", 100)
+    partials = []
+    result = embedding_job(JobContext(on_partial=partials.append), project, "efficientnet_lite0", "head")
+    assert calls == [(project, "efficientnet_lite0", "head")]
+    assert partials[0]["method"] == "pca" and partials[0]["iteration"] == 0
+    assert [p["method"] for p in partials[1:]] == ["tsne"] * (len(partials) - 1) and len(partials) > 5
+    assert all(np.array_equal(p["image_ids"], ids) for p in partials)
+    assert result["method"] == "tsne" and result["coords"].shape == (len(X), 2)
+    np.testing.assert_array_equal(result["image_ids"], ids)
+
+
+def test_point_attributes_aligns_labels_sources_and_splits(project):
+    from storage.catalog import add_class, set_labels, set_split
+    from storage.models import Image
+
+    with project.writing() as session:
+        for i, source in enumerate(["cam-a", "cam-b", "cam-a", ""]):
+            session.add(Image(id=i + 1, content_hash=f"h{i}", original_name=f"{i}.png", original_path=f"/x/{i}.png",
+                              source=source, width=4, height=4, original_format="PNG", data=b"", thumbnail=b""))
+    bees = add_class(project, "bees")
+    set_labels(project, [3], bees.id)
+    set_split(project, [2], "val")
+    attributes = point_attributes(project, [3, 1, 2, 4, 99])
+    assert attributes.class_ids.tolist() == [bees.id, -1, -1, -1, -1]
+    names = attributes.source_names
+    assert [names[c] for c in attributes.source_codes[:4]] == ["cam-a", "cam-a", "cam-b", ""]
+    assert attributes.splits.tolist() == [0, 0, 1, 0, 0]

@@ -1,0 +1,197 @@
+"""Folder watching: new files are predicted once complete, appended to the CSV, and never twice."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from engine.watch import (
+    CSV_HEADER,
+    FailedPrediction,
+    FolderWatcher,
+    PredictBatchResult,
+    PredictedRow,
+    is_candidate,
+    watch_folder,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _png(path: Path, color=(255, 0, 0)) -> Path:
+    Image.new("RGB", (8, 8), color).save(path)
+    return path
+
+
+class RecordingPredictor:
+    """Predicts 'red' for every file, 'broken' files fail; records each batch it was given."""
+
+    def __init__(self):
+        self.batches: list[list[str]] = []
+
+    def __call__(self, paths):
+        self.batches.append(list(paths))
+        result = PredictBatchResult()
+        for path in paths:
+            if "broken" in Path(path).name:
+                result.failed.append(FailedPrediction(path, "cannot decode image"))
+            else:
+                result.rows.append(PredictedRow(path, "red", 0.75))
+        return result
+
+    @property
+    def seen(self) -> list[str]:
+        return [p for batch in self.batches for p in batch]
+
+
+def _read_csv(path: Path) -> list[list[str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.reader(handle))
+
+
+def test_candidates_skip_hidden_temporary_and_non_images():
+    assert is_candidate("IMG_001.JPG")
+    assert is_candidate("scan.png")
+    assert not is_candidate(".IMG_001.jpg")
+    assert not is_candidate("IMG_001.jpg.part")
+    assert not is_candidate("notes.txt")
+    assert not is_candidate("Thumbs.db")
+
+
+def test_growing_file_is_not_ready_until_its_size_is_stable(tmp_path):
+    watcher = FolderWatcher(tmp_path, stable_polls=2)
+    target = tmp_path / "drop.jpg"
+    target.write_bytes(b"\xff\xd8" + b"x" * 10)
+    assert watcher.poll() == []
+    with open(target, "ab") as handle:  # the camera is still writing
+        handle.write(b"y" * 10)
+    assert watcher.poll() == []
+    assert watcher.poll() == []  # unchanged once
+    assert watcher.poll() == [os.path.abspath(target)]  # unchanged twice
+
+
+def test_empty_file_is_never_ready(tmp_path):
+    watcher = FolderWatcher(tmp_path, stable_polls=1)
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    for _ in range(4):
+        assert watcher.poll() == []
+
+
+def test_watch_appends_rows_and_skips_failures(tmp_path):
+    folder = tmp_path / "drops"
+    (folder / "sub").mkdir(parents=True)
+    _png(folder / "a.png")
+    _png(folder / "sub" / "b.png")
+    (folder / "broken.png").write_bytes(b"not really a png")
+    (folder / "readme.txt").write_text("ignored")
+    out = tmp_path / "out.csv"
+    predictor = RecordingPredictor()
+    report = watch_folder(folder, out, predictor, poll_seconds=0, stable_polls=1, max_polls=4)
+    rows = _read_csv(out)
+    assert tuple(rows[0]) == CSV_HEADER
+    assert sorted(Path(r[0]).name for r in rows[1:]) == ["a.png", "b.png"]
+    assert all(r[1] == "red" and float(r[2]) == 0.75 for r in rows[1:])
+    assert report.predicted == 2
+    assert [Path(f.path).name for f in report.failed] == ["broken.png"]
+    # The broken file is tried once, not again on every poll while it stays unchanged.
+    assert [Path(p).name for p in predictor.seen].count("broken.png") == 1
+
+
+def test_restarted_watch_does_not_predict_files_already_in_the_csv(tmp_path):
+    folder = tmp_path / "drops"
+    folder.mkdir()
+    _png(folder / "a.png")
+    out = tmp_path / "out.csv"
+    watch_folder(folder, out, RecordingPredictor(), poll_seconds=0, stable_polls=1, max_polls=3)
+    _png(folder / "c.png", (0, 0, 255))
+    second = RecordingPredictor()
+    watch_folder(folder, out, second, poll_seconds=0, stable_polls=1, max_polls=3)
+    assert [Path(p).name for p in second.seen] == ["c.png"]
+    rows = _read_csv(out)
+    assert [r[0] for r in rows].count("path") == 1  # header written once
+    assert sorted(Path(r[0]).name for r in rows[1:]) == ["a.png", "c.png"]
+
+
+def test_only_new_ignores_files_present_at_start(tmp_path):
+    folder = tmp_path / "drops"
+    folder.mkdir()
+    _png(folder / "old.png")
+    predictor = RecordingPredictor()
+    stop = threading.Event()
+
+    def drop_later():
+        time.sleep(0.15)
+        _png(folder / "new.png")
+
+    dropper = threading.Thread(target=drop_later)
+    dropper.start()
+    report = watch_folder(folder, tmp_path / "out.csv", predictor, poll_seconds=0.05, stable_polls=1,
+                          only_new=True, stop_event=stop, max_polls=20)
+    dropper.join()
+    assert [Path(p).name for p in predictor.seen] == ["new.png"]
+    assert report.predicted == 1
+
+
+def test_stop_event_ends_the_loop(tmp_path):
+    stop = threading.Event()
+    timer = threading.Timer(0.2, stop.set)
+    timer.start()
+    started = time.monotonic()
+    report = watch_folder(tmp_path, tmp_path / "out.csv", RecordingPredictor(), poll_seconds=0.05, stop_event=stop)
+    assert time.monotonic() - started < 5
+    assert report.polls >= 1
+
+
+def test_missing_folder_is_an_error(tmp_path):
+    with pytest.raises(NotADirectoryError):
+        watch_folder(tmp_path / "nope", tmp_path / "out.csv", RecordingPredictor(), max_polls=1)
+
+
+_CHILD = """
+import sys, time
+sys.path.insert(0, sys.argv[3])
+from engine.watch import PredictBatchResult, PredictedRow, watch_folder
+
+def predict(paths):
+    return PredictBatchResult(rows=[PredictedRow(p, "red", 0.5) for p in paths])
+
+def on_rows(rows):
+    print("predicted", len(rows), flush=True)
+
+try:
+    watch_folder(sys.argv[1], sys.argv[2], predict, poll_seconds=0.05, stable_polls=1, on_rows=on_rows)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    sys.exit(130)
+"""
+
+
+def test_ctrl_c_stops_cleanly_with_the_csv_flushed(tmp_path):
+    folder = tmp_path / "drops"
+    folder.mkdir()
+    _png(folder / "a.png")
+    out = tmp_path / "out.csv"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(folder), str(out), str(REPO_ROOT)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert child.stdout.readline().strip() == "predicted 1"
+        child.send_signal(signal.SIGINT)
+        stdout, stderr = child.communicate(timeout=20)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 130, stderr
+    assert "interrupted" in stdout
+    rows = _read_csv(out)
+    assert [Path(r[0]).name for r in rows[1:]] == ["a.png"]
