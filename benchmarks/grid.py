@@ -7,7 +7,8 @@ through the import pipeline, then measures in the real MainWindow (offscreen is 
 - open_s: from open_project() until the grid has painted the first screen of real thumbnails;
 - scroll_fps: the view is scrolled a page at a time through many pages, each step processing
   events (thumbnail loads included) and repainting; frames per second of that loop;
-- peak_rss_mb: the process's peak resident memory (psutil), generation included.
+- peak_rss_mb: the largest resident memory (psutil) sampled while opening and scrolling;
+  process_peak_rss_mb is the kernel's high-water mark, project generation included.
 
 Last line: JSON {"benchmark": "grid", "images", "open_s", "scroll_fps", "peak_rss_mb", ...}.
 Targets: open_s < 2, scroll_fps >= 30, memory bounded (thumbnail cache is an LRU).
@@ -125,13 +126,18 @@ def _screen_painted(window) -> bool:
 
 
 def measure(path: Path, pages: int) -> dict:
+    from PySide6.QtCore import QSettings
     from PySide6.QtWidgets import QApplication
 
     from gui.main_window import MainWindow
     from storage.project import open_project
 
     app = QApplication.instance() or QApplication(sys.argv)
-    window = MainWindow(settings_scope="benchmark")
+    # A throwaway settings file: the benchmark must not touch the user's recent projects.
+    settings = QSettings(str(path.with_suffix(".ini")), QSettings.Format.IniFormat)
+    window = MainWindow(settings=settings, data_dir=path.parent, projects_dir=path.parent)
+    process = psutil.Process()
+    rss = [process.memory_info().rss]
     window.resize(1400, 900)
     window.show()
     app.processEvents()
@@ -152,10 +158,13 @@ def measure(path: Path, pages: int) -> dict:
         app.processEvents()
         window.grid.viewport().repaint()
         frames += 1
+        if frames % 10 == 0:
+            rss.append(process.memory_info().rss)
     scroll_s = time.perf_counter() - started
     # Then let the last screen fill in: scrolling never blocks on thumbnails.
     _wait(app, lambda: _screen_painted(window), 30)
     cached = window.grid_model.cached_thumbnails
+    rss.append(process.memory_info().rss)
 
     window.close_project()
     window.close()
@@ -166,6 +175,7 @@ def measure(path: Path, pages: int) -> dict:
         "scroll_fps": round(frames / scroll_s, 1),
         "scrolled_pages": pages,
         "cached_thumbnails": cached,
+        "peak_rss_mb": round(max(rss) / 2**20, 1),
     }
 
 
@@ -184,17 +194,16 @@ def main() -> int:
         generate_s = round(time.perf_counter() - started, 1)
         print(f"generated {args.images} images in {generate_s} s at {path}", file=sys.stderr)
     result = measure(path, args.pages)
-    peak = psutil.Process().memory_info()
-    peak_rss = getattr(peak, "peak_wset", None) or _peak_rss_bytes()
     print(json.dumps({
         "benchmark": "grid",
         "images": result["rows"],
         "open_s": result["open_s"],
         "scroll_fps": result["scroll_fps"],
-        "peak_rss_mb": round(peak_rss / 2**20, 1),
+        "peak_rss_mb": result["peak_rss_mb"],
         "scrolled_pages": result["scrolled_pages"],
         "cached_thumbnails": result["cached_thumbnails"],
         "generate_s": generate_s,
+        "process_peak_rss_mb": round(_peak_rss_bytes() / 2**20, 1),
         "goal": {"open_s": 2.0, "scroll_fps": 30},
     }))
     return 0

@@ -1,5 +1,142 @@
-"""CLI: extract, train, predict, models."""
+"""CLI: train, predict, models.
+
+``train`` extracts missing features, trains, evaluates and activates a new model version;
+``predict`` classifies image files that are not in the project (nothing is imported);
+``models`` lists model versions with their metrics and can switch the active one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+
+from cli.common import CliError, CommandResult, add_json_flag, open_existing_project, stderr_progress_context
+from engine.backbones import DEFAULT_BACKBONE
+from engine.predicting import FilePredictions, predict_files
+from engine.training import DEFAULT_METHOD, METHODS, train_model
+from storage.errors import ProjectError
+from storage.modelstore import ModelInfo, list_models, set_active_model
+
+CSV_HEADER = ("path", "class", "probability")
 
 
 def register(subparsers) -> None:
-    """Adds no subcommands yet."""
+    """Adds train, predict and models."""
+    train = subparsers.add_parser(
+        "train", help="train a classifier on the labeled images (features are extracted first if missing)",
+        description="Train a new model version on the project's labeled images, evaluate it honestly "
+        "(held-out validation images, or k-fold cross-validation for small projects), predict every image "
+        "and make it the active model.",
+    )
+    train.add_argument("project")
+    train.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
+                       help="logreg (default, quick), svm, probe (linear probe with augmentation) or "
+                       "finetune (whole network; slow without a GPU)")
+    train.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"feature network (default {DEFAULT_BACKBONE})")
+    train.add_argument("--layer", default=None, help="feature layer (default: the backbone's pooled last layer)")
+    train.add_argument("--seed", type=int, default=0, help="random seed (same seed, same model)")
+    add_json_flag(train)
+    train.set_defaults(handler=run_train)
+
+    predict = subparsers.add_parser(
+        "predict", help="classify image files or folders that are not in the project (nothing is imported)",
+    )
+    predict.add_argument("project")
+    predict.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    predict.add_argument("--model", type=int, metavar="VERSION", help="model version (default: the active one)")
+    output = predict.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    output.add_argument("--csv", action="store_true", help="print CSV: path,class,probability")
+    predict.set_defaults(handler=run_predict)
+
+    models = subparsers.add_parser("models", help="list model versions with their metrics")
+    models.add_argument("project")
+    models.add_argument("--activate", type=int, metavar="VERSION", help="make this version the active model")
+    add_json_flag(models)
+    models.set_defaults(handler=run_models)
+
+
+def _fmt(value) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
+
+
+def run_train(args: argparse.Namespace) -> CommandResult:
+    with open_existing_project(args.project) as project:
+        try:
+            result = train_model(stderr_progress_context(), project, method=args.method, backbone=args.backbone,
+                                 layer=args.layer, seed=args.seed)
+        except ProjectError as exc:
+            raise CliError(str(exc)) from exc
+    m = result.metrics
+    data = {"model": result.model_version, "method": result.method, "backbone": result.backbone,
+            "layer": result.layer, "n_labeled": result.n_labeled, "metrics": m}
+    text = (
+        f"Model version {result.model_version} ({result.method}, {result.backbone}/{result.layer}) is now active.\n"
+        f"Accuracy {_fmt(m.get('accuracy'))}, balanced accuracy {_fmt(m.get('balanced_accuracy'))} "
+        f"({m.get('evaluation', 'not evaluated')}, {result.n_labeled} labeled images)."
+    )
+    return CommandResult(data, text)
+
+
+def _csv(result: FilePredictions) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_HEADER)
+    for row in result.predictions:
+        writer.writerow((row.path, row.class_name, f"{row.probability:.6f}"))
+    return buffer.getvalue()
+
+
+def run_predict(args: argparse.Namespace) -> CommandResult:
+    with open_existing_project(args.project) as project:
+        try:
+            result = predict_files(stderr_progress_context(), project, args.paths, args.model)
+        except ProjectError as exc:
+            raise CliError(str(exc)) from exc
+    for path, reason in result.failed:
+        print(f"sortlab: cannot read {path}: {reason}", file=sys.stderr)
+    if not result.predictions and not result.failed:
+        raise CliError("No image files found in the given paths.")
+    data = {
+        "model": result.model_version,
+        "classes": result.class_names,
+        "predictions": [
+            {"path": r.path, "class": r.class_name, "probability": r.probability, "margin": r.margin,
+             "probabilities": dict(zip(result.class_names, r.probabilities))}
+            for r in result.predictions
+        ],
+        "failed": [{"path": p, "reason": reason} for p, reason in result.failed],
+    }
+    text = "\n".join(f"{r.path}\t{r.class_name}\t{r.probability:.3f}" for r in result.predictions)
+    exit_code = 1 if not result.predictions else 0
+    return CommandResult(data, text, exit_code=exit_code, raw=_csv(result) if args.csv else None)
+
+
+def _model_row(info: ModelInfo) -> dict:
+    return {"version": info.version, "active": info.is_active, "method": info.method, "backbone": info.backbone,
+            "layer": info.layer, "created_at": info.created_at.isoformat(timespec="seconds"),
+            "n_labeled": info.n_labeled, "classes": info.class_names, "metrics": info.metrics}
+
+
+def run_models(args: argparse.Namespace) -> CommandResult:
+    with open_existing_project(args.project) as project:
+        try:
+            if args.activate is not None:
+                set_active_model(project, args.activate)
+            models = list_models(project)
+        except ProjectError as exc:
+            raise CliError(str(exc)) from exc
+    rows = [_model_row(info) for info in models]
+    if not rows:
+        return CommandResult({"models": [], "active": None}, "No model versions yet: run `sortlab train` first.")
+    lines = [f"{'':1} {'version':>7}  {'method':8}  {'backbone':20}  {'labeled':>7}  {'accuracy':>8}  "
+             f"{'balanced':>8}  evaluation"]
+    for r in rows:
+        m = r["metrics"]
+        lines.append(f"{'*' if r['active'] else ' ':1} {r['version']:>7}  {r['method']:8}  {r['backbone']:20}  "
+                     f"{r['n_labeled']:>7}  {_fmt(m.get('accuracy')):>8}  {_fmt(m.get('balanced_accuracy')):>8}  "
+                     f"{m.get('evaluation', '')}")
+    active = next((r["version"] for r in rows if r["active"]), None)
+    return CommandResult({"models": rows, "active": active}, "\n".join(lines))

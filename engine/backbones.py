@@ -282,7 +282,7 @@ def _torchvision_spec(name: str) -> BackboneSpec:
         _weights_locator=_torchvision_locator(weights_enum),
         _missing_message=(
             f"{title} needs its ImageNet weights file ({files}) in {hub_checkpoints_dir()}; "
-            "Sortlab never downloads. Copy the file there, or pick it with 'Use a weights file...'."
+            "Sortlab never downloads. Copy the file there to use this network."
         ),
     )
 

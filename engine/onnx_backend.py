@@ -14,6 +14,7 @@ import logging
 import os
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +80,8 @@ def export(spec: BackboneSpec, layer: str, model: torch.nn.Module | None = None)
         handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}-", suffix=".onnx")
         os.close(handle)
         try:
-            with torch.no_grad():
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # tracer chatter about constant folding; verified below
                 torch.onnx.export(
                     extractor, (sample,), temporary, input_names=["pixels"], output_names=["features"],
                     dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}},

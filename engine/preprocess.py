@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from engine.backbones import BackboneSpec
-from engine.imaging import ImageDecodeError, decode_image, to_rgb
+from engine.imaging import EXIF_ORIENTATION, ImageDecodeError, decode_image, to_rgb
 
 _RESAMPLING = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
@@ -75,13 +75,14 @@ def decode_for_model(data: bytes, spec: BackboneSpec) -> Image.Image:
     Raises ImageDecodeError(reason) for bytes that are not a readable image.
     """
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.format in ("JPEG", "MPO"):
-                image.draft("RGB", (spec.resize_size, spec.resize_size))
-            image.load()
-            upright = ImageOps.exif_transpose(image) if image.getexif().get(0x0112, 1) not in (0, 1) else image
-            rgb = to_rgb(upright)
-            return rgb if rgb is not image else image.copy()
+        # No ``with``: closing would discard the decoded pixels, and an in-memory file needs no closing.
+        image = Image.open(io.BytesIO(data))
+        if image.format in ("JPEG", "MPO"):
+            image.draft("RGB", (spec.resize_size, spec.resize_size))
+        image.load()
+        if image.getexif().get(EXIF_ORIENTATION, 1) not in (0, 1):
+            image = ImageOps.exif_transpose(image)
+        return to_rgb(image)
     except Exception:  # let the careful importer-grade decoder name the reason (or succeed)
         try:
             return decode_image(data)

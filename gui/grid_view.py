@@ -7,7 +7,7 @@ ranges (never as 100,000 QModelIndex objects), so select-all then label stays in
 from __future__ import annotations
 
 import numpy as np
-from PySide6.QtCore import QItemSelection, QItemSelectionModel, QSize, Qt, Signal
+from PySide6.QtCore import QItemSelection, QItemSelectionModel, QPoint, QSize, Signal
 from PySide6.QtWidgets import QAbstractItemView, QListView
 
 from gui.grid_model import ThumbnailGridModel
@@ -75,18 +75,21 @@ class ThumbnailGrid(QListView):
             self.scrollTo(index, QAbstractItemView.ScrollHint.PositionAtCenter)
 
     def visible_rows(self) -> range:
-        """Rows whose tiles are on screen now (for tests and the benchmark)."""
-        first = self.indexAt(self.viewport().rect().topLeft() + self._inset())
-        last = self.indexAt(self.viewport().rect().bottomRight() - self._inset())
+        """Rows whose tiles are (at least partly) on screen now."""
+        area = self.viewport().rect()
+        first = self.indexAt(area.topLeft() + QPoint(4, 4))
+        if not first.isValid():
+            first = self.indexAt(area.topLeft() + QPoint(TILE_SIZE.width() // 2, TILE_SIZE.height() // 2))
         if not first.isValid():
             return range(0)
-        end = last.row() if last.isValid() else min(self.grid_model.rowCount() - 1, first.row() + 200)
-        return range(first.row(), end + 1)
-
-    def _inset(self):
-        from PySide6.QtCore import QPoint
-
-        return QPoint(TILE_SIZE.width() // 2, TILE_SIZE.height() // 2)
+        grid = self.gridSize()
+        columns = max(1, area.width() // max(1, grid.width()))
+        screen_rows = area.height() // max(1, grid.height()) + 2
+        last = first.row()
+        for row in range(first.row(), min(self.grid_model.rowCount(), first.row() + columns * screen_rows)):
+            if self.visualRect(self.grid_model.index(row)).intersects(area):
+                last = row
+        return range(first.row(), last + 1)
 
     def keyboardSearch(self, search: str) -> None:
         """Letters and digits are labeling shortcuts here, never jump-to-name."""

@@ -265,10 +265,81 @@ def _features_fuzz(tmp_path: Path, request, max_examples: int, label: str) -> No
 
 
 def test_fuzzed_images_into_feature_extraction(tmp_path, request):
-    _features_fuzz(tmp_path, request, max_examples=30, label="normal")
+    _features_fuzz(tmp_path, request, max_examples=20, label="normal")
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_fuzzed_images_into_feature_extraction_long(tmp_path, request):
     _features_fuzz(tmp_path, request, max_examples=150, label="slow")
+
+
+def _trained_project(tmp_path: Path):
+    """A small project with a trained logreg model (two classes of distinct colours)."""
+    from engine.importing import import_paths
+    from engine.jobs import JobContext
+    from engine.training import train_model
+    from storage.project import create_project
+
+    rng = np.random.default_rng(3)
+    for class_index, (name, colour) in enumerate([("red", (200, 30, 30)), ("blue", (30, 30, 200))]):
+        folder = tmp_path / "train" / name
+        folder.mkdir(parents=True)
+        for index in range(8):
+            pixels = np.clip(rng.normal(colour, 40, size=(32, 32, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{index}.png")
+    project = create_project(tmp_path / "trained.sortlab")
+    report = import_paths(JobContext(), project, [tmp_path / "train"], labels_from_folders=True)
+    assert report.imported == 16
+    result = train_model(JobContext(), project, method="logreg")
+    return project, result.model_version
+
+
+def _predict_fuzz(tmp_path: Path, request, max_examples: int, label: str) -> None:
+    predicting = pytest.importorskip("engine.predicting", reason="the models engine has not landed")
+    pytest.importorskip("engine.training", reason="the models engine has not landed")
+    from engine.jobs import JobContext
+
+    project, version = _trained_project(tmp_path)
+    counts: Counter = Counter()
+    folder = tmp_path / "files"
+    folder.mkdir()
+
+    @settings(max_examples=max_examples, deadline=FEATURE_DEADLINE_MS, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @given(st.lists(damaged_images(), min_size=1, max_size=4))
+    def one(examples):
+        paths = []
+        for kind, name, data in examples:
+            counts["files"] += 1
+            path = folder / f"p{counts['files']}{_extension(name, kind)}"
+            path.write_bytes(data)
+            paths.append(str(path))
+        result = predicting.predict_files(JobContext(), project, paths, version)
+        predicted = [p.path for p in result.predictions]
+        failed = [p for p, _ in result.failed]
+        assert sorted(predicted + failed) == sorted(paths), "each file: one prediction or one failure"
+        for row in result.predictions:
+            assert row.class_name in ("red", "blue") and 0.0 <= row.probability <= 1.0
+            assert np.isclose(sum(row.probabilities), 1.0, atol=1e-3)
+        for _, reason in result.failed:
+            assert reason.strip()
+            counts[f"failed:{_reason_bucket(reason)}"] += 1
+        counts["predicted"] += len(predicted)
+
+    try:
+        one()
+    finally:
+        project.close()
+    report_counts(request, f"fuzz predict_files ({label})", dict(counts))
+    assert any(key.startswith("failed:") for key in counts), counts
+
+
+def test_fuzzed_images_into_prediction(tmp_path, request):
+    _predict_fuzz(tmp_path, request, max_examples=10, label="normal")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_fuzzed_images_into_prediction_long(tmp_path, request):
+    _predict_fuzz(tmp_path, request, max_examples=120, label="slow")

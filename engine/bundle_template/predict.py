@@ -288,20 +288,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"predict.py: error: {exc}", file=sys.stderr)
         return 2
     files = collect_files(args.paths)
+    if not files:
+        print("predict.py: error: no image files found in the given paths.", file=sys.stderr)
+        return 2
     writer = csv.writer(sys.stdout, lineterminator="\n") if args.csv else None
     if writer is not None:
         writer.writerow(("path", "class", "probability"))
-    failures = 0
+    predicted = 0
     for path, class_name, probability, reason in predictor.predict_paths(files):
         if reason is not None:
-            failures += 1
-            print(f"{path}: skipped: {reason}", file=sys.stderr)
-        elif writer is not None:
+            print(f"predict.py: cannot read {path}: {reason}", file=sys.stderr)
+            continue
+        predicted += 1
+        if writer is not None:
             writer.writerow((path, class_name, f"{probability:.6f}"))
         else:
             print(f"{path}: {class_name} ({probability * 100:.1f}%)")
     sys.stdout.flush()
-    return 1 if failures and failures == len(files) else 0
+    return 0 if predicted else 1
 
 
 if __name__ == "__main__":

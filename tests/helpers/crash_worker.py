@@ -86,12 +86,31 @@ def import_task(project, folder: Path) -> None:
 
 
 def train_task(project) -> None:
-    from engine.jobs import JobContext
-    from engine.training import train_model
+    """Train on the features already cached (fast), then extract features for a few batches, again.
 
+    Both write: a training run and a model version with its predictions, and feature batches."""
+    from engine.jobs import JobCancelled, JobContext
+    from engine.features import ensure_features
+    from engine.training import resolve_backbone, train_on_cached_features
+
+    backbone, layer = resolve_backbone(None, None)
     while True:
-        result = train_model(JobContext(), project, method="logreg")
+        result = train_on_cached_features(JobContext(), project, "logreg", backbone, layer)
         emit(f"model {result.model_version}")
+        cancel = threading.Event()
+        calls = [0]
+
+        def stop_after_a_few(_fraction, _message, cancel=cancel, calls=calls):
+            calls[0] += 1
+            if calls[0] > 4:
+                cancel.set()
+
+        context = JobContext(stop_after_a_few, None, cancel)
+        try:
+            info = ensure_features(context, project, backbone, layer)
+            emit(f"features done {info.extracted}")
+        except JobCancelled:
+            emit("features partial")
 
 
 def _run(name: str, fn, *args) -> None:

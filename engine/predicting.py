@@ -1,0 +1,109 @@
+"""Predictions: refresh a model version's predictions for every project image, or classify image
+files outside the project without importing them.
+
+Linear models (logreg, svm and the linear probe) run on cached features; a fine-tuned network
+runs on the images themselves (engine.finetune).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engine.classifiers import LinearPredictor
+from engine.jobs import JobContext
+from storage.modelstore import ModelInfo, PredictionBatch, get_model, model_weights, store_predictions
+from storage.project import Project
+
+NETWORK_MODEL_METHODS = ("finetune",)
+
+
+@dataclass(frozen=True)
+class FilePrediction:
+    path: str
+    class_name: str
+    class_id: int | None
+    probability: float
+    margin: float
+    probabilities: list[float] = field(repr=False)
+
+
+@dataclass
+class FilePredictions:
+    """Predictions for image files, in the order given, plus the files that could not be read."""
+
+    model_version: int
+    class_names: list[str]
+    predictions: list[FilePrediction]
+    failed: list[tuple[str, str]]
+
+
+def load_linear_predictor(project: Project, info: ModelInfo) -> LinearPredictor:
+    return LinearPredictor.from_bytes(model_weights(project, info.version))
+
+
+def predict_feature_rows(project: Project, info: ModelInfo, X: np.ndarray) -> np.ndarray:
+    """Probabilities (N, K) in the model's class order for cached-feature rows."""
+    return load_linear_predictor(project, info).predict_proba(X)
+
+
+def refresh_predictions(context: JobContext, project: Project, model_version: int | None = None) -> int:
+    """(Re)compute a version's predictions for every image (the active version by default), e.g. after
+    an import. Cross-validated predictions of labeled images are kept. Returns how many were stored."""
+    info = get_model(project, model_version)
+    if info.method in NETWORK_MODEL_METHODS:
+        from engine.finetune import predict_project_images
+
+        image_ids, proba = predict_project_images(context, project, info)
+    else:
+        from engine.features import ensure_features
+        from storage.featurestore import load_vectors
+
+        ensure_features(context.subcontext(0.0, 0.8), project, info.backbone, info.layer)
+        image_ids, X = load_vectors(project, info.backbone, info.layer)
+        context.check_cancelled()
+        proba = predict_feature_rows(project, info, X) if len(image_ids) else np.zeros((0, len(info.class_ids)))
+    stored = store_predictions(project, info.version, PredictionBatch(image_ids, proba), keep_out_of_fold=True)
+    context.progress(1.0, f"Predicted {len(image_ids)} images")
+    return stored
+
+
+def expand_image_paths(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """Files as given, folders expanded to the image files inside them (sorted, recursive)."""
+    from engine.importing import collect_items
+
+    items, _skipped, _failed = collect_items(paths)
+    return [item.path for item in items]
+
+
+def predict_files(
+    context: JobContext, project: Project, paths: Sequence[str | os.PathLike], model_version: int | None = None
+) -> FilePredictions:
+    """Classify image files (or folders of them) that are not in the project, without importing them."""
+    info = get_model(project, model_version)
+    files = expand_image_paths(paths)
+    if info.method in NETWORK_MODEL_METHODS:
+        from engine.finetune import predict_image_files
+
+        ok_paths, proba, failed = predict_image_files(context, project, info, files)
+    else:
+        from engine.features import features_for_files
+
+        ok_paths, X, failed = features_for_files(context, files, info.backbone, info.layer)
+        proba = predict_feature_rows(project, info, X) if len(ok_paths) else np.zeros((0, len(info.class_ids)))
+    return FilePredictions(info.version, list(info.class_names), _file_rows(info, ok_paths, proba),
+                           [(str(p), str(r)) for p, r in failed])
+
+
+def _file_rows(info: ModelInfo, paths: Sequence[str], proba: np.ndarray) -> list[FilePrediction]:
+    rows = []
+    for path, p in zip(paths, np.asarray(proba, dtype=np.float64)):
+        order = np.argsort(-p, kind="stable")
+        top = int(order[0])
+        margin = float(p[top] - p[order[1]]) if len(p) > 1 else float(p[top])
+        rows.append(FilePrediction(str(path), info.class_names[top], int(info.class_ids[top]), float(p[top]),
+                                   margin, [float(v) for v in p]))
+    return rows

@@ -1,0 +1,48 @@
+"""Starts the GUI: the QApplication (named, so QSettings has a home), the main window with the
+insight panels docked, the window layout as the user left it, and an optional project to open."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from PySide6.QtCore import QCoreApplication, Qt
+from PySide6.QtGui import QGuiApplication
+from PySide6.QtWidgets import QApplication
+
+from gui import project_files
+
+
+def _install_insight_panels(window) -> None:
+    """Dock the training panel, curves, map and model report; the workspace works without them."""
+    try:
+        from gui.insight import install_insight_panels
+
+        panels = install_insight_panels(window)
+    except Exception as exc:  # a missing optional panel must never keep the labeling window from opening
+        print(f"sortlab: the training and insight panels are unavailable ({exc})", file=sys.stderr)
+        return
+    training = getattr(panels, "training", None)
+    if training is not None and hasattr(training, "auto_retrain"):
+        # The training panel already retrains after labeling, with visible progress: one is enough.
+        window.suggestions.enabled = False
+
+
+def run_app(argv: list[str]) -> int:
+    """Open the main window (with the project named in argv, if any) and run the event loop."""
+    QCoreApplication.setOrganizationName(project_files.ORG_NAME)
+    QCoreApplication.setApplicationName(project_files.APP_NAME)
+    QGuiApplication.setHighDpiScaleFactorRoundingPolicy(Qt.HighDpiScaleFactorRoundingPolicy.PassThrough)
+    app = QApplication.instance() or QApplication([sys.argv[0], *argv])
+    app.setApplicationDisplayName("Sortlab")
+
+    from gui.main_window import MainWindow
+
+    window = MainWindow()
+    _install_insight_panels(window)
+    window.show()
+    window.restore_layout()  # after show: dock sizes only apply to a laid-out window
+    projects = [a for a in argv if a.endswith(".sortlab")]
+    if projects and Path(projects[0]).exists():
+        window.open_project_file(projects[0])
+    return app.exec()

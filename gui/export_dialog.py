@@ -1,0 +1,200 @@
+"""The export dialog: save a trained model as a verified bundle, or the labeled images as a dataset.
+
+``ExportDialog(project, runner, parent)``. The work runs as a job on the given QtJobRunner; the
+dialog shows progress, lets the user cancel, and ends with the export check's agreement (or the
+reason the export failed) in plain words. The main window hooks it into a menu.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from engine.dataset_export import export_dataset
+from engine.export import export_bundle
+from engine.jobs import JobOutcome
+from gui.runner import QtJobRunner
+from storage.modelstore import list_models
+from storage.project import Project
+
+JOB_NAME = "export"
+
+
+def _model_title(info) -> str:
+    accuracy = info.metrics.get("val_accuracy", info.metrics.get("accuracy")) if info.metrics else None
+    parts = [f"Version {info.version}", info.method, f"{len(info.class_names)} classes"]
+    if isinstance(accuracy, (int, float)):
+        parts.append(f"validation accuracy {accuracy * 100:.1f}%")
+    if info.is_active:
+        parts.append("active")
+    return " · ".join(parts)
+
+
+class _FolderPicker(QWidget):
+    """A line edit with a Browse button for an output path that does not exist yet."""
+
+    def __init__(self, default: Path, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.edit = QLineEdit(str(default))
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._browse)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.edit, 1)
+        layout.addWidget(browse)
+
+    def _browse(self) -> None:
+        start = str(Path(self.edit.text()).parent)
+        chosen, _ = QFileDialog.getSaveFileName(self, "Export to a new folder", self.edit.text() or start)
+        if chosen:
+            self.edit.setText(chosen)
+
+    def path(self) -> Path:
+        return Path(self.edit.text().strip()).expanduser()
+
+
+class ExportDialog(QDialog):
+    """Export a model bundle (tab 1) or the labeled dataset (tab 2)."""
+
+    def __init__(self, project: Project, runner: QtJobRunner, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.project = project
+        self.runner = runner
+        self.last_outcome: JobOutcome | None = None
+        self.setWindowTitle("Export")
+        self.setMinimumWidth(560)
+        base = project.path.parent
+
+        self.tabs = QTabWidget()
+        model_tab = QWidget()
+        model_form = QFormLayout(model_tab)
+        self.model_combo = QComboBox()
+        self.models = list(reversed(list_models(project)))
+        for info in self.models:
+            self.model_combo.addItem(_model_title(info), info.version)
+        active = next((i for i, m in enumerate(self.models) if m.is_active), 0)
+        self.model_combo.setCurrentIndex(active)
+        self.model_target = _FolderPicker(base / f"{project.name}-model")
+        self.zip_check = QCheckBox("Also pack it into one .zip file (easier to send)")
+        model_form.addRow("Model:", self.model_combo)
+        model_form.addRow("Save to:", self.model_target)
+        model_form.addRow("", self.zip_check)
+        model_form.addRow(QLabel(
+            "The bundle runs anywhere with Python, onnxruntime, numpy and Pillow (see its README.md). "
+            "Sortlab checks the exported model against its own predictions before it says it is done."
+        ))
+        self.tabs.addTab(model_tab, "Model")
+
+        data_tab = QWidget()
+        data_form = QFormLayout(data_tab)
+        self.dataset_target = _FolderPicker(base / f"{project.name}-dataset")
+        self.unlabeled_check = QCheckBox("Include unlabeled images (in a folder named 'unlabeled')")
+        data_form.addRow("Save to:", self.dataset_target)
+        data_form.addRow("", self.unlabeled_check)
+        data_form.addRow(QLabel("One folder per class, plus dataset.csv with label, source, split and prediction."))
+        self.tabs.addTab(data_tab, "Labeled images")
+        if not self.models:
+            self.tabs.setTabEnabled(0, False)
+            self.tabs.setCurrentIndex(1)
+
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1000)
+        self.progress.setVisible(False)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+        self.buttons = QDialogButtonBox()
+        self.export_button = self.buttons.addButton("Export", QDialogButtonBox.ButtonRole.AcceptRole)
+        self.cancel_button = self.buttons.addButton(QDialogButtonBox.StandardButton.Close)
+        self.export_button.clicked.connect(self.start_export)
+        self.cancel_button.clicked.connect(self._cancel_or_close)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.tabs)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addWidget(self.buttons)
+        runner.progress.connect(self._on_progress)
+
+    @property
+    def running(self) -> bool:
+        return self.runner.is_running(JOB_NAME)
+
+    def start_export(self) -> None:
+        if self.running:
+            return
+        if self.tabs.currentIndex() == 0:
+            target = self.model_target.path()
+            version = self.model_combo.currentData()
+            self.runner.submit(JOB_NAME, export_bundle, self.project, target, model_version=version,
+                               make_zip=self.zip_check.isChecked(), on_done=self._on_done)
+            self.status.setText(f"Exporting model version {version}…")
+        else:
+            target = self.dataset_target.path()
+            self.runner.submit(JOB_NAME, export_dataset, self.project, target,
+                               include_unlabeled=self.unlabeled_check.isChecked(), on_done=self._on_done)
+            self.status.setText("Exporting labeled images…")
+        self.progress.setValue(0)
+        self.progress.setVisible(True)
+        self.export_button.setEnabled(False)
+        self.tabs.setEnabled(False)
+        self.cancel_button.setText("Cancel")
+
+    def _cancel_or_close(self) -> None:
+        if self.running:
+            self.runner.cancel(JOB_NAME)
+            self.status.setText("Cancelling…")
+        else:
+            self.reject()
+
+    def _on_progress(self, name: str, fraction: float, message: str) -> None:
+        if name == JOB_NAME:
+            self.progress.setValue(int(fraction * 1000))
+            if message:
+                self.status.setText(message)
+
+    def _on_done(self, outcome: JobOutcome) -> None:
+        self.last_outcome = outcome
+        self.progress.setVisible(False)
+        self.export_button.setEnabled(True)
+        self.tabs.setEnabled(True)
+        self.cancel_button.setText("Close")
+        if outcome.status == "done":
+            result = outcome.result
+            if hasattr(result, "verification"):
+                self.status.setText(f"Saved to {result.path}.\n{result.verification.summary()}.")
+            elif getattr(result, "cancelled", False):
+                self.status.setText(f"Export cancelled after {result.images} images (in {result.out_dir}).")
+            else:
+                self.status.setText(f"Saved {result.images} images to {result.out_dir}.")
+        elif outcome.status == "cancelled":
+            self.status.setText("Export cancelled.")
+        else:
+            self.status.setText(f"Export failed: {outcome.error}")
+
+    def done(self, result: int) -> None:  # closing the window while exporting cancels the job
+        if self.running:
+            self.runner.cancel(JOB_NAME)
+        try:
+            self.runner.progress.disconnect(self._on_progress)
+        except (RuntimeError, TypeError):
+            pass
+        super().done(result)

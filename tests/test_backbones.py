@@ -1,0 +1,182 @@
+"""Backbones and preprocessing: weights load offline, normalisation is each network's own, and
+Lite0's ImageNet head recognizes ants and bees (proof that weights and preprocessing are right)."""
+
+from __future__ import annotations
+
+import io
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine.backbones import (
+    DEFAULT_BACKBONE,
+    BackboneUnavailable,
+    classifier_head,
+    feature_extractor,
+    get_backbone,
+    install_weights_file,
+    list_backbones,
+)
+from engine.preprocess import decode_for_model, preprocess_pil, resize_and_crop
+
+ANT, BEE = 310, 309
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    spec = get_backbone(DEFAULT_BACKBONE)
+    return spec, spec.load_model()
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory):
+    """ONNX copies go to the session's temp folder (shared with test_features: exported once)."""
+    folder = tmp_path_factory.getbasetemp() / "sortlab-cache"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SORTLAB_CACHE_DIR", str(folder))
+        yield folder
+
+
+@pytest.fixture
+def isolated_hub(tmp_path, monkeypatch):
+    """An empty torch hub cache, and any attempt to download fails the test."""
+    previous = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("Sortlab must never download weights")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    monkeypatch.setattr(urllib.request, "urlopen", no_download)
+    yield tmp_path / "hub" / "checkpoints"
+    torch.hub.set_dir(previous)
+
+
+def test_registry_lists_default_first_with_bundled_lite_networks():
+    specs = list_backbones()
+    assert specs[0].name == DEFAULT_BACKBONE == "efficientnet_lite0"
+    sizes = {spec.name: spec.input_size for spec in specs if spec.available}
+    assert sizes["efficientnet_lite0"] == 224 and sizes["efficientnet_lite1"] == 240
+    assert sizes["efficientnet_lite2"] == 260
+    for spec in specs:
+        assert spec.default_layer == spec.layers[0] == "pooled"
+        assert len(spec.layers) >= 2, f"{spec.name} must offer an earlier block too"
+        assert spec.resize_size > spec.input_size
+
+
+def test_lite_normalization_is_tensorflow_style():
+    spec = get_backbone("efficientnet_lite0")
+    for value in (0, 127, 255):
+        image = Image.new("RGB", (300, 260), (value, value, value))
+        pixels = preprocess_pil(image, spec)
+        assert pixels.shape == (3, 224, 224) and pixels.dtype == np.float32
+        np.testing.assert_allclose(pixels, (value - 127) / 128, atol=1e-5)
+
+
+def test_torchvision_networks_use_imagenet_mean_and_std():
+    spec = get_backbone("resnet18")
+    image = Image.new("RGB", (256, 256), (124, 116, 104))  # ImageNet mean in 0..255, rounded
+    pixels = preprocess_pil(image, spec)
+    expected = (np.array([124, 116, 104]) / 255 - np.array(spec.mean)) / np.array(spec.std)
+    np.testing.assert_allclose(pixels[:, 0, 0], expected, atol=1e-4)
+    assert abs(pixels).max() < 0.05
+
+
+def test_resize_and_crop_matches_resize_then_center_crop():
+    from torchvision.transforms import CenterCrop, InterpolationMode, Resize
+
+    spec = get_backbone("efficientnet_lite0")
+    rng = np.random.default_rng(0)
+    # 640x512 -> 320x256 puts the 224 crop on whole pixels, so both ways sample the same points.
+    photo = Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)).resize((640, 512))
+    ours = np.asarray(resize_and_crop(photo, spec), dtype=np.float32)
+    textbook = np.asarray(CenterCrop(224)(Resize(256, interpolation=InterpolationMode.BICUBIC)(photo)), np.float32)
+    assert ours.shape == (224, 224, 3)
+    assert np.abs(ours - textbook).mean() < 1.0
+    shifted = np.asarray(photo.resize((320, 256), Image.Resampling.BICUBIC).crop((40, 16, 264, 240)), np.float32)
+    assert np.abs(shifted - textbook).mean() > 5 * max(np.abs(ours - textbook).mean(), 0.1)
+
+
+def test_decode_for_model_is_upright_and_large_enough():
+    spec = get_backbone("efficientnet_lite0")
+    image = Image.new("RGB", (1600, 1000), (200, 30, 30))
+    image.paste((30, 30, 200), (0, 0, 800, 1000))  # left half blue
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: viewers rotate 90 degrees clockwise
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", exif=exif)
+    decoded = decode_for_model(buffer.getvalue(), spec)
+    assert decoded.mode == "RGB"
+    assert decoded.height > decoded.width  # rotated upright
+    assert min(decoded.size) >= spec.resize_size  # draft never decodes below what the crop needs
+    assert min(decoded.size) < 1000  # but it did decode at a reduced scale
+
+
+def test_feature_extractor_dims_and_head_reproduce_the_full_network(lite0):
+    spec, model = lite0
+    x = torch.from_numpy(np.random.default_rng(1).normal(size=(2, 3, 224, 224)).astype(np.float32))
+    with torch.no_grad():
+        for layer in spec.layer_specs:
+            features = feature_extractor(model, layer.name)(x)
+            assert features.shape == (2, layer.dim)
+            assert torch.isfinite(features).all()
+        pooled = feature_extractor(model)(x)
+        np.testing.assert_allclose(classifier_head(model)(pooled).numpy(), model(x).numpy(), atol=1e-4)
+
+
+def test_unknown_names_give_clear_errors():
+    with pytest.raises(BackboneUnavailable, match="Unknown network 'alexnet'.*efficientnet_lite0"):
+        get_backbone("alexnet")
+    with pytest.raises(BackboneUnavailable, match="no feature layer 'fc9'.*pooled"):
+        get_backbone("efficientnet_lite0").layer("fc9")
+
+
+def test_torchvision_backbone_without_weights_is_unavailable_and_never_downloads(isolated_hub):
+    spec = get_backbone("resnet18")
+    assert not spec.available
+    assert "resnet18-f37072fd.pth" in spec.unavailable_reason and "never downloads" in spec.unavailable_reason
+    with pytest.raises(BackboneUnavailable, match="resnet18"):
+        spec.load_model()
+
+
+def test_user_picked_weights_file_makes_a_torchvision_backbone_available(isolated_hub, tmp_path):
+    from torchvision.models import resnet18
+
+    picked = tmp_path / "my-resnet18.pth"
+    torch.save(resnet18(weights=None).state_dict(), picked)
+    wrong = tmp_path / "not-resnet.pth"
+    torch.save({"weight": torch.zeros(3)}, wrong)
+    with pytest.raises(BackboneUnavailable, match="does not hold ResNet-18 weights"):
+        install_weights_file("resnet18", wrong)
+
+    installed = install_weights_file("resnet18", picked)
+    assert installed.parent == isolated_hub and installed.name == "resnet18-f37072fd.pth"
+    spec = get_backbone("resnet18")
+    assert spec.available
+    model = spec.load_model()
+    x = torch.zeros(1, 3, 224, 224)
+    with torch.no_grad():
+        assert feature_extractor(model, "pooled")(x).shape == (1, 512)
+        assert feature_extractor(model, "layer3")(x).shape == (1, 256)
+        np.testing.assert_allclose(classifier_head(model)(feature_extractor(model)(x)), model(x), atol=1e-5)
+
+
+def test_lite0_imagenet_head_recognizes_ants_and_bees(hymenoptera_dir, lite0, onnx_cache):
+    """>= 80 % of the validation images must come out as ImageNet 'ant' or 'bee' (0.83-0.86 expected)."""
+    from engine.features import features_for_files
+    from engine.jobs import JobContext
+
+    spec, model = lite0
+    files = sorted(p for p in (hymenoptera_dir / "val").rglob("*.jpg"))
+    assert len(files) > 100
+    ok_paths, X, failed = features_for_files(JobContext(), files, spec.name, "pooled")
+    assert not failed and len(ok_paths) == len(files)
+    head = classifier_head(model)
+    logits = X @ head.weight.detach().numpy().T + head.bias.detach().numpy()
+    top1 = logits.argmax(axis=1)
+    share = np.isin(top1, [ANT, BEE]).mean()
+    assert share >= 0.80, f"only {share:.2f} of ants/bees images were called ant or bee"

@@ -1,0 +1,125 @@
+"""Linear feature classifiers: sklearn conventions, seeds, tiny data, and exact safetensors round trips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.model_selection import StratifiedKFold
+
+from engine.classifiers import (
+    LinearPredictor,
+    LinearSVMClassifier,
+    LogisticClassifier,
+    NotEnoughLabelsError,
+    make_classifier,
+)
+
+
+def blobs(n: int, k: int, dim: int = 24, seed: int = 0, spread: float = 2.0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(k, dim)) * 2
+    y = np.arange(n) % k
+    X = (centers[y] + rng.normal(scale=spread, size=(n, dim))).astype(np.float32)
+    return X, (y * 7 + 3).astype(np.int64)  # class ids need not be 0..k-1
+
+
+@pytest.mark.parametrize("cls", [LogisticClassifier, LinearSVMClassifier])
+@pytest.mark.parametrize("k", [2, 4])
+def test_fit_predict_follow_sklearn_conventions(cls, k):
+    X, y = blobs(80, k)
+    model = cls(random_state=0).fit(X, y)
+    proba = model.predict_proba(X)
+    assert list(model.classes_) == sorted(set(y.tolist()))
+    assert proba.shape == (80, k)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-9)
+    assert np.array_equal(model.predict(X), model.classes_[proba.argmax(axis=1)])
+    assert model.score(X, y) > 0.85
+    assert model.C_ in model.get_params()["Cs"]
+    assert set(clone(model).get_params()) >= {"C", "Cs", "random_state"}
+
+
+@pytest.mark.parametrize("cls", [LogisticClassifier, LinearSVMClassifier])
+@pytest.mark.parametrize("k", [2, 3])
+def test_saved_and_loaded_model_gives_identical_probabilities(cls, k):
+    X, y = blobs(60, k, seed=1)
+    model = cls(random_state=3).fit(X, y)
+    data = model.to_bytes()
+    assert data[8:9] == b"{"  # a safetensors header, not a pickle
+    loaded = LinearPredictor.from_bytes(data)
+    X_new, _ = blobs(30, k, seed=2)
+    assert np.array_equal(loaded.predict_proba(X_new), model.predict_proba(X_new))
+    assert np.array_equal(loaded.classes, model.classes_)
+
+
+def test_exported_arrays_match_the_sklearn_pipelines():
+    X, y = blobs(90, 3, seed=4)
+    logreg = LogisticClassifier(C=0.1).fit(X, y)
+    reference = logreg._pipeline(0.1).fit(X, y)
+    np.testing.assert_allclose(logreg.predict_proba(X), reference.predict_proba(X), atol=1e-6)
+    svm = LinearSVMClassifier(C=0.1, random_state=0).fit(X, y)
+    calibrated = CalibratedClassifierCV(
+        svm._pipeline(0.1), method="sigmoid", ensemble=False, cv=StratifiedKFold(5, shuffle=True, random_state=0)
+    ).fit(X, y)
+    np.testing.assert_allclose(svm.predict_proba(X), calibrated.predict_proba(X), atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["logreg", "svm"])
+def test_same_seed_same_model(method):
+    X, y = blobs(50, 3, seed=5, spread=4.0)
+    a = make_classifier(method, random_state=7).fit(X, y)
+    b = make_classifier(method, random_state=7).fit(X, y)
+    assert a.C_ == b.C_
+    assert np.array_equal(a.predict_proba(X), b.predict_proba(X))
+
+
+@pytest.mark.parametrize("method", ["logreg", "svm"])
+@pytest.mark.parametrize("per_class", [1, 2])
+def test_one_or_two_examples_per_class_still_train(method, per_class):
+    X, y = blobs(3 * per_class, 3, seed=6, spread=0.5)
+    model = make_classifier(method).fit(X, y)
+    proba = model.predict_proba(X)
+    assert np.isfinite(proba).all()
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-9)
+    assert (model.predict(X) == y).mean() >= 2 / 3
+
+
+@pytest.mark.parametrize("method", ["logreg", "svm"])
+def test_one_class_or_no_labels_is_a_clear_error(method):
+    X, _ = blobs(6, 2)
+    with pytest.raises(NotEnoughLabelsError, match="at least two classes"):
+        make_classifier(method).fit(X, np.full(6, 4))
+    with pytest.raises(NotEnoughLabelsError, match="No labeled images"):
+        make_classifier(method).fit(X[:0], np.zeros(0, dtype=np.int64))
+
+
+def test_classes_are_balanced_against_imbalance():
+    rng = np.random.default_rng(8)
+    X = np.vstack([rng.normal(0, 1, (95, 8)), rng.normal(1.2, 1, (5, 8))]).astype(np.float32)
+    y = np.array([0] * 95 + [1] * 5)
+    model = LogisticClassifier(C=1.0).fit(X, y)
+    recall_minority = (model.predict(X[95:]) == 1).mean()
+    assert recall_minority >= 0.8
+
+
+def test_warm_start_reaches_the_same_solution_faster():
+    X, y = blobs(300, 4, dim=64, seed=9, spread=4.0)
+    first = LogisticClassifier(C=0.1).fit(X, y)
+    y2 = y.copy()
+    y2[0] = y[1]
+    cold = LogisticClassifier(C=0.1).fit(X, y2)
+    warm = LogisticClassifier(C=0.1, warm_start_from=first.predictor_).fit(X, y2)
+    np.testing.assert_allclose(warm.predict_proba(X), cold.predict_proba(X), atol=2e-3)
+    assert warm.n_iter_ < cold.n_iter_
+
+
+def test_wrong_feature_width_and_garbage_bytes_are_refused():
+    X, y = blobs(20, 2)
+    model = LogisticClassifier(C=1.0).fit(X, y)
+    with pytest.raises(ValueError, match="shape"):
+        model.predict_proba(X[:, :5])
+    from safetensors.numpy import save
+
+    with pytest.raises(ValueError, match="Not a Sortlab linear model"):
+        LinearPredictor.from_bytes(save({"x": np.zeros(2)}))

@@ -1,0 +1,349 @@
+"""Model export: one ONNX network, a standalone predict.py that matches Sortlab, a loud export check,
+and zips that cannot write outside their folder."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from engine.classifiers import LinearSVMClassifier, LogisticClassifier
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = REPO_ROOT / "engine" / "bundle_template" / "predict.py"
+STANDALONE_PACKAGES = ("onnxruntime", "numpy", "numpy.libs", "PIL", "pillow.libs")
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def _shape_image(path: Path, color, shape: str, rng: np.random.Generator, mode: str = "RGB") -> Path:
+    width, height = int(rng.integers(90, 170)), int(rng.integers(90, 170))
+    background = tuple(int(v) for v in rng.integers(200, 256, 3))
+    image = Image.new("RGB", (width, height), background)
+    draw = ImageDraw.Draw(image)
+    side = int(min(width, height) * rng.uniform(0.5, 0.8))
+    x, y = int(rng.integers(0, width - side)), int(rng.integers(0, height - side))
+    (draw.ellipse if shape == "circle" else draw.rectangle)([x, y, x + side, y + side], fill=color)
+    if mode == "RGBA":
+        image = image.convert("RGBA")
+        image.putalpha(Image.new("L", image.size, 255).point(lambda v: v if rng.random() > 0.3 else 0))
+    elif mode != "RGB":
+        image = image.convert(mode)
+    image.save(path)
+    return path
+
+
+def _make_training_folders(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    for name, color, shape in (("red circle", (220, 30, 30), "circle"), ("blue square", (30, 60, 220), "square")):
+        (root / name).mkdir(parents=True)
+        for index in range(14):
+            suffix = "jpg" if index % 2 else "png"
+            _shape_image(root / name / f"{index:02d}.{suffix}", color, shape, rng)
+
+
+def _make_prediction_files(root: Path) -> list[Path]:
+    """Clear, ambiguous and awkward files (EXIF-rotated, transparent, grayscale, 16-bit, not an image)."""
+    rng = np.random.default_rng(1)
+    root.mkdir(parents=True)
+    files = [
+        _shape_image(root / "red.jpg", (220, 30, 30), "circle", rng),
+        _shape_image(root / "blue.png", (30, 60, 220), "square", rng),
+        _shape_image(root / "purple_circle.png", (140, 40, 150), "circle", rng),
+        _shape_image(root / "purple_square.jpg", (120, 50, 170), "square", rng),
+        _shape_image(root / "red_square.png", (220, 30, 30), "square", rng),
+        _shape_image(root / "transparent.png", (220, 30, 30), "circle", rng, mode="RGBA"),
+        _shape_image(root / "gray.png", (30, 60, 220), "square", rng, mode="L"),
+    ]
+    rotated = Image.new("RGB", (160, 90), (240, 240, 240))
+    ImageDraw.Draw(rotated).rectangle([0, 0, 80, 90], fill=(30, 60, 220))
+    ImageDraw.Draw(rotated).ellipse([90, 10, 150, 70], fill=(220, 30, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    rotated.save(root / "rotated.jpg", exif=exif.tobytes())
+    files.append(root / "rotated.jpg")
+    wide = (np.linspace(0, 65535, 120 * 100).reshape(100, 120)).astype(np.uint16)
+    Image.fromarray(wide).save(root / "sixteen_bit.png")
+    files.append(root / "sixteen_bit.png")
+    (root / "notes.jpg").write_bytes(b"this is not an image")
+    files.append(root / "notes.jpg")
+    return files
+
+
+def _standalone_python(tmp_path: Path) -> list[str]:
+    """A command prefix for a Python that can import only onnxruntime, numpy and Pillow."""
+    site = Path(sysconfig.get_paths()["purelib"])
+    isolated = tmp_path / "only_three_packages"
+    isolated.mkdir(exist_ok=True)
+    for name in STANDALONE_PACKAGES:
+        if (site / name).exists() and not (isolated / name).exists():
+            (isolated / name).symlink_to(site / name)
+    bootstrap = (
+        "import runpy, sys; sys.path[:0] = [sys.argv.pop(1)]; script = sys.argv[1]; sys.argv = sys.argv[1:]; "
+        "runpy.run_path(script, run_name='__main__')"
+    )
+    return [sys.executable, "-I", "-S", "-c", bootstrap, str(isolated)]
+
+
+def _run_standalone(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(_standalone_python(tmp_path) + list(args), capture_output=True, text=True, timeout=120)
+
+
+def _csv_rows(text: str) -> list[list[str]]:
+    return list(csv.reader(io.StringIO(text)))
+
+
+def _sortlab_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    from main import run_cli
+
+    capsys.readouterr()
+    code = run_cli(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _load_template():
+    spec = importlib.util.spec_from_file_location("bundle_predict", TEMPLATE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ------------------------------------------------------------------------------------ the head
+
+
+@pytest.mark.parametrize("classifier, n_classes", [
+    (LogisticClassifier, 2), (LogisticClassifier, 3), (LinearSVMClassifier, 2), (LinearSVMClassifier, 4),
+])
+def test_torch_head_computes_what_sortlab_computes(classifier, n_classes):
+    import torch
+
+    from engine.torch_export import LinearProbabilityHead
+
+    rng = np.random.default_rng(n_classes)
+    centers = rng.normal(0, 3, size=(n_classes, 12))
+    y = np.repeat(np.arange(1, n_classes + 1) * 10, 12)
+    X = (centers[(y // 10) - 1] + rng.normal(0, 2.5, size=(len(y), 12)) + 5).astype(np.float32)
+    predictor = classifier(C=0.5).fit(X, y).predictor_
+    head = LinearProbabilityHead(predictor).eval()
+    with torch.no_grad():
+        got = head(torch.from_numpy(X)).numpy()
+    expected = predictor.predict_proba(X)
+    assert got.shape == expected.shape == (len(y), n_classes)
+    np.testing.assert_allclose(got, expected, atol=2e-5)
+    assert np.array_equal(got.argmax(1), expected.argmax(1))
+
+
+# ------------------------------------------------------------------------------------ zip safety
+
+
+def _evil_zip(path: Path) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("bundle/model.json", json.dumps({"classes": ["a"]}))
+        archive.writestr("bundle/model.onnx", b"not a model")
+        archive.writestr("../evil", b"escaped")
+        archive.writestr("bundle/../../evil2", b"escaped")
+    return path
+
+
+def test_crafted_zip_with_traversal_is_refused(tmp_path):
+    from engine.export import UnsafeBundleError, check_member_name, extract_bundle_zip, read_bundle_zip
+
+    evil = _evil_zip(tmp_path / "evil.zip")
+    with pytest.raises(UnsafeBundleError):
+        read_bundle_zip(evil)
+    target = tmp_path / "a" / "b"
+    with pytest.raises(UnsafeBundleError):
+        extract_bundle_zip(evil, target)
+    assert not (tmp_path / "a" / "evil").exists() and not (tmp_path / "evil").exists()
+    assert not target.exists()
+    for name in ("/etc/passwd", "C:/x", "a\\..\\b", "a/./../../b", ""):
+        with pytest.raises(UnsafeBundleError):
+            check_member_name(name)
+    assert check_member_name("bundle/model.onnx") == "bundle/model.onnx"
+
+
+def test_standalone_predict_refuses_a_crafted_zip(tmp_path):
+    evil = _evil_zip(tmp_path / "evil.zip")
+    module = _load_template()
+    with pytest.raises(module.BundleError):
+        module.read_bundle(evil)
+    run = _run_standalone(tmp_path, str(TEMPLATE), "--bundle", str(evil), str(tmp_path))
+    assert run.returncode == 2
+    assert "Unsafe file name" in run.stderr
+    assert not (tmp_path.parent / "evil").exists()
+
+
+def test_standalone_python_cannot_import_torch(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import importlib.util, onnxruntime, numpy, PIL\n"
+        "print([m for m in ('torch', 'sklearn', 'scipy', 'engine', 'storage', 'sqlalchemy') "
+        "if importlib.util.find_spec(m) is not None])\n"
+    )
+    run = _run_standalone(tmp_path, str(probe))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------------------------ end to end
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A project of 28 generated images in two classes with a trained logistic-regression model."""
+    from engine.importing import import_paths
+    from engine.jobs import JobContext
+    from engine.training import train_model
+    from storage.project import create_project
+
+    root = tmp_path_factory.mktemp("export")
+    previous = os.environ.get("SORTLAB_CACHE_DIR")
+    os.environ["SORTLAB_CACHE_DIR"] = str(root / "cache")
+    _make_training_folders(root / "images")
+    project = create_project(root / "shapes.sortlab")
+    report = import_paths(JobContext(), project, [root / "images"], labels_from_folders=True)
+    assert report.imported == 28
+    result = train_model(JobContext(), project, "logreg")
+    project.close()
+    yield root, root / "shapes.sortlab", result
+    if previous is None:
+        os.environ.pop("SORTLAB_CACHE_DIR", None)
+    else:
+        os.environ["SORTLAB_CACHE_DIR"] = previous
+
+
+def test_exported_bundle_reproduces_sortlab_predictions(trained, tmp_path, capsys):
+    root, project_path, result = trained
+    out = tmp_path / "bundle"
+    code, stdout, stderr = _sortlab_cli(["export", str(project_path), str(out), "--json"], capsys)
+    assert code == 0, stderr
+    report = json.loads(stdout)
+    assert report["verification"]["passed"] and report["verification"]["compared"] > 0
+    assert report["verification"]["agreement"] >= 0.995
+    assert {"model.onnx", "model.json", "predict.py", "README.md", "linear_head.npz"} <= set(os.listdir(out))
+
+    description = json.loads((out / "model.json").read_text())
+    assert description["classes"] == ["red circle", "blue square"] or set(description["classes"]) == {
+        "red circle", "blue square"}
+    assert description["model_version"] == result.model_version
+    assert description["training"]["method"] == "logreg"
+    prep = description["preprocessing"]
+    assert prep["input_size"] == [224, 224] and prep["resize_shorter_side"] == 256
+    assert prep["color_order"] == "RGB" and prep["exif_transpose"] is True
+    assert description["metrics"]["accuracy"] == result.metrics["accuracy"]
+    card = (out / "README.md").read_text()
+    assert "red circle" in card and "blue square" in card and "python predict.py" in card
+    head = np.load(out / "linear_head.npz", allow_pickle=False)
+    assert head["weight"].shape == (1, 1280) and list(head["classes"]) == description["classes"]
+
+    files = _make_prediction_files(tmp_path / "incoming")
+    code, sortlab_csv, stderr = _sortlab_cli(["predict", str(project_path), str(tmp_path / "incoming"), "--csv"],
+                                             capsys)
+    sortlab_rows = _csv_rows(sortlab_csv)
+    standalone = _run_standalone(tmp_path, str(out / "predict.py"), str(tmp_path / "incoming"), "--csv")
+    assert standalone.returncode == 0, standalone.stderr
+    exported_rows = _csv_rows(standalone.stdout)
+
+    assert exported_rows[0] == sortlab_rows[0] == ["path", "class", "probability"]
+    assert len(sortlab_rows) - 1 == len(files) - 1  # every image but the fake one
+    assert [r[0] for r in exported_rows[1:]] == [r[0] for r in sortlab_rows[1:]]
+    assert [r[1] for r in exported_rows[1:]] == [r[1] for r in sortlab_rows[1:]]
+    probabilities = np.array([[float(a[2]), float(b[2])] for a, b in zip(exported_rows[1:], sortlab_rows[1:])])
+    np.testing.assert_allclose(probabilities[:, 0], probabilities[:, 1], atol=1e-4)
+    assert "notes.jpg" in standalone.stderr
+    # The ambiguous files are not all trivially certain: the probabilities carry information.
+    assert probabilities[:, 1].min() < 0.99
+
+    zipped = tmp_path / "bundle_zip"
+    code, stdout, stderr = _sortlab_cli(["export", str(project_path), str(zipped), "--zip"], capsys)
+    assert code == 0, stderr
+    zip_path = tmp_path / "bundle_zip.zip"
+    assert zip_path.is_file() and not zipped.exists()
+    from_zip = _run_standalone(tmp_path, str(TEMPLATE), "--bundle", str(zip_path), str(files[0]), "--csv")
+    assert from_zip.returncode == 0, from_zip.stderr
+    assert _csv_rows(from_zip.stdout)[1] == next(row for row in exported_rows if row[0] == str(files[0]))
+
+
+def test_export_that_disagrees_with_sortlab_fails_loudly(trained, tmp_path, capsys, monkeypatch):
+    import torch
+
+    import engine.export as export_module
+
+    real_build = export_module.build_network
+
+    class SwapClasses(torch.nn.Module):
+        def forward(self, probabilities):
+            return probabilities.flip(1)
+
+    def broken_build(project, info):
+        network, torch_module = real_build(project, info)
+        return torch.nn.Sequential(network, SwapClasses()).eval(), torch_module
+
+    monkeypatch.setattr(export_module, "build_network", broken_build)
+    _root, project_path, _result = trained
+    out = tmp_path / "broken"
+    code, stdout, stderr = _sortlab_cli(["export", str(project_path), str(out)], capsys)
+    assert code == 3
+    assert "Export check failed" in stderr and "99.5%" in stderr
+    assert not out.exists()
+    failed = tmp_path / "broken-FAILED"
+    assert (failed / "EXPORT_FAILED.txt").read_text().startswith("This export FAILED")
+
+
+def test_export_refuses_existing_folder_and_missing_model(trained, tmp_path, capsys, project):
+    _root, project_path, _result = trained
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "mine.txt").write_text("keep")
+    code, _out, stderr = _sortlab_cli(["export", str(project_path), str(tmp_path / "taken")], capsys)
+    assert code == 2 and "not an empty folder" in stderr
+    assert (tmp_path / "taken" / "mine.txt").read_text() == "keep"
+    code, _out, stderr = _sortlab_cli(["export", str(project.path), str(tmp_path / "new")], capsys)
+    assert code == 2 and "no trained model" in stderr.lower()
+
+
+def test_watch_command_predicts_drops_like_predict_and_stops_on_ctrl_c(trained, tmp_path, capsys):
+    import signal
+    import time
+
+    _root, project_path, _result = trained
+    drops = tmp_path / "drops"
+    files = _make_prediction_files(drops)
+    out_csv = tmp_path / "watch.csv"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    child = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "main.py"), "watch", str(project_path), str(drops), "--csv", str(out_csv),
+         "--interval", "0.2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if out_csv.exists() and len(out_csv.read_text().splitlines()) >= len(files):  # header + all images
+                break
+            assert child.poll() is None, child.communicate()[1]
+            time.sleep(0.2)
+        child.send_signal(signal.SIGINT)
+        stdout, stderr = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 0, stderr
+    assert "Interrupted" in stdout
+    watched = sorted(_csv_rows(out_csv.read_text())[1:])
+    code, predicted_csv, _err = _sortlab_cli(["predict", str(project_path), str(drops), "--csv"], capsys)
+    expected = sorted([os.path.abspath(r[0]), r[1], r[2]] for r in _csv_rows(predicted_csv)[1:])
+    assert watched == expected
+    assert "notes.jpg" in stderr

@@ -1,0 +1,362 @@
+"""The labeling workspace driven through real widgets (offscreen): import, label with keys,
+undo/redo, filters, the viewer, accepting suggestions, classes — checked in the project file."""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from PySide6.QtCore import QSettings, Qt
+from PySide6.QtWidgets import QApplication
+
+from gui.main_window import MainWindow
+from storage import browse
+from storage.catalog import add_class, set_labels
+from storage.models import Image, ModelVersion, Prediction
+
+pytestmark = pytest.mark.gui
+
+
+def jpeg(color, size=(40, 30)) -> bytes:
+    buffer = io.BytesIO()
+    PILImage.new("RGB", size, color).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def add_rows(project, count: int, sources=("cam1", "cam2")) -> list[int]:
+    """Image rows inserted directly (the import pipeline has its own tests)."""
+    with project.writing() as session:
+        rows = [
+            Image(content_hash=f"hash{i}", original_name=f"img{count - i:03d}.jpg", original_path=f"/x/img{i}.jpg",
+                  source=sources[i % len(sources)], width=40, height=30, original_format="JPEG",
+                  data=jpeg((10 * i % 255, 80, 120)), thumbnail=jpeg((10 * i % 255, 80, 120)))
+            for i in range(count)
+        ]
+        session.add_all(rows)
+        session.flush()
+        return [row.id for row in rows]
+
+
+def add_model(project, predictions: dict[int, tuple[int, float]], class_ids: list[int]) -> int:
+    """An active model version predicting {image_id: (class_id, probability)}."""
+    with project.writing() as session:
+        model = ModelVersion(method="logreg", backbone="test", layer="test", class_names=[str(c) for c in class_ids],
+                             class_ids=class_ids, weights=b"", is_active=True)
+        session.add(model)
+        session.flush()
+        for image_id, (class_id, probability) in predictions.items():
+            rest = (1 - probability) / (len(class_ids) - 1)
+            probs = np.array([probability if c == class_id else rest for c in class_ids], dtype="<f4")
+            session.add(Prediction(model_version_id=model.id, image_id=image_id, class_index=class_ids.index(class_id),
+                                   class_id=class_id, probability=probability, margin=probability - rest,
+                                   probabilities=probs.tobytes()))
+        return model.id
+
+
+def labels_in_file(path) -> dict[int, tuple[int, str]]:
+    """Labels as a separate connection sees them: proof they are committed, not just in memory."""
+    connection = sqlite3.connect(path)
+    try:
+        return {i: (c, o) for i, c, o in connection.execute("SELECT image_id, class_id, origin FROM labels")}
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def window(qtbot, tmp_path):
+    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+    main = MainWindow(settings=settings, data_dir=tmp_path / "data", projects_dir=tmp_path / "projects")
+    qtbot.addWidget(main)
+    main.show()
+    main.activateWindow()
+    qtbot.waitExposed(main)
+    yield main
+    qtbot.waitUntil(lambda: not main.runner.busy, timeout=10_000)
+
+
+@pytest.fixture
+def labeled_window(window, project):
+    """Window showing 12 images, classes cats (key 1) and dogs (key 2), nothing labeled."""
+    ids = add_rows(project, 12)
+    cats, dogs = add_class(project, "cats"), add_class(project, "dogs")
+    window.set_project(project)
+    window.test_ids, window.cats, window.dogs = ids, cats, dogs
+    return window
+
+
+def press(qtbot, widget, key, modifier=Qt.KeyboardModifier.NoModifier):
+    qtbot.keyClick(widget, key, modifier)
+    QApplication.processEvents()
+
+
+def make_image_folder(root):
+    """ants/ and bees/ with a few pictures each, a duplicate, and a file that is not an image."""
+    for name, color in (("ants", (200, 30, 30)), ("bees", (30, 30, 200))):
+        (root / name).mkdir(parents=True)
+        for i in range(3):
+            PILImage.new("RGB", (64, 48), (color[0], color[1] + 40 * i, color[2])).save(root / name / f"{i}.png")
+    (root / "bees" / "copy.png").write_bytes((root / "bees" / "0.png").read_bytes())
+    (root / "ants" / "broken.jpg").write_bytes(b"this is not a jpeg")
+
+
+def test_import_folder_through_the_dialog(window, qtbot, tmp_path):
+    folder = tmp_path / "photos"
+    make_image_folder(folder)
+    window.import_folder_as_project(str(folder))
+    assert window.project is not None and window.project.path.parent == tmp_path / "projects"
+    dialog = window.import_dialog
+    assert dialog.paths() == [str(folder)]
+    assert dialog.folders_are_classes.isChecked()  # one folder with sub-folders: looks like classes
+
+    qtbot.mouseClick(dialog.import_button, Qt.MouseButton.LeftButton)
+    assert dialog.running and dialog.cancel_button.isEnabled()
+    qtbot.waitUntil(lambda: dialog.report is not None, timeout=20_000)
+
+    report = dialog.report
+    assert (report.imported, report.duplicates, len(report.failed)) == (6, 1, 1)
+    assert "6 images imported" in dialog.status.text() and "1 duplicate skipped" in dialog.status.text()
+    assert dialog.failures.topLevelItemCount() == 1
+    failed = dialog.failures.topLevelItem(0)
+    assert failed.text(0).endswith("broken.jpg") and failed.text(1)
+    assert window.grid_model.rowCount() == 6
+    assert [c.name for c in window.classes_panel.classes] == ["ants", "bees"]
+    assert "6 images" in window.windowTitle()
+    labels = labels_in_file(window.project.path)
+    assert len(labels) == 6 and {origin for _c, origin in labels.values()} == {"import"}
+    dialog.accept()
+
+
+def test_number_keys_label_and_undo_redo_writes_the_file(labeled_window, qtbot):
+    window, grid = labeled_window, labeled_window.grid
+    ids, cats, dogs = window.test_ids, window.cats, window.dogs
+    changed = []
+    window.labels_changed.connect(changed.append)
+
+    grid.select_rows([0, 1, 2])
+    press(qtbot, grid, Qt.Key.Key_1)
+    assert labels_in_file(window.project.path) == {i: (cats.id, "manual") for i in ids[:3]}
+    assert changed[-1] == ids[:3]
+    assert window.grid_model.tile(1).class_id == cats.id
+
+    grid.select_rows([2])
+    press(qtbot, grid, Qt.Key.Key_2)  # one image: label it and move on to the next
+    assert labels_in_file(window.project.path)[ids[2]] == (dogs.id, "manual")
+    assert grid.selected_image_ids() == [ids[3]]
+
+    press(qtbot, grid, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert labels_in_file(window.project.path)[ids[2]] == (cats.id, "manual")
+    press(qtbot, grid, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert labels_in_file(window.project.path) == {}
+    press(qtbot, grid, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
+    assert set(labels_in_file(window.project.path)) == set(ids[:3])
+
+    press(qtbot, grid, Qt.Key.Key_A, Qt.KeyboardModifier.ControlModifier)
+    assert len(grid.selected_image_ids()) == 12
+    press(qtbot, grid, Qt.Key.Key_2)
+    assert {c for c, _o in labels_in_file(window.project.path).values()} == {dogs.id}
+    assert len(labels_in_file(window.project.path)) == 12
+    press(qtbot, grid, Qt.Key.Key_0)
+    assert labels_in_file(window.project.path) == {}
+    assert "0 labeled" in window.counts_label.text()
+    assert window.undo_stack.count() == 3  # the redone first label, all-dogs, clear (the undone one was dropped)
+
+
+def test_filters_and_sorting_are_sql_queries(labeled_window, qtbot):
+    window, project = labeled_window, labeled_window.project
+    ids, cats, dogs = window.test_ids, window.cats, window.dogs
+    set_labels(project, ids[:4], cats.id)
+    set_labels(project, ids[4:6], dogs.id)
+    predictions = {i: (cats.id, 0.9) for i in ids[:6]}
+    predictions.update({ids[4]: (cats.id, 0.55), ids[6]: (dogs.id, 0.95), ids[7]: (cats.id, 0.52)})
+    add_model(project, predictions, [cats.id, dogs.id])
+    window.refresh_after_import()
+
+    def shown():
+        return window.grid_model.ids.tolist()
+
+    window.set_filter(browse.UNLABELED)
+    assert shown() == ids[6:]
+    window.set_filter(browse.LABELED_AS, class_id=dogs.id)
+    assert shown() == ids[4:6]
+    window.set_filter(browse.FROM_SOURCE, source="cam2")
+    assert shown() == ids[1::2]
+    window.set_filter(browse.PREDICTED_AS, class_id=dogs.id)
+    assert shown() == [ids[6]]
+    window.set_filter(browse.DISAGREES)
+    assert shown() == [ids[4], ids[5]]  # dogs the model takes for cats
+    window.set_filter(browse.LOW_CONFIDENCE)
+    assert shown() == [ids[4], ids[7]]
+    assert window.filter_bar.count_label.text() == "2 of 12 images"
+
+    window.filter_bar.sort_combo.setCurrentIndex(window.filter_bar.sort_combo.findData(browse.CONFIDENCE))
+    assert shown() == [ids[7], ids[4]]
+    window.set_filter(browse.ALL, )
+    window.filter_bar.sort_combo.setCurrentIndex(window.filter_bar.sort_combo.findData(browse.NAME))
+    assert shown() == list(reversed(ids))  # names count down
+
+    window.filter_grid([ids[3], ids[9]], "cats taken for dogs")
+    assert sorted(shown()) == [ids[3], ids[9]]
+    assert window.filter_bar.filter_combo.currentText() == "cats taken for dogs"
+    window.select_images([ids[5]])  # not in the chosen set: the grid shows everything to reveal it
+    assert window.filter_bar.query().kind == browse.ALL and window.grid.selected_image_ids() == [ids[5]]
+
+
+def test_accept_suggestion_with_enter_is_undoable(labeled_window, qtbot):
+    window, project = labeled_window, labeled_window.project
+    ids, cats, dogs = window.test_ids, window.cats, window.dogs
+    add_model(project, {ids[0]: (dogs.id, 0.8), ids[1]: (cats.id, 0.7)}, [cats.id, dogs.id])
+    window.refresh_after_import()
+    tile = window.grid_model.tile(0)
+    assert (tile.predicted_class_id, tile.probability) == (dogs.id, pytest.approx(0.8))
+
+    window.grid.select_rows([0, 1, 2])  # the third has no suggestion and stays unlabeled
+    press(qtbot, window.grid, Qt.Key.Key_Return)
+    assert labels_in_file(project.path) == {ids[0]: (dogs.id, "suggestion"), ids[1]: (cats.id, "suggestion")}
+    press(qtbot, window.grid, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert labels_in_file(project.path) == {}
+
+
+def test_viewer_walks_the_filter_and_labels_in_place(labeled_window, qtbot):
+    window = labeled_window
+    ids, dogs = window.test_ids, window.dogs
+    window.set_filter(browse.FROM_SOURCE, source="cam1")
+    window.grid.select_rows([1])
+    press(qtbot, window.grid, Qt.Key.Key_Space)
+    viewer = window.viewer
+    assert viewer is not None and viewer.isVisible() and viewer.image_id == ids[2]
+    assert not viewer.image_label.pixmap().isNull()
+
+    press(qtbot, viewer, Qt.Key.Key_Right)
+    assert viewer.image_id == ids[4] and window.grid.selected_image_ids() == [ids[4]]
+    press(qtbot, viewer, Qt.Key.Key_2)
+    assert labels_in_file(window.project.path) == {ids[4]: (dogs.id, "manual")}
+    assert "dogs" in viewer.label_label.text()
+    press(qtbot, viewer, Qt.Key.Key_Left)
+    assert viewer.image_id == ids[2]
+    press(qtbot, viewer, Qt.Key.Key_Escape)
+    assert not viewer.isVisible()
+
+    window.grid.doubleClicked.emit(window.grid_model.index(0))
+    assert window.viewer.image_id == ids[0]
+    window.viewer.close()
+
+
+def test_classes_panel_edits_and_delete_reports_lost_labels(labeled_window, qtbot, monkeypatch):
+    from PySide6.QtWidgets import QMessageBox
+
+    window, panel = labeled_window, labeled_window.classes_panel
+    ids, cats, dogs = window.test_ids, window.cats, window.dogs
+    set_labels(window.project, ids[:3], cats.id)
+    panel.refresh()
+    assert panel.list.item(0).text() == "1   cats   (3)"
+
+    bird = panel.add_class("birds")
+    assert panel.list.item(2).text().startswith("3   birds")
+    panel.select_class(bird.id)
+    panel.move_current(-1)
+    assert [c.name for c in panel.classes] == ["cats", "birds", "dogs"]
+    assert panel.class_for_key("2").name == "birds"
+
+    questions = []
+    monkeypatch.setattr(QMessageBox, "question", lambda *args, **kw: questions.append(args[2]) or QMessageBox.StandardButton.Yes)
+    panel.select_class(cats.id)
+    panel.delete_current()
+    assert "3 images labeled “cats” will become unlabeled" in questions[0]
+    assert [c.name for c in panel.classes] == ["birds", "dogs"]
+    assert labels_in_file(window.project.path) == {}
+    combo_texts = [window.filter_bar.filter_combo.itemText(i) for i in range(window.filter_bar.filter_combo.count())]
+    assert "Labeled “cats”" not in combo_texts and "Labeled “birds”" in combo_texts
+
+
+def test_thumbnails_load_lazily_in_the_background(labeled_window, qtbot):
+    model = labeled_window.grid_model
+    qtbot.waitUntil(lambda: all(model.pixmap(model.image_id(r)) is not None
+                                for r in labeled_window.grid.visible_rows()), timeout=5000)
+    rows = labeled_window.grid.visible_rows()
+    assert len(rows) > 0
+    assert model.cached_thumbnails <= model._pixmaps.capacity
+
+
+def test_suggestions_refresh_after_labeling_when_a_model_exists(labeled_window, qtbot):
+    from gui.suggestions import SuggestionRefresher
+
+    window = labeled_window
+    runs = []
+    refresher = SuggestionRefresher(window.runner, window, job=lambda context, project: runs.append(project.path))
+    refresher.timer.setInterval(10)
+    refresher.set_project(window.project)
+    refresher.labels_changed()
+    assert not refresher.timer.isActive()  # no model yet: nothing to refresh
+    add_model(window.project, {window.test_ids[0]: (window.cats.id, 0.9)}, [window.cats.id, window.dogs.id])
+    refreshed = []
+    refresher.refreshed.connect(lambda: refreshed.append(True))
+    refresher.labels_changed()
+    refresher.labels_changed()  # debounced: one run
+    qtbot.waitUntil(lambda: refreshed == [True], timeout=5000)
+    assert runs == [window.project.path]
+
+
+def test_demo_builds_in_background_then_opens(window, qtbot, monkeypatch):
+    import engine.demo
+
+    real = engine.demo.build_demo_project
+    monkeypatch.setattr(engine.demo, "build_demo_project", lambda context, path: real(context, path, n_images=30))
+    window.open_demo()
+    assert not window.welcome.demo_button.isEnabled()
+    qtbot.waitUntil(lambda: window.project is not None, timeout=20_000)
+    assert window.project.path == window.demo_path()
+    assert window.grid_model.rowCount() == 30
+    assert [c.name for c in window.classes_panel.classes] == [str(d) for d in range(10)]
+
+
+def test_recent_projects_and_window_state_survive_a_restart(window, project, qtbot, tmp_path):
+    add_rows(project, 2)
+    window.set_project(project)
+    window.classes_dock.setFloating(False)
+    window.resize(window.width(), 520)
+    window.save_layout()
+    window.close_project()
+    assert window.welcome.recent_list.count() == 1 and window.stack.currentWidget() is window.welcome
+
+    again = MainWindow(settings=window.settings, data_dir=tmp_path / "data", projects_dir=tmp_path / "projects")
+    qtbot.addWidget(again)
+    again.restore_layout()
+    assert again.size().height() == 520  # (the width is clamped to the 800-pixel offscreen screen)
+    recent = again.welcome.recent_list.item(0).data(Qt.ItemDataRole.UserRole)
+    assert again.open_project_file(recent)
+    assert again.grid_model.rowCount() == 2 and "test — 2 images" in again.windowTitle()
+    again.close_project()
+
+
+def test_dropping_files_opens_the_import_dialog(labeled_window, qtbot, tmp_path):
+    from PySide6.QtCore import QMimeData, QPoint, QUrl
+    from PySide6.QtGui import QDropEvent
+
+    picture = tmp_path / "new.png"
+    PILImage.new("RGB", (8, 8), (1, 2, 3)).save(picture)
+    data = QMimeData()
+    data.setUrls([QUrl.fromLocalFile(str(picture))])
+    event = QDropEvent(QPoint(10, 10), Qt.DropAction.CopyAction, data, Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier)
+    labeled_window.dropEvent(event)
+    dialog = labeled_window.import_dialog
+    assert dialog is not None and dialog.paths() == [str(picture)] and not dialog.folders_are_classes.isChecked()
+    dialog.start()
+    qtbot.waitUntil(lambda: dialog.report is not None, timeout=10_000)
+    assert labeled_window.grid_model.rowCount() == 13
+    dialog.accept()
+
+
+def test_add_dock_tabs_panels_on_one_side(window):
+    from PySide6.QtWidgets import QLabel
+
+    first = window.add_dock(QLabel("a"), "Training", Qt.DockWidgetArea.RightDockWidgetArea)
+    second = window.add_dock(QLabel("b"), "Model report", Qt.DockWidgetArea.RightDockWidgetArea)
+    assert second.objectName() == "dock-model-report"
+    QApplication.processEvents()  # the dock layout settles on the next event loop pass
+    assert window.tabifiedDockWidgets(first) == [second]
+    assert second.toggleViewAction() in window.view_menu.actions()
+    assert json.dumps(first.windowTitle()) == '"Training"'

@@ -1,0 +1,163 @@
+"""Concurrency soak: the GUI thread labels while the engine's worker writes features and predictions.
+
+The labeling side is this test's thread calling ``storage.catalog.set_labels`` (and undo through
+``restore_labels``) in a tight loop, plus the reads a GUI refresh does. The engine side is a job on
+the real ``JobRunner`` worker thread using the real writers: ``storage.featurestore.store_vectors``,
+``storage.modelstore.store_predictions`` and ``save_model_version`` (a new active model with
+predictions for every image, the biggest transaction the engine makes).
+
+Pass: zero "database is locked" (or any other) errors on either side, and the final labels are
+exactly the last label the labeling thread wrote for each image. 10 s in ``make test``, 2 minutes
+in ``make test-slow``.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import threading
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers.proof import report_counts
+
+N_IMAGES = 400
+FEATURE_DIM = 1280
+CLASSES = ["ant", "bee", "wasp", "fly"]
+
+
+def _setup(project) -> tuple[list[int], list[int]]:
+    from storage import catalog
+    from storage.images import NewImage, add_images
+
+    class_ids = [catalog.add_class(project, name).id for name in CLASSES]
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), "gray").save(buffer, format="JPEG")
+    jpeg = buffer.getvalue()
+    ids = add_images(project, [
+        NewImage(f"soak{i}", f"{i}.jpg", f"/soak/{i}.jpg", "cam", 8, 8, "JPEG", jpeg, jpeg) for i in range(N_IMAGES)
+    ])
+    return ids, class_ids
+
+
+def _engine_job(context, project, image_ids, class_ids, stop: threading.Event, counts: Counter) -> None:
+    """What the worker does while the user labels: extract features batch by batch, refresh
+    predictions, and now and then store a freshly trained model with predictions for all images."""
+    from storage import featurestore, modelstore
+
+    rng = np.random.default_rng(0)
+    feature_set = featurestore.ensure_feature_set(project, "soak-net", "pooled", FEATURE_DIM)
+    version = modelstore.save_model_version(project, modelstore.NewModel(
+        method="logreg", backbone="soak-net", layer="pooled", class_names=CLASSES, class_ids=class_ids,
+        weights=b"\x00" * 64,
+    ))
+    batch = 64
+    while not stop.is_set():
+        start = int(rng.integers(0, len(image_ids)))
+        chunk = [image_ids[(start + k) % len(image_ids)] for k in range(batch)]
+        vectors = rng.standard_normal((batch, FEATURE_DIM)).astype(np.float32)
+        counts["feature_vectors_written"] += featurestore.store_vectors(project, feature_set.id, chunk, vectors)
+        counts["feature_batches"] += 1
+        proba = rng.dirichlet(np.ones(len(class_ids)), size=batch).astype(np.float32)
+        counts["predictions_written"] += modelstore.store_predictions(
+            project, version, modelstore.PredictionBatch(np.asarray(chunk), proba)
+        )
+        counts["prediction_batches"] += 1
+        if counts["prediction_batches"] % 15 == 0:
+            proba = rng.dirichlet(np.ones(len(class_ids)), size=len(image_ids)).astype(np.float32)
+            version = modelstore.save_model_version(
+                project,
+                modelstore.NewModel(method="logreg", backbone="soak-net", layer="pooled", class_names=CLASSES,
+                                    class_ids=class_ids, weights=rng.bytes(4096)),
+                modelstore.PredictionBatch(np.asarray(image_ids), proba),
+            )
+            counts["models_saved"] += 1
+            counts["predictions_written"] += len(image_ids)
+        context.check_cancelled()
+
+
+def _soak(project, request, seconds: float, label: str) -> None:
+    from engine.jobs import JobRunner
+    from storage import catalog, modelstore
+    from storage.images import list_images
+
+    image_ids, class_ids = _setup(project)
+    counts: Counter = Counter()
+    last_written: dict[int, int | None] = {}
+    errors: list[str] = []
+    latencies: list[float] = []
+    stop = threading.Event()
+    runner = JobRunner()
+    handle = runner.submit("engine soak", _engine_job, project, image_ids, class_ids, stop, counts)
+    rng = random.Random(1)
+    undo: list[list] = []
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            if handle.done:
+                break  # the engine died: its outcome is checked below
+            try:
+                started = time.perf_counter()
+                if undo and rng.random() < 0.1:
+                    states = undo.pop()
+                    catalog.restore_labels(project, states)
+                    for state in states:
+                        last_written[state.image_id] = state.class_id
+                    counts["undos"] += 1
+                else:
+                    chosen = rng.sample(image_ids, rng.choice([1, 1, 1, 3, 10]))
+                    class_id = None if rng.random() < 0.05 else rng.choice(class_ids)
+                    undo.append(catalog.set_labels(project, chosen, class_id))
+                    for image_id in chosen:
+                        last_written[image_id] = class_id
+                    counts["label_writes"] += 1
+                latencies.append(time.perf_counter() - started)
+                if counts["label_writes"] % 20 == 0:  # the GUI refreshes its views now and then
+                    list_images(project)
+                    modelstore.predictions(project)
+                    catalog.list_classes(project)
+                    counts["gui_refreshes"] += 1
+            except Exception as exc:  # counted, then the test fails with every message
+                errors.append(f"labeling: {exc.__class__.__name__}: {exc}")
+                if len(errors) > 20:
+                    break
+    finally:
+        stop.set()
+        outcome = handle.outcome(timeout=120)
+        runner.shutdown()
+
+    if outcome.status != "done":
+        errors.append(f"engine: {outcome.error}\n{outcome.details}")
+    locked = sum("locked" in e.lower() or "busy" in e.lower() for e in errors)
+    final = {s.image_id: s.class_id for s in catalog.label_states(project, image_ids)}
+    lost = {i: (want, final[i]) for i, want in last_written.items() if final[i] != want}
+    untouched_but_labeled = [i for i in image_ids if i not in last_written and final[i] is not None]
+    latencies.sort()
+    counts.update({
+        "seconds": round(seconds), "locked_errors": locked, "other_errors": len(errors) - locked,
+        "lost_labels": len(lost), "images_labeled_at_end": sum(v is not None for v in final.values()),
+        "label_p50_ms": round(1000 * latencies[len(latencies) // 2], 1) if latencies else None,
+        "label_p99_ms": round(1000 * latencies[int(len(latencies) * 0.99)], 1) if latencies else None,
+        "label_max_ms": round(1000 * latencies[-1], 1) if latencies else None,
+    })
+    report_counts(request, f"soak ({label})", dict(counts))
+    assert not errors, errors[:5]
+    assert not lost, f"labels lost (image: (last written, in file)): {dict(list(lost.items())[:10])}"
+    assert not untouched_but_labeled
+    # Both sides really ran at the same time, or the soak proved nothing.
+    assert counts["label_writes"] > 50 and counts["feature_batches"] > 5 and counts["prediction_batches"] > 5
+    assert counts["models_saved"] >= (1 if seconds >= 60 else 0)
+
+
+def test_labeling_while_engine_writes_10s(project, request):
+    _soak(project, request, seconds=10, label="10 s")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_labeling_while_engine_writes_2min(project, request):
+    _soak(project, request, seconds=120, label="2 min")

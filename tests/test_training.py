@@ -1,0 +1,287 @@
+"""Training jobs on cached (synthetic) features: evaluation choice, stored versions, predictions, runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers.feature_projects import BACKBONE, LAYER, add_placeholder_images, make_feature_project
+
+from engine.classifiers import LinearPredictor, NotEnoughLabelsError
+from engine.jobs import JobCancelled, JobContext
+from engine.training import train_model, train_on_cached_features
+from storage import catalog, modelstore
+from storage.featurestore import ensure_feature_set, store_vectors
+from storage.splits import labeled_images
+
+
+def train(project, method="logreg", quick=None, context=None):
+    return train_on_cached_features(context or JobContext(), project, method, BACKBONE, LAYER, seed=0, quick=quick)
+
+
+def test_small_dataset_is_cross_validated_with_out_of_fold_predictions(project):
+    fp = make_feature_project(project, [20, 15, 12], unlabeled=10)
+    result = train(project)
+    m = result.metrics
+    assert (m["evaluation"], m["folds"], m["n_labeled"]) == ("5-fold CV", 5, 47)
+    assert m["accuracy"] > 0.9 and m["balanced_accuracy"] > 0.9
+    assert sum(v["support"] for v in m["per_class"].values()) == 47
+    assert set(m["per_source"]) == {"cam-a", "cam-b"}
+    assert m["confusion_matrix"]["labels"] == ["c0", "c1", "c2"]
+    table = modelstore.predictions(project)
+    assert set(table) == set(fp.image_ids)
+    for image_id, class_id in zip(fp.image_ids, fp.class_ids):
+        assert table[image_id].out_of_fold == (class_id is not None)
+        p = table[image_id]
+        assert 0 < p.margin <= p.probability <= 1
+    assert modelstore.active_model(project).version == result.model_version
+
+
+def test_large_dataset_uses_the_stored_holdout_split(project):
+    make_feature_project(project, [130, 120], dim=16)
+    result = train(project)
+    m = result.metrics
+    assert m["evaluation"] == "holdout"
+    assert m["n_train"] + m["n_val"] == 250 and 45 <= m["n_val"] <= 55
+    assert sum(v["support"] for v in m["per_class"].values()) == m["n_val"]
+    val_side = {i.image_id for i in labeled_images(project) if i.split == "val"}
+    table = modelstore.predictions(project)
+    assert {i for i, p in table.items() if p.out_of_fold} == val_side
+
+
+def test_quick_retrain_after_one_label_change_reuses_C_and_activates_the_new_version(project):
+    fp = make_feature_project(project, [40, 40, 40], unlabeled=30, spread=3.0)
+    first = train(project)
+    assert first.params["quick"] is False and first.params["cv_results"]
+    catalog.set_labels(project, fp.image_ids[:1], fp.class_by_name["c1"])
+    second = train(project)  # auto: barely changed labels -> quick
+    assert second.params["quick"] is True and second.params["C"] == first.params["C"]
+    assert not second.params["cv_results"]
+    versions = modelstore.list_models(project)
+    assert [(v.version, v.is_active) for v in versions] == [(first.model_version, False), (second.model_version, True)]
+    assert len(modelstore.predictions(project, first.model_version)) == len(fp.image_ids)
+    assert train(project, quick=False).params["quick"] is False
+
+
+def test_svm_model_is_calibrated_and_stored_as_safetensors(project):
+    make_feature_project(project, [25, 25])
+    result = train(project, method="svm")
+    assert result.metrics["accuracy"] > 0.9
+    weights = modelstore.model_weights(project, result.model_version)
+    predictor = LinearPredictor.from_bytes(weights)
+    assert predictor.calib_a is not None and predictor.calib_a.shape == (1,)
+
+
+def test_tiny_dataset_trains_but_is_not_evaluated(project):
+    make_feature_project(project, [1, 2, 1])
+    result = train(project)
+    assert result.metrics["evaluation"] == "not evaluated"
+    assert "at least 2" in result.metrics["evaluation_note"]
+    assert len(modelstore.predictions(project)) == 4
+
+
+def test_two_per_class_is_cross_validated_with_two_folds(project):
+    make_feature_project(project, [2, 2, 2], spread=0.3)
+    assert train(project).metrics["folds"] == 2
+
+
+def test_user_errors_come_before_any_feature_extraction(project):
+    with pytest.raises(NotEnoughLabelsError, match="No labeled images"):
+        train_model(JobContext(), project)
+    make_feature_project(project, [5])
+    with pytest.raises(NotEnoughLabelsError, match="one class"):
+        train_model(JobContext(), project)
+    with pytest.raises(ValueError, match="Unknown training method"):
+        train_model(JobContext(), project, method="magic")
+
+
+def test_cancelled_training_stores_no_model_and_records_the_run(project):
+    make_feature_project(project, [20, 20])
+    context = JobContext()
+    context.progress = lambda fraction, message="": context.cancel() if fraction > 0.2 else None
+    with pytest.raises(JobCancelled):
+        train(project, context=context)
+    assert modelstore.list_models(project) == []
+    assert [r.status for r in modelstore.list_training_runs(project)] == ["cancelled"]
+
+
+def test_refreshing_keeps_out_of_fold_predictions_and_fills_new_images(project):
+    make_feature_project(project, [15, 15], dim=8)
+    result = train(project)
+    before = modelstore.predictions(project)
+    new_ids = add_placeholder_images(project, 3, start=500)
+    ids, proba = modelstore.prediction_probabilities(project, result.model_version)
+    fresh = np.tile(np.array([[0.25, 0.75]], dtype=np.float32), (len(ids) + 3, 1))
+    all_ids = np.concatenate([ids, new_ids])
+    stored = modelstore.store_predictions(project, result.model_version, modelstore.PredictionBatch(all_ids, fresh))
+    after = modelstore.predictions(project)
+    assert stored == 3 and set(after) == set(before) | set(new_ids)
+    assert all(after[i] == before[i] for i in before)  # every labeled one was out-of-fold
+    assert after[new_ids[0]].class_name == "c1" and after[new_ids[0]].margin == pytest.approx(0.5)
+
+
+def test_models_can_be_activated_and_missing_versions_are_clear_errors(project):
+    make_feature_project(project, [10, 10])
+    first, second = train(project), train(project, quick=False)
+    modelstore.set_active_model(project, first.model_version)
+    assert modelstore.active_model(project).version == first.model_version
+    with pytest.raises(modelstore.NoModelError, match="no model version 99"):
+        modelstore.set_active_model(project, 99)
+    modelstore.delete_model(project, first.model_version)
+    assert modelstore.active_model(project).version == second.model_version
+
+
+def test_images_without_features_are_left_out_not_crashing(project):
+    fp = make_feature_project(project, [10, 10], dim=8)
+    extra = add_placeholder_images(project, 2, start=900)
+    catalog.set_labels(project, extra, fp.class_by_name["c0"])
+    result = train(project)
+    assert result.n_labeled == 20
+    feature_set = ensure_feature_set(project, BACKBONE, LAYER, 8)
+    store_vectors(project, feature_set.id, extra, np.zeros((2, 8), dtype=np.float32))
+    assert train(project).n_labeled == 22
+
+
+# -- probe and fine-tuning loops (tiny stand-in network: fast on CPU) ---------------------------------
+
+import io  # noqa: E402
+
+import torch  # noqa: E402
+from PIL import Image as PILImage  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+from engine import finetune  # noqa: E402
+
+
+class TinyFeatures(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.blocks = nn.ModuleList([nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)])
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for block in self.blocks:
+            x = torch.relu(block(x))
+        return self.pool(x).flatten(1)
+
+
+def colour_loaders(n=32, batch=8):
+    """Red-ish versus blue-ish 16 px images: learnable in a couple of epochs."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(n) % 2
+    x = torch.rand(n, 3, 16, 16, generator=g) * 0.5
+    x[y == 0, 0] += 0.5
+    x[y == 1, 2] += 0.5
+    data = TensorDataset(x, y)
+    return DataLoader(data, batch_size=batch, shuffle=True, generator=g), DataLoader(data, batch_size=batch)
+
+
+def recording_context():
+    events = {"progress": [], "partial": []}
+    context = JobContext(lambda f, m: events["progress"].append((f, m)), events["partial"].append)
+    return context, events
+
+
+def test_fine_tuning_trains_head_then_network_with_epoch_curves():
+    network = finetune.ClassifierNetwork(TinyFeatures(), 8, 2)
+    train_loader, val_loader = colour_loaders()
+    context, events = recording_context()
+    config = finetune.FineTuneConfig(head_epochs=3, full_epochs=2, head_lr=0.05, full_lr=0.01, patience=5)
+    report = finetune.fit_network(context, network, train_loader, val_loader, config, fine_tune=True)
+    epochs = [e for e in events["partial"] if e["kind"] == "epoch"]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4, 5] and report.curves == epochs
+    assert [e["stage"] for e in epochs] == ["head"] * 3 + ["full"] * 2
+    assert {"train_loss", "train_acc", "val_loss", "val_acc"} <= set(epochs[0])
+    assert len(events["progress"]) >= 5 * len(train_loader)  # moves every batch
+    loss, accuracy, proba = finetune.evaluate(network, nn.CrossEntropyLoss(), val_loader, torch.device("cpu"), context)
+    assert accuracy >= 0.9 and proba.shape == (32, 2)
+
+
+def test_probe_keeps_the_frozen_backbone_untouched():
+    network = finetune.ClassifierNetwork(TinyFeatures(), 8, 2)
+    before = {k: v.clone() for k, v in network.features.state_dict().items()}
+    train_loader, val_loader = colour_loaders()
+    config = finetune.FineTuneConfig(head_epochs=2, head_lr=0.05)
+    finetune.fit_network(JobContext(), network, train_loader, val_loader, config, fine_tune=False)
+    after = network.features.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BatchNorm statistics
+
+
+def test_early_stopping_keeps_the_best_epoch():
+    network = finetune.ClassifierNetwork(TinyFeatures(), 8, 2)
+    train_loader, val_loader = colour_loaders()
+    config = finetune.FineTuneConfig(head_epochs=30, head_lr=5.0, patience=2)  # absurd lr: val loss degrades
+    report = finetune.fit_network(JobContext(), network, train_loader, val_loader, config, fine_tune=False)
+    assert report.stopped_early and len(report.curves) < 30
+    best = min(report.curves, key=lambda e: e["val_loss"])
+    assert report.best_epoch == best["epoch"]
+    val_loss, *_ = finetune.evaluate(network, nn.CrossEntropyLoss(label_smoothing=0.1), val_loader,
+                                     torch.device("cpu"), JobContext())
+    assert val_loss == pytest.approx(best["val_loss"], rel=1e-4)
+
+
+def test_cancelling_stops_within_a_batch():
+    network = finetune.ClassifierNetwork(TinyFeatures(), 8, 2)
+    train_loader, _ = colour_loaders()
+    context = JobContext()
+    context.progress = lambda fraction, message="": context.cancel()
+    with pytest.raises(JobCancelled):
+        finetune.fit_network(context, network, train_loader, None, finetune.FineTuneConfig(head_epochs=3),
+                             fine_tune=False)
+
+
+def test_layer_wise_learning_rates_shrink_towards_the_input():
+    network = finetune.ClassifierNetwork(TinyFeatures(), 8, 2)
+    groups = finetune.parameter_groups(network, 1e-3, 0.5, 0.0)
+    lrs = [g["lr"] for g in groups]
+    assert lrs[0] == 1e-3  # the head
+    assert lrs[1:] == sorted(lrs[1:]) and lrs[1] < lrs[-1] < 1e-3
+    assert len(groups) == 1 + 4  # stem conv, stem BatchNorm, block 0, block 1
+    n_params = sum(len(g["params"]) for g in groups)
+    assert n_params == len(list(network.parameters()))
+
+
+def jpeg(colour, size=64) -> bytes:
+    buffer = io.BytesIO()
+    rng = np.random.default_rng(sum(colour))
+    pixels = np.clip(np.array(colour) + rng.normal(0, 20, (size, size, 3)), 0, 255).astype(np.uint8)
+    PILImage.fromarray(pixels).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def test_probe_and_finetune_on_lite0_store_models_that_predict_files(project, tmp_path, monkeypatch):
+    from engine.predicting import predict_files, refresh_predictions
+    from storage.images import NewImage, add_images
+
+    colours = {"red": (220, 40, 40), "blue": (40, 40, 220)}
+    ids = catalog.ensure_classes(project, list(colours))
+    rows = []
+    for name, colour in colours.items():
+        for i in range(6):
+            data = jpeg(tuple(c + 3 * i for c in colour))
+            rows.append(NewImage(f"{name}{i}", f"{name}{i}.jpg", f"/x/{name}{i}.jpg", "gen", 64, 64, "JPEG", data,
+                                 data, ids[name]))
+    add_images(project, rows)
+    monkeypatch.setattr(finetune, "DEFAULT_CONFIG",
+                        finetune.FineTuneConfig(head_epochs=1, full_epochs=1, head_lr=0.01, batch_size=8))
+    probe = train_model(JobContext(), project, method="probe")
+    assert probe.metrics["n_labeled"] == 12 and len(modelstore.predictions(project)) == 12
+    assert modelstore.list_training_runs(project)[-1].curves[0]["kind"] == "epoch"
+    tuned = train_model(JobContext(), project, method="finetune")
+    assert [e["stage"] for e in modelstore.list_training_runs(project)[-1].curves] == ["head", "full"]
+    for name, colour in colours.items():
+        (tmp_path / f"{name}.jpg").write_bytes(jpeg(colour))
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    files = [str(tmp_path / n) for n in ("red.jpg", "blue.jpg", "broken.jpg")]
+    for version in (probe.model_version, tuned.model_version):
+        result = predict_files(JobContext(), project, files, version)
+        assert [r.path for r in result.predictions] == files[:2]
+        assert [p for p, _ in result.failed] == files[2:]
+        np.testing.assert_allclose([sum(r.probabilities) for r in result.predictions], 1.0, atol=1e-5)
+    stored = modelstore.predictions(project, tuned.model_version)
+    assert refresh_predictions(JobContext(), project, tuned.model_version) == sum(not p.out_of_fold for p in stored.values())
+    refreshed = modelstore.predictions(project, tuned.model_version)
+    for image_id, prediction in stored.items():  # reloaded safetensors weights predict what training did
+        assert refreshed[image_id].probability == pytest.approx(prediction.probability, abs=1e-4)
