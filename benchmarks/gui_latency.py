@@ -1,7 +1,6 @@
 """Does the window stay responsive while a model trains?
 
-Opens the main window (or, if it cannot be built, a window holding the training panel, the map
-and the report), imports real images into a temporary project (../shared/data/hymenoptera/train,
+Opens the main window with the insight panels docked, imports real images into a temporary project (../shared/data/hymenoptera/train,
 else generated pictures), then runs a real training job from the training panel through the
 QtJobRunner: feature extraction followed by the quick (logistic regression) classifier. A 5 ms
 QTimer records perf_counter on every tick of the GUI event loop; a gap between ticks is a stall
@@ -28,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data" / "hymenoptera" / "train"
 
 from PySide6.QtCore import QTimer  # noqa: E402
-from PySide6.QtWidgets import QApplication, QMainWindow  # noqa: E402
+from PySide6.QtWidgets import QApplication  # noqa: E402
 
 
 class TickRecorder:
@@ -44,18 +43,22 @@ class TickRecorder:
         self.ticks.clear()
         self.timer.start()
 
-    def stop(self) -> dict:
+    def stop(self) -> list[float]:
         self.timer.stop()
-        gaps = np.diff(np.asarray(self.ticks)) * 1000.0
-        if gaps.size == 0:
-            return {"max_stall_ms": None, "p99_stall_ms": None, "ticks": len(self.ticks)}
-        return {
-            "max_stall_ms": round(float(gaps.max()), 1),
-            "p99_stall_ms": round(float(np.percentile(gaps, 99)), 1),
-            "median_tick_ms": round(float(np.median(gaps)), 1),
-            "ticks": int(len(self.ticks)),
-            "worst_at_s": round(float(self.ticks[int(np.argmax(gaps))] - self.ticks[0]), 2),
-        }
+        return list(self.ticks)
+
+
+def stall_stats(ticks: list[float]) -> dict:
+    gaps = np.diff(np.asarray(ticks)) * 1000.0
+    if gaps.size == 0:
+        return {"max_stall_ms": None, "p99_stall_ms": None, "ticks": len(ticks)}
+    return {
+        "max_stall_ms": round(float(gaps.max()), 1),
+        "p99_stall_ms": round(float(np.percentile(gaps, 99)), 1),
+        "median_tick_ms": round(float(np.median(gaps)), 1),
+        "ticks": int(len(ticks)),
+        "worst_at_s": round(float(ticks[int(np.argmax(gaps))] - ticks[0]), 2),
+    }
 
 
 def image_paths(folder: Path) -> tuple[list[Path], str]:
@@ -85,33 +88,18 @@ def wait(app: QApplication, predicate, timeout_s: float) -> None:
         time.sleep(0.001)
 
 
-def build_window(project):
-    """The real main window with the insight panels installed, or a plain window with them."""
+def build_window(project, workdir: Path):
+    """The real main window, set up the way gui.app does it, with the insight panels docked."""
+    from PySide6.QtCore import QSettings
+
     from gui.insight import install_insight_panels
-    from gui.runner import QtJobRunner
+    from gui.main_window import MainWindow
 
-    try:
-        from gui.main_window import MainWindow
-
-        window = MainWindow(project) if _takes_project(MainWindow) else MainWindow()
-        if not _takes_project(MainWindow) and hasattr(window, "open_project"):
-            window.open_project(project)
-        panels = getattr(window, "insight", None) or install_insight_panels(window)
-        return window, panels, "MainWindow"
-    except ImportError:
-        window = QMainWindow()
-        window.project = project
-        window.runner = QtJobRunner(window)
-        return window, install_insight_panels(window), "QMainWindow"
-
-
-def _takes_project(cls) -> bool:
-    import inspect
-
-    try:
-        return "project" in inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        return False
+    settings = QSettings(str(workdir / "settings.ini"), QSettings.Format.IniFormat)
+    window = MainWindow(project, settings=settings, data_dir=workdir, projects_dir=workdir)
+    panels = install_insight_panels(window)
+    window.suggestions.enabled = False  # as gui.app does: the training panel retrains instead
+    return window, panels
 
 
 def main() -> int:
@@ -122,7 +110,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="sortlab-bench-"))
     project = create_project(workdir / "bench.sortlab")
     paths, dataset = image_paths(DATA)
-    window, panels, kind = build_window(project)
+    window, panels = build_window(project, workdir)
     window.resize(1400, 900)
     window.show()
     app.processEvents()
@@ -136,41 +124,46 @@ def main() -> int:
         raise SystemExit(f"import failed: {done['import'].error}")
     print(f"imported {len(done['import'].result.image_ids)} images ({dataset})", flush=True)
 
+    # Start-up work (the training panel's background warm-up, the grid's thumbnails) is done first:
+    # the measurement is about a training job started in an idle window.
+    wait(app, lambda: not runner.busy, 120)
+    for _ in range(50):
+        app.processEvents()
+        time.sleep(0.01)
     panel = panels.training
     panel.set_method("logreg")
     recorder = TickRecorder()
     finished = []
     panel.training_finished.connect(finished.append)
+    map_runner = panels.embedding.runner
+    ended = []
+    map_runner.finished.connect(lambda name, outcome: ended.append(outcome) if name == "embedding" else None)
     recorder.start()
     started = time.perf_counter()
     if not panel.start():
         raise SystemExit("the training panel did not start a job")
     wait(app, lambda: bool(finished), 900)
-    train_s = time.perf_counter() - started
-    training = recorder.stop()
+    train_end = time.perf_counter()
     outcome = finished[0]
     if outcome.status != "done":
         raise SystemExit(f"training failed: {outcome.error}\n{outcome.details}")
+    # Finishing the training starts the map (PCA, then t-SNE streaming into the scatter plot).
+    wait(app, lambda: any(o.status != "cancelled" for o in ended), 600)
+    map_end = time.perf_counter()
+    ticks = recorder.stop()
+    if ended[-1].status != "done":
+        raise SystemExit(f"the map failed: {ended[-1].error}")
+    split = int(np.searchsorted(ticks, train_end))
+    training, mapping, overall = stall_stats(ticks[:split]), stall_stats(ticks[split - 1:]), stall_stats(ticks)
+    train_s = train_end - started
     print(f"training (features + logreg) took {train_s:.1f} s; stalls: {training}", flush=True)
+    print(f"map (PCA + t-SNE) took {map_end - train_end:.1f} s; stalls: {mapping}", flush=True)
 
-    # The map: PCA then t-SNE streaming into the scatter plot while the window must stay smooth.
-    recorder.start()
-    started = time.perf_counter()
-    map_runner = panels.embedding.runner
-    ended = []
-    map_runner.finished.connect(lambda name, outcome: ended.append(outcome) if name == "embedding" else None)
-    if not panels.embedding.compute(panel.backbone, panel.layer, force=True):
-        raise SystemExit("the map did not start")
-    wait(app, lambda: bool(ended), 600)
-    mapping = recorder.stop()
-    print(f"map (PCA + t-SNE) took {time.perf_counter() - started:.1f} s; stalls: {mapping}", flush=True)
-
-    worst = max(training["max_stall_ms"] or 0, mapping["max_stall_ms"] or 0)
     result = {
         "benchmark": "gui_latency",
-        "max_stall_ms": worst,
-        "p99_stall_ms": max(training["p99_stall_ms"] or 0, mapping["p99_stall_ms"] or 0),
-        "ticks": training["ticks"] + mapping["ticks"],
+        "max_stall_ms": overall["max_stall_ms"],
+        "p99_stall_ms": overall["p99_stall_ms"],
+        "ticks": overall["ticks"],
         "training_max_stall_ms": training["max_stall_ms"],
         "training_p99_stall_ms": training["p99_stall_ms"],
         "map_max_stall_ms": mapping["max_stall_ms"],
@@ -178,7 +171,6 @@ def main() -> int:
         "training_s": round(train_s, 1),
         "images": len(done["import"].result.image_ids),
         "data": dataset,
-        "window": kind,
         "goal_max_stall_ms": 50,
     }
     window.close()

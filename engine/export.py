@@ -194,8 +194,6 @@ def _linear_predictor(project: Project, info: ModelInfo):
 
 def build_network(project: Project, info: ModelInfo):
     """A torch module mapping preprocessed images (N, 3, H, W) to class probabilities (N, K)."""
-    import torch
-
     from engine import torch_export
 
     if not is_network_model(info):
@@ -209,7 +207,7 @@ def build_network(project: Project, info: ModelInfo):
     network.eval()
     for parameter in network.parameters():
         parameter.requires_grad_(False)
-    return network, torch
+    return network
 
 
 def export_onnx(network, input_size: int) -> bytes:
@@ -257,46 +255,60 @@ def _onnx_session(onnx_bytes: bytes):
     return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
 
 
-def sortlab_probabilities(context: JobContext, project: Project, info: ModelInfo, image_ids: list[int]) -> np.ndarray:
-    """Sortlab's own probabilities for stored images, computed the way the app computes them."""
-    if not is_network_model(info):
-        from engine.features import ensure_features, load_features
+def model_pixels(project: Project, info: ModelInfo, image_ids: list[int]) -> np.ndarray:
+    """Network input for stored images, prepared the way Sortlab prepares them for this kind of model:
+    feature models decode with JPEG draft scaling (engine.preprocess), fine-tuned networks fully."""
+    from engine.backbones import get_backbone
+    from engine.imaging import load_stored_image
+    from engine.preprocess import preprocess_bytes, preprocess_pil
 
-        ensure_features(context, project, info.backbone, info.layer)
-        ids, X = load_features(project, info.backbone, info.layer)
-        row_of = {int(image_id): row for row, image_id in enumerate(ids)}
-        missing = [i for i in image_ids if i not in row_of]
-        if missing:
-            raise ExportError(f"{len(missing)} images have no cached features; extract features and try again.")
-        predictor = _linear_predictor(project, info)
-        return predictor.predict_proba(X[[row_of[i] for i in image_ids]])
-    from engine import torch_export
+    spec = get_backbone(info.backbone)
+    data = read_image_bytes(project, image_ids)
+    if is_network_model(info):
+        return np.stack([preprocess_pil(load_stored_image(data[i]), spec) for i in image_ids])
+    return np.stack([preprocess_bytes(data[i], spec) for i in image_ids])
 
-    return torch_export.finetuned_probabilities(context, project, info, image_ids)
+
+def _feature_model_probabilities(context: JobContext, project: Project, info: ModelInfo, image_ids: list[int]):
+    """Sortlab's probabilities for stored images from their cached features (as the app computes them)."""
+    from engine.features import ensure_features, load_features
+
+    ensure_features(context, project, info.backbone, info.layer)
+    ids, X = load_features(project, info.backbone, info.layer)
+    row_of = {int(image_id): row for row, image_id in enumerate(ids)}
+    missing = [i for i in image_ids if i not in row_of]
+    if missing:
+        raise ExportError(f"{len(missing)} images have no cached features; extract features and try again.")
+    return _linear_predictor(project, info).predict_proba(X[[row_of[i] for i in image_ids]])
 
 
 def verify_onnx(
-    context: JobContext, project: Project, info: ModelInfo, onnx_bytes: bytes, sample_size: int = VERIFY_SAMPLE
+    context: JobContext, project: Project, info: ModelInfo, onnx_bytes: bytes, network=None,
+    sample_size: int = VERIFY_SAMPLE,
 ) -> VerificationResult:
-    """Run the ONNX network on up to ``sample_size`` validation images and compare with Sortlab."""
-    from engine.backbones import get_backbone
-    from engine.preprocess import preprocess_bytes
+    """Run the ONNX network on up to ``sample_size`` validation images and compare with Sortlab:
+    cached features + classifier for feature models, the torch network for fine-tuned ones."""
+    import torch
 
     image_ids, kind = _verification_images(project, sample_size)
     if not image_ids:
         return VerificationResult(0, 0, 0.0, "no")
-    expected = sortlab_probabilities(context.subcontext(0.0, 0.5), project, info, image_ids)
-    spec = get_backbone(info.backbone)
+    expected_rows = []
+    if not is_network_model(info):
+        expected_rows.append(_feature_model_probabilities(context.subcontext(0.0, 0.5), project, info, image_ids))
     session = _onnx_session(onnx_bytes)
     got_rows = []
     for start in range(0, len(image_ids), 16):
         context.check_cancelled()
         chunk = image_ids[start : start + 16]
-        data = read_image_bytes(project, chunk)
-        batch = np.stack([preprocess_bytes(data[i], spec) for i in chunk])
+        batch = model_pixels(project, info, chunk)
         got_rows.append(session.run(None, {INPUT_NAME: batch})[0])
+        if is_network_model(info):
+            with torch.inference_mode():
+                expected_rows.append(network(torch.from_numpy(batch)).numpy())
         context.progress(0.5 + 0.5 * (start + len(chunk)) / len(image_ids), "Checking the exported model")
     got = np.concatenate(got_rows)
+    expected = np.concatenate(expected_rows)
     agreed = int(np.sum(np.argmax(got, axis=1) == np.argmax(expected, axis=1)))
     difference = float(np.max(np.abs(got - expected)))
     return VerificationResult(len(image_ids), agreed, difference, kind)
@@ -315,8 +327,9 @@ def sortlab_version() -> str:
         return "0+source"
 
 
-def preprocessing_description(backbone: str) -> dict[str, Any]:
-    """Exactly what engine.preprocess does, as data predict.py (or any other runtime) can follow."""
+def preprocessing_description(backbone: str, jpeg_draft: bool = True) -> dict[str, Any]:
+    """Exactly what engine.preprocess does, as data predict.py (or any other runtime) can follow.
+    ``jpeg_draft``: feature models decode JPEGs at reduced DCT scale; fine-tuned networks do not."""
     from engine.backbones import get_backbone
 
     spec = get_backbone(backbone)
@@ -329,8 +342,11 @@ def preprocessing_description(backbone: str) -> dict[str, Any]:
             "One PIL Image.resize of the center crop's source box: side = shorter * input / resize_shorter_side, "
             "centered; equal to resizing the shorter side then center-cropping."
         ),
-        "jpeg_draft": True,
-        "jpeg_draft_note": "JPEGs are decoded with PIL Image.draft('RGB', (resize_shorter_side,)*2) first.",
+        "jpeg_draft": jpeg_draft,
+        "jpeg_draft_note": (
+            "JPEGs are decoded with PIL Image.draft('RGB', (resize_shorter_side,)*2) first." if jpeg_draft
+            else "JPEGs are decoded at full size."
+        ),
         "exif_transpose": True,
         "alpha": "composited on white",
         "color_order": "RGB",
@@ -358,7 +374,7 @@ def model_description(project: Project, info: ModelInfo) -> dict[str, Any]:
         "classes": list(info.class_names),
         "input": {"name": INPUT_NAME, "shape": ["batch", 3, spec.input_size, spec.input_size]},
         "output": {"name": OUTPUT_NAME, "shape": ["batch", len(info.class_names)], "meaning": "class probabilities"},
-        "preprocessing": preprocessing_description(info.backbone),
+        "preprocessing": preprocessing_description(info.backbone, jpeg_draft=not is_network_model(info)),
         "backbone": {"name": spec.name, "title": spec.title, "layer": info.layer},
         "training": {
             "method": info.method,
@@ -554,14 +570,14 @@ def export_bundle(
 
     spec = get_backbone(info.backbone)
     context.progress(0.02, "Building the network")
-    network, _torch = build_network(project, info)
+    network = build_network(project, info)
     context.check_cancelled()
     context.progress(0.15, "Writing model.onnx")
     onnx_bytes = export_onnx(network, spec.input_size)
-    del network
     context.check_cancelled()
 
-    verification = verify_onnx(context.subcontext(0.3, 0.95), project, info, onnx_bytes, sample_size)
+    verification = verify_onnx(context.subcontext(0.3, 0.95), project, info, onnx_bytes, network, sample_size)
+    del network
     description = model_description(project, info)
     description["export_check"] = verification.to_dict()
 

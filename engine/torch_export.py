@@ -66,3 +66,21 @@ class FeaturesThenLinear(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images))
+
+
+class SoftmaxOutput(nn.Module):
+    """A network's logits turned into probabilities, as Sortlab does for fine-tuned networks."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.network(images).float(), dim=1)
+
+
+def finetuned_network(project, info) -> nn.Module:
+    """The fine-tuned network of a model version (weights from safetensors), ending in softmax."""
+    from engine.finetune import load_fine_tuned
+
+    return SoftmaxOutput(load_fine_tuned(project, info).eval())

@@ -1,9 +1,9 @@
 """Docks the training panel, the embedding map and the model report into the main window and
 wires them to it and to each other.
 
-``install_insight_panels(main_window)`` needs from the main window: ``add_dock(widget, title,
-area)``, the open project, the QtJobRunner and the QUndoStack; it uses, when present, the
-labels-changed and project-changed signals, grid filtering and image selection (see ``_MainWindowLink``).
+``install_insight_panels(main_window)`` uses the main window's panel interface (gui/main_window.py):
+``project``, ``runner``, ``undo_stack``, ``add_dock``, the ``labels_changed`` and
+``project_changed`` signals, ``filter_grid``, ``select_image`` and ``make_label_command``.
 """
 
 from __future__ import annotations
@@ -21,40 +21,15 @@ from gui.runner import QtJobRunner
 from gui.training_panel import TrainingPanel
 
 
-def _attribute(obj: Any, *names: str) -> Any:
-    """The first attribute present (called if it is a plain method taking no arguments)."""
-    for name in names:
-        value = getattr(obj, name, None)
-        if value is None:
-            continue
-        if callable(value) and not hasattr(value, "connect") and not isinstance(value, QObject):
-            try:
-                return value()
-            except TypeError:
-                continue
-        return value
-    return None
-
-
-def _method(obj: Any, *names: str) -> Callable | None:
-    for name in names:
-        value = getattr(obj, name, None)
-        if callable(value):
-            return value
-    return None
-
-
 class InsightPanels(QObject):
     """The three insight widgets of one main window and the wiring between them."""
 
     def __init__(self, main_window: QMainWindow):
         super().__init__(main_window)
         self.window = main_window
-        project = _attribute(main_window, "project", "current_project")
-        self.runner: QtJobRunner = _attribute(main_window, "runner", "job_runner", "jobs")
-        if self.runner is None:
-            raise RuntimeError("The main window has no QtJobRunner (expected main_window.runner).")
-        undo_stack = _attribute(main_window, "undo_stack", "undoStack")
+        project = main_window.project
+        self.runner: QtJobRunner = main_window.runner
+        undo_stack = main_window.undo_stack
         # Maps only read the project; they get their own worker so a 40-second t-SNE never
         # holds up training, importing or labeling jobs queued on the main runner.
         self.map_runner = QtJobRunner(self)
@@ -82,41 +57,31 @@ class InsightPanels(QObject):
         self.report.active_changed.connect(lambda _v: self.embedding.refresh_attributes())
         self.embedding.image_clicked.connect(self.select_image)
         self.embedding.labels_changed.connect(self._map_labeled)
-        labels_signal = _attribute(main_window, "labels_changed", "labelsChanged")
-        if labels_signal is not None and hasattr(labels_signal, "connect"):
-            labels_signal.connect(self.labels_changed)
-        project_signal = _attribute(main_window, "project_changed", "project_opened")
-        if project_signal is not None and hasattr(project_signal, "connect"):
-            project_signal.connect(self.set_project)
+        main_window.labels_changed.connect(self.labels_changed)
+        if hasattr(main_window, "project_changed"):
+            main_window.project_changed.connect(self.set_project)
         if project is not None:
             QTimer.singleShot(0, self._show_existing_map)
 
     # -- the main window's side -----------------------------------------------------------------
     def _label_command_factory(self) -> Callable | None:
-        """The workspace's own label command when the main window offers one (so grid and map
-        share one undo history and one labels-changed notification), else the map's."""
-        make = _method(self.window, "make_label_command", "label_command")
+        """The workspace's own label command, so grid and map share one undo history and one
+        labels-changed notification; the map's own command when the window has none."""
+        make = getattr(self.window, "make_label_command", None)
         if make is None:
             return None
         return lambda ids, class_id, text: make(ids, class_id, text)
 
     def show_images(self, image_ids: list[int], description: str = "") -> None:
-        """Filter the grid to exactly these images."""
-        show = _method(self.window, "filter_grid", "show_images", "filter_to_images", "set_grid_filter")
-        if show is None:
-            raise RuntimeError("The main window cannot filter its grid to given images.")
-        try:
-            show(list(image_ids), description)
-        except TypeError:
-            show(list(image_ids))
+        """Filter the grid to exactly these images (a confusion-matrix cell)."""
+        self.window.filter_grid(list(image_ids), description)
 
     def select_image(self, image_id: int) -> None:
-        select = _method(self.window, "select_image", "select_images", "reveal_image")
-        if select is not None:
-            select(image_id if select.__name__ != "select_images" else [image_id])
+        self.window.select_image(int(image_id))
 
     def _map_labeled(self, image_ids: list[int]) -> None:
-        notify = _method(self.window, "notify_labels_changed", "labels_were_changed")
+        """Labels written by the map's own command (only without make_label_command)."""
+        notify = getattr(self.window, "notify_labels_changed", None)
         if notify is not None:
             notify(image_ids)
         else:
@@ -124,8 +89,6 @@ class InsightPanels(QObject):
 
     # -- reactions ------------------------------------------------------------------------------
     def set_project(self, project=None) -> None:
-        if project is None:
-            project = _attribute(self.window, "project", "current_project")
         self.training.set_project(project)
         self.embedding.set_project(project)
         self.report.set_project(project)

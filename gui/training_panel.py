@@ -289,8 +289,9 @@ class TrainingPanel(QWidget):
             self.device_label.setText(f"GPU in use: {name}")
             self.device_label.setStyleSheet("color: #1b7f3b;")
         else:
+            where = f" ({name})" if name and name != "cpu" else ""
             self.device_label.setText(
-                "No GPU found: training uses the processor. Quick training stays fast; "
+                f"No GPU found: training uses the processor{where}. Quick training stays fast; "
                 "Thorough training will be slow."
             )
             self.device_label.setStyleSheet("")
@@ -448,7 +449,16 @@ class TrainingPanel(QWidget):
 
 
 def _options_job(context, want_device: bool, want_backbones: bool) -> dict:
-    """The compute device and the backbones with weights on this machine (both import torch)."""
+    """The compute device and the backbones with weights on this machine (both import torch).
+
+    It also imports the training engine: a first import holds the GIL for long stretches (reading
+    and compiling scikit-learn, torch, ...), which would stall the window in the middle of the
+    user's first training; at start-up, in the background, nobody waits for it."""
+    import engine.training  # noqa: F401  (warm-up, see above)
+    from engine.projection import warm_up
+
+    warm_up()  # the same for the map's t-SNE
+
     options: dict = {}
     if want_device:
         try:

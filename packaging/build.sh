@@ -34,4 +34,4 @@ seconds=$((finished - started))
 summary="edition=$EDITION size=$size_human bytes=$size_bytes build_seconds=$seconds"
 echo "$summary" | tee dist/sortlab-build.txt
 echo "== largest parts:"
-du -sh dist/sortlab/_internal/* 2>/dev/null | sort -rh | head -12
+du -sh dist/sortlab/_internal/* 2>/dev/null | sort -rh | head -12 || true

@@ -74,6 +74,10 @@ def _make_prediction_files(root: Path) -> list[Path]:
     exif[0x0112] = 6  # rotate 90 degrees on display
     rotated.save(root / "rotated.jpg", exif=exif.tobytes())
     files.append(root / "rotated.jpg")
+    large = Image.new("RGB", (820, 640), (235, 235, 225))  # big enough for JPEG draft (DCT) scaling
+    ImageDraw.Draw(large).ellipse([200, 120, 620, 540], fill=(150, 40, 140))
+    large.save(root / "large.jpg", quality=92)
+    files.append(root / "large.jpg")
     wide = (np.linspace(0, 65535, 120 * 100).reshape(100, 120)).astype(np.uint16)
     Image.fromarray(wide).save(root / "sixteen_bit.png")
     files.append(root / "sixteen_bit.png")
@@ -289,8 +293,7 @@ def test_export_that_disagrees_with_sortlab_fails_loudly(trained, tmp_path, caps
             return probabilities.flip(1)
 
     def broken_build(project, info):
-        network, torch_module = real_build(project, info)
-        return torch.nn.Sequential(network, SwapClasses()).eval(), torch_module
+        return torch.nn.Sequential(real_build(project, info), SwapClasses()).eval()
 
     monkeypatch.setattr(export_module, "build_network", broken_build)
     _root, project_path, _result = trained
@@ -347,3 +350,96 @@ def test_watch_command_predicts_drops_like_predict_and_stops_on_ctrl_c(trained, 
     expected = sorted([os.path.abspath(r[0]), r[1], r[2]] for r in _csv_rows(predicted_csv)[1:])
     assert watched == expected
     assert "notes.jpg" in stderr
+
+
+def test_fine_tuned_network_exports_and_matches_sortlab(trained, tmp_path, capsys):
+    import torch
+    from safetensors.torch import save as save_state
+
+    from engine.finetune import build_network
+    from storage.modelstore import NewModel, list_models, save_model_version
+    from storage.project import open_project
+
+    _root, project_path, _result = trained
+    torch.manual_seed(0)
+    network = build_network("efficientnet_lite0", "pooled", 2)
+    with torch.no_grad():
+        network.head.weight.mul_(40.0)
+    weights = save_state({k: v.contiguous() for k, v in network.state_dict().items()})
+    with open_project(project_path) as project:
+        active = next(m for m in list_models(project) if m.is_active)
+        version = save_model_version(
+            project, NewModel("finetune", "efficientnet_lite0", "pooled", active.class_names, active.class_ids,
+                              weights, {"epochs": 0}, {"accuracy": 0.5}, 28),
+            activate=False,
+        )
+    out = tmp_path / "finetuned"
+    code, stdout, stderr = _sortlab_cli(["export", str(project_path), str(out), "--model", str(version), "--json"],
+                                        capsys)
+    assert code == 0, stderr
+    verification = json.loads(stdout)["verification"]
+    assert verification["passed"] and verification["max_probability_difference"] < 1e-3
+    description = json.loads((out / "model.json").read_text())
+    assert description["training"]["method"] == "finetune"
+    assert description["preprocessing"]["jpeg_draft"] is False
+    assert not (out / "linear_head.npz").exists()
+
+    _make_prediction_files(tmp_path / "incoming")
+    _code, sortlab_csv, _err = _sortlab_cli(
+        ["predict", str(project_path), str(tmp_path / "incoming"), "--model", str(version), "--csv"], capsys)
+    standalone = _run_standalone(tmp_path, str(out / "predict.py"), str(tmp_path / "incoming"), "--csv")
+    assert standalone.returncode == 0, standalone.stderr
+    sortlab_rows, exported_rows = _csv_rows(sortlab_csv), _csv_rows(standalone.stdout)
+    assert [r[:2] for r in exported_rows] == [r[:2] for r in sortlab_rows]
+    np.testing.assert_allclose([float(r[2]) for r in exported_rows[1:]], [float(r[2]) for r in sortlab_rows[1:]],
+                               atol=1e-4)
+
+
+@pytest.mark.gui
+def test_export_dialog_exports_a_verified_bundle(trained, tmp_path, qtbot):
+    from gui.export_dialog import ExportDialog
+    from gui.runner import QtJobRunner
+    from storage.project import open_project
+
+    _root, project_path, _result = trained
+    runner = QtJobRunner()
+    with open_project(project_path) as project:
+        dialog = ExportDialog(project, runner)
+        qtbot.addWidget(dialog)
+        assert dialog.model_combo.count() >= 1 and "active" in dialog.model_combo.currentText()
+        dialog.model_target.edit.setText(str(tmp_path / "from_dialog"))
+        with qtbot.waitSignal(runner.finished, timeout=120_000):
+            dialog.export_button.click()
+        qtbot.waitUntil(lambda: dialog.last_outcome is not None, timeout=5_000)
+        assert dialog.last_outcome.status == "done", dialog.last_outcome.error
+        assert "agrees with Sortlab" in dialog.status.text()
+        assert (tmp_path / "from_dialog" / "model.onnx").is_file()
+
+        dialog.tabs.setCurrentIndex(1)
+        dialog.dataset_target.edit.setText(str(tmp_path / "dataset"))
+        with qtbot.waitSignal(runner.finished, timeout=60_000):
+            dialog.export_button.click()
+        qtbot.waitUntil(lambda: "Saved 28 images" in dialog.status.text(), timeout=5_000)
+        assert (tmp_path / "dataset" / "dataset.csv").is_file()
+        dialog.close()
+    runner.shutdown()
+
+
+def test_no_code_path_unpickles():
+    """Opening a project or bundle from someone else must never run code: no pickle, safe torch.load."""
+    import re
+
+    offenders = []
+    folders = ("engine", "storage", "cli", "gui")
+    sources = [REPO_ROOT / "main.py", *(p for d in folders for p in (REPO_ROOT / d).rglob("*.py"))]
+    for path in sources:
+        text = path.read_text(encoding="utf-8")
+        for pattern in (r"^\s*(import|from)\s+(c?pickle|dill|joblib|cloudpickle)\b", r"allow_pickle\s*=\s*True",
+                        r"\.load_state_dict_from_url\("):
+            if re.search(pattern, text, flags=re.MULTILINE):
+                offenders.append(f"{path.relative_to(REPO_ROOT)}: {pattern}")
+        for call in re.finditer(r"torch\.load\(([^)]*)\)", text):
+            if "weights_only=True" not in call.group(1):
+                offenders.append(f"{path.relative_to(REPO_ROOT)}: {call.group(0)}")
+    assert len(sources) > 20
+    assert offenders == []
