@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -120,7 +121,9 @@ class BackboneSpec:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # a damaged or foreign file: one clear line for the user
-            raise BackboneUnavailable(f"The weights file {path} for {self.title} cannot be read ({exc}).") from exc
+            raise BackboneUnavailable(
+                f"The weights file {path} for {self.title} cannot be read ({_first_line(exc)})."
+            ) from exc
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
         try:
@@ -315,6 +318,19 @@ def get_backbone(name: str | None = None) -> BackboneSpec:
         ) from None
 
 
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _first_line(exc: BaseException) -> str:
+    """A loader's error as one plain line. torch's weights_only refusal spans many lines of advice
+    (with terminal colour codes) meant for programmers, such as re-running with weights_only=False,
+    which Sortlab must never suggest for a file of unknown origin."""
+    text = _ANSI_ESCAPE.sub("", str(exc)).strip()
+    if "Weights only load failed" in text or "weights_only" in text:
+        return "it holds Python objects, not plain weights, and Sortlab never runs code from such files"
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def install_weights_file(name: str, source: str | os.PathLike) -> Path:
     """Make a user-picked torchvision weights file available: check it fits the network, then copy
     it into the torch hub cache under the name torchvision uses. Returns the installed path."""
@@ -325,7 +341,9 @@ def install_weights_file(name: str, source: str | os.PathLike) -> Path:
     try:
         state = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise BackboneUnavailable(f"{source.name} is not a readable PyTorch weights file ({exc}).") from exc
+        raise BackboneUnavailable(
+            f"{source.name} is not a readable PyTorch weights file ({_first_line(exc)})."
+        ) from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     try:

@@ -117,7 +117,10 @@ class LinearPredictor:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> LinearPredictor:
-        arrays = load_safetensors(data)
+        try:
+            arrays = load_safetensors(data)
+        except Exception as exc:  # safetensors raises its own SafetensorError for foreign bytes
+            raise ValueError("Not a Sortlab linear model (not a safetensors file).") from exc
         missing = {"classes", "mean", "scale", "coef", "intercept"} - set(arrays)
         if missing:
             raise ValueError(f"Not a Sortlab linear model (missing {', '.join(sorted(missing))}).")

@@ -123,8 +123,6 @@ def test_pickle_in_the_hub_cache_is_refused_safely(marker, hub_dir):
         assert not marker.exists(), name
 
 
-@pytest.mark.xfail(strict=True, reason="bug reported to the features owner: engine/backbones.py passes torch's "
-                   "multi-line weights_only advice (with ANSI codes) through to the user")
 def test_refused_weights_file_message_is_one_clear_line(tmp_path, marker, hub_dir):
     from engine.backbones import BackboneUnavailable, install_weights_file
 
@@ -258,8 +256,6 @@ def test_bundle_with_a_pickle_as_its_model_runs_nothing(tmp_path, marker):
     _run_predict_on_pickle_bundles(tmp_path, marker)
 
 
-@pytest.mark.xfail(strict=True, reason="bug reported to the export owner: predict.py does not catch onnxruntime's "
-                   "InvalidProtobuf, so a damaged model.onnx ends in a traceback instead of 'predict.py: error:'")
 def test_bundle_with_a_pickle_as_its_model_fails_with_a_clear_error(tmp_path, marker):
     if not PREDICT_SCRIPT.exists():
         pytest.skip("the export bundle template has not landed")
@@ -387,9 +383,6 @@ def test_stored_weights_that_are_a_pickle_never_unpickle(marker):
         assert not marker.exists(), name
 
 
-@pytest.mark.xfail(strict=True, reason="bug reported to the models owner: LinearPredictor.from_bytes lets "
-                   "safetensors' SafetensorError out (not a ValueError), so export/predict show the raw "
-                   "'Error while deserializing: header too large' instead of their clear 'no readable model' message")
 def test_stored_weights_that_are_not_safetensors_give_a_value_error(marker):
     from engine.classifiers import LinearPredictor
 

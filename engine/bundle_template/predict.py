@@ -247,9 +247,13 @@ class Predictor:
         self.prep = self.config["preprocessing"]
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3
-        self.session = onnxruntime.InferenceSession(
-            bundle["model.onnx"], options, providers=["CPUExecutionProvider"]
-        )
+        try:
+            self.session = onnxruntime.InferenceSession(
+                bundle["model.onnx"], options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime's InvalidProtobuf and friends are plain Exceptions
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise BundleError(f"model.onnx is not a valid ONNX model ({first_line[:200]}).") from None
         self.input_name = self.session.get_inputs()[0].name
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
