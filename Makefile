@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup run test test-slow lint bench package package-test clean
+.PHONY: setup run test test-slow lint bench package package-test package-full package-full-test clean
 
 setup: $(STAMP)
 
@@ -34,8 +34,16 @@ bench: setup
 clean:
 	rm -rf $(VENV) build dist
 
+# The CPU edition (no PyTorch, under 1 GB) in dist/sortlab; see packaging/README.md.
 package: setup
-	bash packaging/build.sh
+	EDITION=cpu bash packaging/build.sh
 
 package-test:
 	bash packaging/smoke_test.sh
+
+# The full edition (PyTorch + CUDA) in dist/full/sortlab, tested the same way.
+package-full: setup
+	EDITION=full DIST=dist/full bash packaging/build.sh
+
+package-full-test:
+	SORTLAB_APP=dist/full/sortlab/sortlab bash packaging/smoke_test.sh

@@ -3,12 +3,14 @@ at 1,000 and 10,000 points of 1280-dimensional features (EfficientNet-Lite0's fe
 drawn from a mixture of clusters like real image features. Also the time to t-SNE's first
 streamed layout, which is when points start moving on screen.
 
-Last line: JSON {"benchmark": "projection", "pca_1k_s", "tsne_1k_s", "pca_10k_s", "tsne_10k_s", ...}.
+Last line: JSON {"benchmark": "projection", "pca_1k_s", "tsne_1k_s", "pca_10k_s", "tsne_10k_s", ...,
+"peak_rss_mb"}.
 """
 
 from __future__ import annotations
 
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -27,6 +29,12 @@ def features(n: int, dim: int = 1280, k: int = 10, seed: int = 0) -> np.ndarray:
     labels = rng.integers(0, k, n)
     X = centers[labels] + rng.normal(0, 0.8, (n, dim)).astype(np.float32)
     return np.maximum(X, 0)  # features after a ReLU-like activation are non-negative
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident memory (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024, 1)
 
 
 def main() -> int:
@@ -52,6 +60,7 @@ def main() -> int:
         result[f"tsne_{tag}_layouts"] = count[0]
         print(f"{n:>6} points: PCA {result[f'pca_{tag}_s']:.2f} s, t-SNE {elapsed:.1f} s "
               f"(first layout after {result[f'tsne_{tag}_first_layout_s']} s, {count[0]} layouts)", flush=True)
+    result["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(result))
     return 0
 

@@ -5,12 +5,13 @@ The timed step is exactly what the GUI runs after a label edit: ``train_model(..
 which checks the feature cache, reassigns splits, retrains (previous C, warm start), evaluates on
 the validation side, refits, and writes the new active version with 2,500 predictions. Synthetic
 vectors stand in for real ones (same shape and sparsity as pooled ReLU features); target <= 1 s.
-Last line: JSON.
+Last line: JSON (``peak_rss_mb``: peak resident memory, ru_maxrss of this process and its children).
 """
 
 from __future__ import annotations
 
 import json
+import resource
 import statistics
 import sys
 import tempfile
@@ -61,6 +62,13 @@ def build_project(path: Path):
     return project, image_ids, [class_ids[f"class {c}"] for c in range(CLASSES)], y
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process and (separately measured) its children, in MiB."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return round(max(own, children) / 1024, 1)  # Linux reports KiB
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory() as folder:
         project, image_ids, class_ids, y = build_project(Path(folder) / "bench.sortlab")
@@ -87,7 +95,7 @@ def main() -> int:
         "benchmark": "retrain", "images": IMAGES, "labeled": IMAGES, "classes": CLASSES,
         "dim": int(typical.params["n_features"]), "retrain_s": round(median, 3),
         "train_s": round(typical.timings["train_s"], 3), "predict_store_s": round(typical.timings["predict_store_s"], 3),
-        "initial_train_s": round(initial_s, 2), "retrains": RETRAINS,
+        "initial_train_s": round(initial_s, 2), "retrains": RETRAINS, "peak_rss_mb": peak_rss_mb(),
     }))
     return 0
 

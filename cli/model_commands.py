@@ -42,13 +42,24 @@ def register(subparsers) -> None:
 
     predict = subparsers.add_parser(
         "predict", help="classify image files or folders that are not in the project (nothing is imported)",
+        description="Classify image files or folders. With --watch FOLDER, keep watching FOLDER and predict "
+        "each new image once it has stopped growing, appending path,class,probability rows to the --csv "
+        "file (or printing them) until Ctrl+C or SIGTERM. CSV paths are the path you gave followed by the "
+        "file's path inside it (relative stays relative, absolute stays absolute), in both modes.",
     )
     predict.add_argument("project")
-    predict.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    predict.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (with --watch: one folder)")
     predict.add_argument("--model", type=int, metavar="VERSION", help="model version (default: the active one)")
     output = predict.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-    output.add_argument("--csv", action="store_true", help="print CSV: path,class,probability")
+    output.add_argument("--csv", nargs="?", const=True, default=False, metavar="OUT.csv",
+                        help="print CSV: path,class,probability; with --watch, OUT.csv is the file to append to "
+                        "(put a bare --csv after the paths)")
+    predict.add_argument("--watch", action="store_true",
+                         help="watch the folder PATH for new images until Ctrl+C (camera drops)")
+    predict.add_argument("--only-new", action="store_true", help="with --watch: ignore images already there")
+    predict.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+                         help="with --watch: seconds between looks at the folder")
     predict.set_defaults(handler=run_predict)
 
     models = subparsers.add_parser("models", help="list model versions with their metrics")
@@ -90,6 +101,19 @@ def _csv(result: FilePredictions) -> str:
 
 
 def run_predict(args: argparse.Namespace) -> CommandResult:
+    if args.watch:
+        from cli.ship_commands import watch_command
+
+        if len(args.paths) != 1:
+            raise CliError("--watch takes exactly one folder.")
+        if args.json:
+            raise CliError("--watch writes CSV rows (to --csv OUT.csv, or stdout); it has no --json output.")
+        csv_out = args.csv if isinstance(args.csv, str) else None
+        return watch_command(args.project, args.paths[0], csv_out, model_version=args.model,
+                             only_new=args.only_new, interval=args.interval)
+    if isinstance(args.csv, str):  # `predict P --csv a.jpg b.jpg`: the word after --csv was a path
+        args.paths = [args.csv, *args.paths]
+        args.csv = True
     with open_existing_project(args.project) as project:
         try:
             result = predict_files(stderr_progress_context(), project, args.paths, args.model)

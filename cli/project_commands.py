@@ -24,7 +24,7 @@ from cli.common import (
 )
 from engine.demo import build_demo_project
 from engine.importing import ImportReport, import_paths
-from engine.jobs import JobContext
+from engine.jobs import JobCancelled, JobContext, user_message
 from storage import catalog
 from storage.errors import ProjectError
 from storage.images import project_summary
@@ -127,8 +127,31 @@ def run_import(args: argparse.Namespace) -> CommandResult:
     with open_or_create_project(args.project) as project, _cancel_on_interrupt(context):
         report = import_paths(context, project, args.paths,
                               labels_from_folders=args.labels_from_folders, source=args.source)
-    return CommandResult(report.to_dict(), _report_text(report),
-                         exit_code=EXIT_CANCELLED if report.cancelled else 0)
+        refreshed = None if report.cancelled else _predict_new_images(context, project)
+    data = {**report.to_dict(), "predictions": refreshed}
+    text = _report_text(report)
+    if refreshed is not None:
+        text += "\n" + (refreshed["error"] if "error" in refreshed else
+                        f"Model version {refreshed['model']} predicted {refreshed['predicted']} new images.")
+    return CommandResult(data, text, exit_code=EXIT_CANCELLED if report.cancelled else 0)
+
+
+def _predict_new_images(context: JobContext, project) -> dict | None:
+    """The active model's predictions for the images that have none (None without a model). The import
+    is saved whatever happens here, so a failure is reported, not raised."""
+    from storage.modelstore import active_model
+
+    if active_model(project) is None:  # the usual case for a new project: skip loading sklearn (~1.5 s)
+        return None
+    from engine.predicting import refresh_if_model
+
+    try:
+        outcome = refresh_if_model(context, project)
+    except JobCancelled:
+        return {"model": None, "predicted": 0, "error": "Cancelled: new images have no predictions yet."}
+    except Exception as exc:  # e.g. features that cannot be computed in this edition
+        return {"model": None, "predicted": 0, "error": f"New images have no predictions yet: {user_message(exc)}"}
+    return None if outcome is None else {"model": outcome.model_version, "predicted": outcome.predicted}
 
 
 def run_info(args: argparse.Namespace) -> CommandResult:

@@ -1,7 +1,8 @@
 """CLI: export (a verified model bundle), dataset-export (labeled images + CSV), watch (camera drops).
 
-``watch PROJECT FOLDER --csv OUT.csv`` predicts images as they appear in FOLDER and appends
-``path,class,probability`` rows to OUT.csv until Ctrl+C (or SIGTERM), which stops cleanly.
+``predict PROJECT --watch FOLDER --csv OUT.csv`` (alias: ``watch PROJECT FOLDER --csv OUT.csv``)
+predicts images as they appear in FOLDER and appends ``path,class,probability`` rows to OUT.csv
+until Ctrl+C (or SIGTERM), which stops cleanly after the batch in progress.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def register(subparsers) -> None:
     dataset.set_defaults(handler=run_dataset_export)
 
     watch = subparsers.add_parser(
-        "watch", help="predict images as they appear in a folder, appending to a CSV (Ctrl+C stops)",
+        "watch", help="same as `predict PROJECT --watch FOLDER --csv OUT.csv`: predict images as they appear",
         description="Poll FOLDER (and its sub-folders) about once a second; each new image is predicted once its "
         "size has stopped changing, and a row path,class,probability is appended to the CSV at once. Files "
         "already in the CSV are skipped, so a restarted watch resumes. Ctrl+C stops cleanly.",
@@ -111,44 +112,73 @@ def sortlab_predict_function(project, model_version: int):
 
 
 def run_watch(args: argparse.Namespace) -> CommandResult:
-    folder = Path(args.folder)
+    """``watch PROJECT FOLDER --csv OUT`` (the older spelling of ``predict PROJECT --watch FOLDER``)."""
+    return watch_command(args.project, args.folder, args.csv, model_version=args.model, only_new=args.only_new,
+                         interval=args.interval)
+
+
+class _StopOnSignals:
+    """Ctrl+C (SIGINT) and SIGTERM ask the watch loop to stop after the image batch in progress, so the
+    CSV is always complete; a second Ctrl+C interrupts at once. Restores the old handlers on exit."""
+
+    def __init__(self, stop: threading.Event):
+        self.stop = stop
+        self.signal_name: str | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+        self.stop.set()
+
+    def __enter__(self) -> _StopOnSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def watch_command(project_path: str, folder_arg: str, csv_out: str | None, *, model_version: int | None = None,
+                  only_new: bool = False, interval: float = 1.0) -> CommandResult:
+    """Watch FOLDER and append predictions to ``csv_out`` (or print CSV on stdout when it is None)
+    until Ctrl+C or SIGTERM. Paths are written as ``predict --csv`` writes them (see engine.watch)."""
+    folder = Path(folder_arg)
     if not folder.is_dir():
-        raise CliError(f"{args.folder} is not a folder.")
+        raise CliError(f"{folder_arg} is not a folder.")
+    if interval <= 0:
+        raise CliError("--interval must be a positive number of seconds.")
     stop = threading.Event()
-    previous_term = None
-    if threading.current_thread() is threading.main_thread():
-        previous_term = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
 
     def on_rows(rows) -> None:
         for row in rows:
             print(f"{row.path}: {row.class_name} ({row.probability * 100:.1f}%)", file=sys.stderr)
 
     def on_failed(failure) -> None:
-        print(f"{failure.path}: skipped: {failure.reason}", file=sys.stderr)
+        print(f"sortlab: cannot read {failure.path}: {failure.reason}", file=sys.stderr)
 
-    with open_existing_project(args.project) as project:
+    target = csv_out if csv_out is not None else "standard output"
+    with open_existing_project(project_path) as project:
         try:
-            info = get_model(project, args.model)
+            info = get_model(project, model_version)
         except ProjectError as exc:
             raise CliError(str(exc)) from exc
-        print(f"Watching {folder} with model version {info.version}; appending to {args.csv}. "
-              "Press Ctrl+C to stop.", file=sys.stderr)
-        predicted = [0]
-
-        def counting_rows(rows) -> None:
-            predicted[0] += len(rows)
-            on_rows(rows)
-
-        interrupted = False
-        try:
-            watch_folder(folder, args.csv, sortlab_predict_function(project, info.version),
-                         poll_seconds=args.interval, only_new=args.only_new, stop_event=stop,
-                         on_rows=counting_rows, on_failed=on_failed)
-        except KeyboardInterrupt:
-            interrupted = True
-        finally:
-            if previous_term is not None:
-                signal.signal(signal.SIGTERM, previous_term)
-    how = "Interrupted" if interrupted else "Stopped"
-    text = f"{how}: {predicted[0]} images predicted; {args.csv} is complete up to the last one."
-    return CommandResult({"predicted": predicted[0], "csv": args.csv, "model_version": info.version}, text)
+        with _StopOnSignals(stop) as signals:
+            print(f"Watching {folder_arg} with model version {info.version}; appending to {target}. "
+                  "Press Ctrl+C to stop.", file=sys.stderr, flush=True)
+            report = watch_folder(folder, csv_out, sortlab_predict_function(project, info.version),
+                                  poll_seconds=interval, only_new=only_new, stop_event=stop,
+                                  on_rows=on_rows, on_failed=on_failed)
+    how = {"SIGINT": "Interrupted (Ctrl+C)", "SIGTERM": "Stopped (SIGTERM)"}.get(signals.signal_name, "Stopped")
+    text = (f"{how}: {report.predicted} images predicted, {len(report.failed)} unreadable; "
+            f"{target} is complete up to the last one.")
+    data = {"predicted": report.predicted, "failed": len(report.failed), "csv": csv_out,
+            "model_version": info.version, "stopped_by": signals.signal_name}
+    if csv_out is None:  # stdout carries the CSV: the summary goes to stderr
+        print(text, file=sys.stderr)
+        return CommandResult(data, "", raw="")
+    return CommandResult(data, text)

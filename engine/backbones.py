@@ -23,10 +23,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-from torch import nn
-
+from engine.edition import FULL_EDITION_HINT, require_torch, torch_available
 from storage.errors import ProjectError
+
+if torch_available():
+    import torch
+    from torch import nn
+
+    _Module = nn.Module
+else:  # the CPU edition: EfficientNet-Lite features come from shipped ONNX copies (engine.onnx_backend)
+    torch = nn = None
+    _Module = object
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 DEFAULT_LAYER = "pooled"
@@ -117,6 +124,7 @@ class BackboneSpec:
         path = self.weights_path()
         if path is None:
             raise BackboneUnavailable(self._missing_message)
+        require_torch(f"Loading the {self.title} network in PyTorch")
         model = self._builder()
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -216,10 +224,16 @@ def _lite_spec(variant: str, title: str, input_size: int, widths: tuple[int, int
 
 
 def hub_checkpoints_dir() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints"
+    if torch is not None:
+        return Path(torch.hub.get_dir()) / "checkpoints"
+    # torch.hub.get_dir()'s default, for the CPU edition's messages
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(os.environ.get("TORCH_HOME") or os.path.join(cache, "torch")) / "hub" / "checkpoints"
 
 
 def _torchvision_weight_files(weights_enum_name: str) -> list[str]:
+    if torch is None:
+        return []  # torchvision networks run in PyTorch only: none is available in the CPU edition
     from torchvision import models
 
     weights_enum = getattr(models, weights_enum_name)
@@ -286,7 +300,7 @@ def _torchvision_spec(name: str) -> BackboneSpec:
         _missing_message=(
             f"{title} needs its ImageNet weights file ({files}) in {hub_checkpoints_dir()}; "
             "Sortlab never downloads. Copy the file there to use this network."
-        ),
+        ) if torch is not None else f"{title} needs the full edition: {FULL_EDITION_HINT}",
     )
 
 
@@ -338,6 +352,7 @@ def install_weights_file(name: str, source: str | os.PathLike) -> Path:
     if spec.family != "torchvision":
         raise BackboneUnavailable(f"{spec.title} comes with its own weights; there is nothing to install.")
     source = Path(source)
+    require_torch(f"Installing {spec.title} weights")
     try:
         state = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -368,7 +383,7 @@ def install_weights_file(name: str, source: str | os.PathLike) -> Path:
 # Feature extractors: normalized NCHW float batch -> (N, D) features
 
 
-class _LiteFeatures(nn.Module):
+class _LiteFeatures(_Module):
     """EfficientNet-Lite up to a chosen point, globally average-pooled."""
 
     def __init__(self, model: nn.Module, last_block: int | None):
@@ -402,7 +417,7 @@ def _lite_stage_ends(model: nn.Module) -> list[int]:
     return [i for i in range(len(widths)) if i == len(widths) - 1 or widths[i + 1] != widths[i]]
 
 
-class _PooledSequential(nn.Module):
+class _PooledSequential(_Module):
     """Run a few modules in turn, then global-average-pool (and optionally normalize) the result."""
 
     def __init__(self, *modules: nn.Module, post: nn.Module | None = None):

@@ -25,6 +25,7 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
+from sklearn.utils.class_weight import compute_sample_weight
 from threadpoolctl import threadpool_limits
 
 from storage.errors import ProjectError
@@ -248,10 +249,14 @@ class LinearSVMClassifier(_LinearFeatureClassifier):
     def _fit_predictor(self, X, y, counts) -> LinearPredictor:
         folds = fold_count(counts, self.max_folds)
         if folds:
-            calibrated = CalibratedClassifierCV(
-                self._pipeline(self.C_), method="sigmoid", ensemble=False,
-                cv=StratifiedKFold(folds, shuffle=True, random_state=self.random_state),
-            ).fit(X, y)
+            # Balanced weights for the sigmoids too: calibrated on the raw class frequencies they would
+            # bring the training prior back and undo the SVM's class weights at predict time.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*does not appear to accept sample_weight")
+                calibrated = CalibratedClassifierCV(
+                    self._pipeline(self.C_), method="sigmoid", ensemble=False,
+                    cv=StratifiedKFold(folds, shuffle=True, random_state=self.random_state),
+                ).fit(X, y, sample_weight=compute_sample_weight("balanced", y))
             fitted = calibrated.calibrated_classifiers_[0]
             pipeline, calibrators = fitted.estimator, fitted.calibrators
             calib_a = np.array([c.a_ for c in calibrators], dtype=np.float64)
@@ -270,7 +275,7 @@ def _platt_on_training_scores(scores: np.ndarray, y: np.ndarray, classes: np.nda
     positives = [classes[1]] if scores.shape[1] == 1 else list(classes)
     a, b = [], []
     for column, positive in enumerate(positives):
-        fit = LogisticRegression(C=1.0).fit(scores[:, [column]], (y == positive).astype(int))
+        fit = LogisticRegression(C=1.0, class_weight="balanced").fit(scores[:, [column]], (y == positive).astype(int))
         a.append(-float(fit.coef_[0, 0]))
         b.append(-float(fit.intercept_[0]))
     return np.array(a), np.array(b)

@@ -8,7 +8,8 @@ Layout of ``OUT_DIR``::
 
 Class and file names come from users (or from someone else's project), so they are sanitized:
 no path separators, no ``..``, no characters or names Windows refuses, no collisions on
-case-insensitive file systems; every written path is checked to lie inside ``OUT_DIR``.
+case-insensitive file systems; every written path is checked to lie inside ``OUT_DIR``. CSV cells
+that a spreadsheet would run as a formula (starting with = + - @) get a leading apostrophe.
 Stored images are JPEG, so files are written byte for byte as Sortlab holds them.
 """
 
@@ -37,6 +38,7 @@ MAX_NAME_LENGTH = 80
 BATCH = 64
 _WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
 _UNSAFE_CHARACTERS = re.compile(r'[<>:"/\\|?*\x00-\x1f\x7f]')
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 class DatasetExportError(ProjectError):
@@ -63,8 +65,8 @@ def safe_name(name: str, fallback: str = "class") -> str:
         text = ""
     if not text:
         text = fallback
-    if text.split(".")[0].lower() in _WINDOWS_RESERVED:
-        text = f"_{text}"
+    if text.split(".")[0].lower() in _WINDOWS_RESERVED or text.startswith(_FORMULA_STARTS):
+        text = f"_{text}"  # reserved on Windows, or read as a formula / command-line option
     return text[:MAX_NAME_LENGTH].rstrip(". ") or fallback
 
 
@@ -81,6 +83,12 @@ def class_folder_names(class_names: list[str]) -> dict[str, str]:
         taken.add(candidate.lower())
         folders[name] = candidate
     return folders
+
+
+def csv_safe(text: str) -> str:
+    """A cell that a spreadsheet will not run as a formula (CSV injection): text starting with
+    = + - @ (or a tab/CR) gets a leading apostrophe, which spreadsheets show as plain text."""
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 
 def _inside(root: Path, path: Path) -> Path:
@@ -151,8 +159,8 @@ def export_dataset(
                 target.write_bytes(data[info.id])
                 predicted, probability = predictions.get(info.id, ("", None))
                 writer.writerow(
-                    (relative, label, info.source, info.split, predicted,
-                     "" if probability is None else f"{probability:.6f}")
+                    (relative, csv_safe(label), csv_safe(info.source or ""), info.split,
+                     csv_safe(predicted), "" if probability is None else f"{probability:.6f}")
                 )
                 report.images += 1
                 if label:

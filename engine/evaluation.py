@@ -133,6 +133,12 @@ def out_of_fold_probabilities(
     return proba
 
 
+def unevaluated_metrics() -> dict:
+    """The metrics of a model that could not be judged: the headline keys are there, as None (JSON null),
+    so readers never mistake a missing number for a perfect or a zero one."""
+    return {"accuracy": None, "balanced_accuracy": None}
+
+
 def classification_metrics(
     y_true: np.ndarray, proba: np.ndarray, classes: Sequence[int], class_names: Sequence[str],
     sources: Sequence[str] | None = None,

@@ -10,11 +10,12 @@ A bundle is a folder (or a zip of it) holding:
 - ``linear_head.npz``: the linear classifier alone as arrays (for feature-based models).
 
 After writing, the ONNX network is run with onnxruntime on validation images and compared with
-Sortlab's own predictions for the same model version. Below ``MIN_AGREEMENT`` top-1 agreement the
-export fails loudly and the folder is renamed ``<name>-FAILED`` with the reason inside.
+Sortlab's own predictions for the same model version. Below ``MIN_AGREEMENT`` top-1 agreement, or
+with any probability more than ``MAX_PROBABILITY_DIFFERENCE`` apart, the export fails loudly and the
+folder is renamed ``<name>-FAILED`` with the reason inside.
 
 Nothing here ever unpickles: weights come from safetensors bytes, zips are read member by member
-with their names checked (``check_member_name``).
+with their names (``check_member_name``) and declared sizes (``check_member_sizes``) checked.
 """
 
 from __future__ import annotations
@@ -41,6 +42,14 @@ from storage.project import Project
 
 BUNDLE_FORMAT = 1
 MIN_AGREEMENT = 0.995
+# Largest difference in any class probability between ONNX and Sortlab that still passes. Legitimate
+# exports differ by float32 rounding only (8e-8 measured on 49 hymenoptera validation photos); a wrong
+# crop, mean or head shows up at 1e-2 and more.
+MAX_PROBABILITY_DIFFERENCE = 1e-3
+# Zip bombs: a bundle member may declare at most this many bytes, the whole bundle at most the total.
+MAX_JSON_BYTES = 16 * 1024 * 1024
+MAX_MEMBER_BYTES = 1024 * 1024 * 1024
+MAX_BUNDLE_BYTES = 2 * 1024 * 1024 * 1024
 VERIFY_SAMPLE = 200
 OPSET = 17
 INPUT_NAME = "images"
@@ -88,10 +97,23 @@ class VerificationResult:
 
     @property
     def passed(self) -> bool:
-        return self.compared > 0 and self.agreement >= MIN_AGREEMENT
+        return (self.compared > 0 and self.agreement >= MIN_AGREEMENT
+                and self.max_probability_difference <= MAX_PROBABILITY_DIFFERENCE)
+
+    def failure_reason(self) -> str | None:
+        """Why the check failed, in one sentence, or None when it passed."""
+        if self.compared == 0:
+            return "Export check failed: the project has no images to check the model on."
+        problems = []
+        if self.agreement < MIN_AGREEMENT:
+            problems.append(f"at least {MIN_AGREEMENT * 100:.1f}% agreement is required")
+        if not self.max_probability_difference <= MAX_PROBABILITY_DIFFERENCE:  # NaN fails too
+            problems.append(f"probabilities may differ by at most {MAX_PROBABILITY_DIFFERENCE:.0e}")
+        return f"Export check failed: {self.summary()}; {' and '.join(problems)}." if problems else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "agreement": self.agreement, "passed": self.passed, "threshold": MIN_AGREEMENT}
+        return {**asdict(self), "agreement": self.agreement, "passed": self.passed, "threshold": MIN_AGREEMENT,
+                "max_probability_difference_allowed": MAX_PROBABILITY_DIFFERENCE}
 
     def summary(self) -> str:
         return (
@@ -122,16 +144,30 @@ class ExportReport:
 
 def check_member_name(name: str) -> str:
     """A zip member name that stays inside its archive folder, or UnsafeBundleError."""
-    if not name or "\\" in name or "\x00" in name or name.startswith("/"):
-        raise UnsafeBundleError(f"Unsafe file name in the zip: {name!r}")
+    if not name or "\\" in name or "\x00" in name or ":" in name or name.startswith("/"):
+        raise UnsafeBundleError(f"Unsafe file name in the zip: {name!r}")  # ':' = drive or Windows stream
     parts = PurePosixPath(name).parts
-    if any(part in ("..", "") for part in parts) or parts[0].endswith(":"):
+    if any(part in ("..", "") for part in parts):
         raise UnsafeBundleError(f"Unsafe file name in the zip: {name!r}")
     return name
 
 
+def check_member_sizes(infos: list[zipfile.ZipInfo]) -> None:
+    """Refuse zip bombs before inflating anything: declared sizes are capped per member and in total
+    (zipfile never inflates a member past its declared size, so the caps hold while reading)."""
+    total = 0
+    for info in infos:
+        limit = MAX_JSON_BYTES if info.filename.endswith(".json") else MAX_MEMBER_BYTES
+        if info.file_size > limit:
+            raise UnsafeBundleError(f"{info.filename} in the zip is too large ({info.file_size} bytes).")
+        total += info.file_size
+    if total > MAX_BUNDLE_BYTES:
+        raise UnsafeBundleError(f"The zip would unpack to {total} bytes; a Sortlab export is far smaller.")
+
+
 def read_bundle_zip(path: str | os.PathLike) -> dict[str, bytes]:
-    """The files of a zipped bundle by base name, read in memory after checking every member name."""
+    """The files of a zipped bundle by base name, read in memory after checking every member's name
+    and declared size."""
     found: dict[str, bytes] = {}
     try:
         archive = zipfile.ZipFile(path)
@@ -141,9 +177,9 @@ def read_bundle_zip(path: str | os.PathLike) -> dict[str, bytes]:
         infos = archive.infolist()
         for info in infos:
             check_member_name(info.filename)
-        for info in infos:
-            if info.is_dir() or len(PurePosixPath(info.filename).parts) > 2:
-                continue
+        wanted = [info for info in infos if not info.is_dir() and len(PurePosixPath(info.filename).parts) <= 2]
+        check_member_sizes(wanted)
+        for info in wanted:
             found.setdefault(PurePosixPath(info.filename).name, archive.read(info))
     missing = [name for name in ("model.onnx", "model.json") if name not in found]
     if missing:
@@ -160,6 +196,7 @@ def extract_bundle_zip(path: str | os.PathLike, destination: str | os.PathLike) 
             check_member_name(info.filename)
             if not (destination / info.filename).resolve().is_relative_to(destination):
                 raise UnsafeBundleError(f"Unsafe file name in the zip: {info.filename!r}")
+        check_member_sizes(infos)
         destination.mkdir(parents=True, exist_ok=True)
         for info in infos:
             target = destination / info.filename
@@ -193,7 +230,15 @@ def _linear_predictor(project: Project, info: ModelInfo):
 
 
 def build_network(project: Project, info: ModelInfo):
-    """A torch module mapping preprocessed images (N, 3, H, W) to class probabilities (N, K)."""
+    """A torch module mapping preprocessed images (N, 3, H, W) to class probabilities (N, K).
+
+    Without torch (the CPU edition) a feature model comes back as finished ONNX bytes instead: the
+    backbone's verified ONNX copy composed with the linear head (engine.onnx_compose)."""
+    from engine.edition import require_torch, torch_available
+
+    if not is_network_model(info) and not torch_available():
+        return _composed_network(project, info)
+    require_torch("Exporting a fine-tuned network")
     from engine import torch_export
 
     if not is_network_model(info):
@@ -210,8 +255,26 @@ def build_network(project: Project, info: ModelInfo):
     return network
 
 
+def _composed_network(project: Project, info: ModelInfo) -> bytes:
+    """ONNX bytes of a feature model built without torch: backbone ONNX copy + linear head."""
+    from engine.backbones import get_backbone
+    from engine.onnx_backend import OnnxExportFailed
+    from engine.onnx_backend import export as backbone_onnx
+    from engine.onnx_compose import compose
+
+    spec = get_backbone(info.backbone)
+    try:
+        backbone = backbone_onnx(spec, spec.layer(info.layer).name)
+    except OnnxExportFailed as exc:
+        raise ExportError(f"Cannot export model version {info.version}: {exc}.") from exc
+    return compose(backbone, _linear_predictor(project, info), INPUT_NAME, OUTPUT_NAME)
+
+
 def export_onnx(network, input_size: int) -> bytes:
-    """The network as ONNX bytes with a dynamic batch dimension (legacy exporter: no onnxscript)."""
+    """The network as ONNX bytes with a dynamic batch dimension (legacy exporter: no onnxscript).
+    ONNX bytes already composed by ``build_network`` (CPU edition) pass through unchanged."""
+    if isinstance(network, bytes):
+        return network
     import torch
 
     sample = torch.zeros(2, 3, input_size, input_size, dtype=torch.float32)
@@ -288,8 +351,6 @@ def verify_onnx(
 ) -> VerificationResult:
     """Run the ONNX network on up to ``sample_size`` validation images and compare with Sortlab:
     cached features + classifier for feature models, the torch network for fine-tuned ones."""
-    import torch
-
     image_ids, kind = _verification_images(project, sample_size)
     if not image_ids:
         return VerificationResult(0, 0, 0.0, "no")
@@ -304,6 +365,8 @@ def verify_onnx(
         batch = model_pixels(project, info, chunk)
         got_rows.append(session.run(None, {INPUT_NAME: batch})[0])
         if is_network_model(info):
+            import torch
+
             with torch.inference_mode():
                 expected_rows.append(network(torch.from_numpy(batch)).numpy())
         context.progress(0.5 + 0.5 * (start + len(chunk)) / len(image_ids), "Checking the exported model")
@@ -500,7 +563,7 @@ def _head_arrays(project: Project, info: ModelInfo) -> bytes | None:
     """The linear classifier alone (standardization folded in) as an .npz of plain arrays."""
     if is_network_model(info):
         return None
-    from engine.torch_export import folded_linear
+    from engine.onnx_compose import folded_linear
 
     predictor = _linear_predictor(project, info)
     weight, bias = folded_linear(predictor)
@@ -603,10 +666,7 @@ def export_bundle(
     files = sorted(p.name for p in folder.iterdir())
 
     if not verification.passed:
-        reason = (
-            f"Export check failed: {verification.summary()}; at least {MIN_AGREEMENT * 100:.1f}% is required."
-            if verification.compared else "Export check failed: the project has no images to check the model on."
-        )
+        reason = verification.failure_reason()
         failed = _mark_failed(folder, reason)
         raise ExportVerificationFailed(f"{reason} The bundle was kept for inspection in {failed}.", failed, verification)
 

@@ -27,7 +27,7 @@ from torchvision.transforms import v2
 
 from engine.backbones import get_backbone
 from engine.classifiers import LinearPredictor
-from engine.evaluation import assign_splits, classification_metrics
+from engine.evaluation import assign_splits, classification_metrics, unevaluated_metrics
 from engine.imaging import load_stored_image, open_image_file
 from engine.jobs import JobCancelled, JobContext, user_message
 from engine.preprocess import preprocess_pil
@@ -339,6 +339,7 @@ def _train_network(context, project, method, backbone, layer, seed, config: Fine
         metrics.update(classification_metrics(np.array([i.class_id for i in val]), val_proba, classes, class_names,
                                               [i.source for i in val]))
     else:
+        metrics.update(unevaluated_metrics())
         metrics["evaluation_note"] = "every class needs an image on the validation side to be evaluated"
     context.progress(0.9, "Predicting every image")
     network.eval().cpu()
@@ -414,9 +415,10 @@ def load_fine_tuned(project: Project, info: ModelInfo) -> ClassifierNetwork:
     return network.eval()
 
 
-def predict_project_images(context: JobContext, project: Project, info: ModelInfo):
+def predict_project_images(context: JobContext, project: Project, info: ModelInfo, image_ids=None):
+    """(image ids, proba) for every project image, or only ``image_ids``."""
     network = load_fine_tuned(project, info)
-    ids = all_image_ids(project)
+    ids = all_image_ids(project) if image_ids is None else [int(i) for i in image_ids]
     return _network_predictions(
         context, network, get_backbone(info.backbone), ids,
         lambda chunk: {i: load_stored_image(b) for i, b in read_image_bytes(project, chunk).items()},

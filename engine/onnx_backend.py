@@ -4,27 +4,37 @@ Eager PyTorch runs EfficientNet-Lite0 at 7-20 images/s on a 2-core laptop; onnxr
 same graph at 65-150 images/s with the same numbers out. The copy is exported once per
 (backbone, layer, weights, library versions), checked against torch right after export, written
 atomically, and cached under the user cache folder (``SORTLAB_CACHE_DIR`` overrides it).
+
+Shipped copies: the packaged app carries verified copies of the bundled backbones in
+``engine/onnx_models`` (``SORTLAB_ONNX_MODELS`` overrides the folder), made at build time with
+``python -m engine.onnx_backend ship FOLDER``. They are named by backbone, layer and the SHA-256 of
+the weights file, so a copy is used only with exactly the weights it was made from, and they are
+preferred to exporting. They are what lets the CPU edition (no PyTorch) compute features at all.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import logging
 import os
+import shutil
+import sys
 import tempfile
 import threading
 import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from engine.backbones import BackboneSpec, feature_extractor
+from engine.backbones import BackboneSpec, feature_extractor, get_backbone, list_backbones
+from engine.edition import torch_available
 
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "SORTLAB_CACHE_DIR"
+SHIPPED_ENV = "SORTLAB_ONNX_MODELS"
 EXPORT_FORMAT = 1  # bump when the exported graph changes meaning
 OPSET = 17
 VERIFY_TOLERANCE = 1e-3  # max abs difference between torch and onnxruntime features
@@ -44,8 +54,25 @@ def cache_dir() -> Path:
     return Path(user_cache_dir("sortlab")) / "onnx"
 
 
+def shipped_dir() -> Path:
+    """Where the app's own verified ONNX copies are (next to this module unless overridden)."""
+    override = os.environ.get(SHIPPED_ENV)
+    return Path(override) if override else Path(__file__).with_name("onnx_models")
+
+
+def shipped_name(spec: BackboneSpec, layer: str) -> str:
+    return f"{spec.name}-{layer}-{spec.weights_fingerprint()}.onnx"
+
+
+def shipped_path(spec: BackboneSpec, layer: str) -> Path | None:
+    """The shipped copy for exactly these weights and layer, or None."""
+    candidate = shipped_dir() / shipped_name(spec, layer)
+    return candidate if candidate.is_file() else None
+
+
 def _versions_key() -> str:
     import onnxruntime
+    import torch
 
     return f"torch{torch.__version__}-ort{onnxruntime.__version__}-fmt{EXPORT_FORMAT}-opset{OPSET}"
 
@@ -66,47 +93,81 @@ def _verification_batch(spec: BackboneSpec) -> np.ndarray:
     return batch
 
 
-def export(spec: BackboneSpec, layer: str, model: torch.nn.Module | None = None) -> Path:
-    """The cached, verified ONNX file for (spec, layer), exporting it first if needed."""
+def export(spec: BackboneSpec, layer: str, model=None) -> Path:
+    """The verified ONNX file for (spec, layer): the shipped copy, else the cached one, exporting it
+    from torch first if needed (OnnxExportFailed when neither exists and torch is not here)."""
+    shipped = shipped_path(spec, layer)
+    if shipped is not None:
+        return shipped
+    if not torch_available():
+        raise OnnxExportFailed(
+            f"no ONNX copy of {spec.title} ({layer} layer) ships with this edition and PyTorch, "
+            "which would make one, is not installed"
+        )
     target = model_path(spec, layer)
     if target.is_file():
         return target
     with _EXPORT_LOCK:
         if target.is_file():
             return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        extractor = feature_extractor(model if model is not None else spec.load_model(), layer, spec.name).eval()
-        sample = torch.from_numpy(_verification_batch(spec))
-        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}-", suffix=".onnx")
-        os.close(handle)
-        try:
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # tracer chatter about constant folding; verified below
-                torch.onnx.export(
-                    extractor, (sample,), temporary, input_names=["pixels"], output_names=["features"],
-                    dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}},
-                    opset_version=OPSET, dynamo=False,
-                )
-            extractor.eval()  # the exporter may leave the module in train mode
-            with torch.no_grad():
-                expected = extractor(sample).numpy()
-            got = OnnxFeatureRunner(Path(temporary), threads=1).run(sample.numpy())
-            difference = float(np.max(np.abs(expected - got))) if expected.shape == got.shape else float("inf")
-            if not difference <= VERIFY_TOLERANCE:
-                raise OnnxExportFailed(
-                    f"ONNX copy of {spec.name}/{layer} differs from torch by {difference:.2e}"
-                )
-            os.replace(temporary, target)
-            target.with_suffix(".json").write_text(json.dumps(
-                {"backbone": spec.name, "layer": layer, "versions": _versions_key(), "max_abs_diff": difference}
-            ))
-        except OnnxExportFailed:
-            raise
-        except Exception as exc:
-            raise OnnxExportFailed(f"exporting {spec.name}/{layer} to ONNX failed: {exc}") from exc
-        finally:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
+        _export_verified(spec, layer, target, model)
+    return target
+
+
+def _export_verified(spec: BackboneSpec, layer: str, target: Path, model=None) -> float:
+    """Export (spec, layer) from torch to ``target`` atomically after checking it against torch;
+    returns the largest difference seen. Writes ``target.json`` with the check's details."""
+    import torch
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    extractor = feature_extractor(model if model is not None else spec.load_model(), layer, spec.name).eval()
+    sample = torch.from_numpy(_verification_batch(spec))
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}-", suffix=".onnx")
+    os.close(handle)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer chatter about constant folding; verified below
+            torch.onnx.export(
+                extractor, (sample,), temporary, input_names=["pixels"], output_names=["features"],
+                dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}},
+                opset_version=OPSET, dynamo=False,
+            )
+        extractor.eval()  # the exporter may leave the module in train mode
+        with torch.no_grad():
+            expected = extractor(sample).numpy()
+        got = OnnxFeatureRunner(Path(temporary), threads=1).run(sample.numpy())
+        difference = float(np.max(np.abs(expected - got))) if expected.shape == got.shape else float("inf")
+        if not difference <= VERIFY_TOLERANCE:
+            raise OnnxExportFailed(
+                f"ONNX copy of {spec.name}/{layer} differs from torch by {difference:.2e}"
+            )
+        os.replace(temporary, target)
+        target.with_suffix(".json").write_text(json.dumps(
+            {"backbone": spec.name, "layer": layer, "versions": _versions_key(), "max_abs_diff": difference,
+             "weights_sha256_16": spec.weights_fingerprint()}
+        ))
+    except OnnxExportFailed:
+        raise
+    except Exception as exc:
+        raise OnnxExportFailed(f"exporting {spec.name}/{layer} to ONNX failed: {exc}") from exc
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    return difference
+
+
+def ship(spec: BackboneSpec, layer: str, folder: Path) -> Path:
+    """Write a verified copy of (spec, layer) into ``folder`` under its shipped name (needs torch)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / shipped_name(spec, layer)
+    if not target.is_file():
+        cached = model_path(spec, layer)
+        if cached.is_file():  # verified when it was made
+            shutil.copyfile(cached, target)
+            if cached.with_suffix(".json").is_file():
+                shutil.copyfile(cached.with_suffix(".json"), target.with_suffix(".json"))
+        else:
+            _export_verified(spec, layer, target)
     return target
 
 
@@ -134,3 +195,28 @@ class OnnxFeatureRunner:
     def run(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         return self.session.run(None, {self._input: batch})[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m engine.onnx_backend ship FOLDER [--backbone NAME ...] [--layer NAME ...]``:
+    the build step that makes the shipped copies (packaging/build.sh)."""
+    parser = argparse.ArgumentParser(prog="python -m engine.onnx_backend")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ship_parser = sub.add_parser("ship", help="write verified ONNX copies of bundled backbones into FOLDER")
+    ship_parser.add_argument("folder", type=Path)
+    ship_parser.add_argument("--backbone", action="append", dest="backbones",
+                             help="backbone name (repeatable; default: every EfficientNet-Lite)")
+    ship_parser.add_argument("--layer", action="append", dest="layers",
+                             help="layer name (repeatable; default: every layer of each backbone)")
+    args = parser.parse_args(argv)
+    names = args.backbones or [s.name for s in list_backbones(available_only=True) if s.family == "efficientnet_lite"]
+    for name in names:
+        spec = get_backbone(name)
+        for layer in args.layers or spec.layers:
+            path = ship(spec, spec.layer(layer).name, args.folder)
+            print(f"{path.name}: {path.stat().st_size / 1e6:.1f} MB", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

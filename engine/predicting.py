@@ -15,7 +15,16 @@ import numpy as np
 
 from engine.classifiers import LinearPredictor
 from engine.jobs import JobContext
-from storage.modelstore import ModelInfo, PredictionBatch, get_model, model_weights, store_predictions
+from storage.images import image_ids as all_image_ids
+from storage.modelstore import (
+    ModelInfo,
+    PredictionBatch,
+    active_model,
+    get_model,
+    model_weights,
+    predictions,
+    store_predictions,
+)
 from storage.project import Project
 
 NETWORK_MODEL_METHODS = ("finetune",)
@@ -29,6 +38,14 @@ class FilePrediction:
     probability: float
     margin: float
     probabilities: list[float] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class RefreshOutcome:
+    """What ``refresh_if_model`` did: the model version used and how many predictions it stored."""
+
+    model_version: int
+    predicted: int
 
 
 @dataclass
@@ -50,25 +67,53 @@ def predict_feature_rows(project: Project, info: ModelInfo, X: np.ndarray) -> np
     return load_linear_predictor(project, info).predict_proba(X)
 
 
-def refresh_predictions(context: JobContext, project: Project, model_version: int | None = None) -> int:
-    """(Re)compute a version's predictions for every image (the active version by default), e.g. after
-    an import. Cross-validated predictions of labeled images are kept. Returns how many were stored."""
+def refresh_predictions(
+    context: JobContext, project: Project, model_version: int | None = None, image_ids: Sequence[int] | None = None,
+) -> int:
+    """(Re)compute a version's predictions for every image (the active version by default), or only for
+    ``image_ids``. Cross-validated predictions of labeled images are kept. Returns how many were stored."""
     info = get_model(project, model_version)
+    wanted = None if image_ids is None else sorted({int(i) for i in image_ids})
+    if wanted is not None and not wanted:
+        return 0
     if info.method in NETWORK_MODEL_METHODS:
+        from engine.edition import require_torch
+
+        require_torch("Predicting with a fine-tuned network")
         from engine.finetune import predict_project_images
 
-        image_ids, proba = predict_project_images(context, project, info)
+        ids, proba = predict_project_images(context, project, info, wanted)
     else:
         from engine.features import ensure_features
         from storage.featurestore import load_vectors
 
         ensure_features(context.subcontext(0.0, 0.8), project, info.backbone, info.layer)
-        image_ids, X = load_vectors(project, info.backbone, info.layer)
+        ids, X = load_vectors(project, info.backbone, info.layer, wanted)
         context.check_cancelled()
-        proba = predict_feature_rows(project, info, X) if len(image_ids) else np.zeros((0, len(info.class_ids)))
-    stored = store_predictions(project, info.version, PredictionBatch(image_ids, proba), keep_out_of_fold=True)
-    context.progress(1.0, f"Predicted {len(image_ids)} images")
+        proba = predict_feature_rows(project, info, X) if len(ids) else np.zeros((0, len(info.class_ids)))
+    stored = store_predictions(project, info.version, PredictionBatch(ids, proba), keep_out_of_fold=True)
+    context.progress(1.0, f"Predicted {len(ids)} images")
     return stored
+
+
+def images_without_prediction(project: Project, model_version: int) -> list[int]:
+    """Ids of the images a version has no prediction for (imported after it was trained)."""
+    predicted = set(predictions(project, model_version))
+    return [image_id for image_id in all_image_ids(project) if image_id not in predicted]
+
+
+def refresh_if_model(context: JobContext, project: Project) -> RefreshOutcome | None:
+    """Give every image the active model has no prediction for one (call it after an import, so new
+    images get suggestions and a place in confidence order). None when there is no model yet."""
+    info = active_model(project)
+    if info is None:
+        return None
+    missing = images_without_prediction(project, info.version)
+    if not missing:
+        context.progress(1.0, f"Every image already has a prediction of model version {info.version}")
+        return RefreshOutcome(info.version, 0)
+    context.progress(0.0, f"Predicting {len(missing)} new images with model version {info.version}")
+    return RefreshOutcome(info.version, refresh_predictions(context, project, info.version, missing))
 
 
 def expand_image_paths(paths: Sequence[str | os.PathLike]) -> list[str]:
@@ -86,6 +131,9 @@ def predict_files(
     info = get_model(project, model_version)
     files = expand_image_paths(paths)
     if info.method in NETWORK_MODEL_METHODS:
+        from engine.edition import require_torch
+
+        require_torch("Predicting with a fine-tuned network")
         from engine.finetune import predict_image_files
 
         ok_paths, proba, failed = predict_image_files(context, project, info, files)

@@ -46,13 +46,16 @@ def resize_and_crop(image: Image.Image, spec: BackboneSpec) -> Image.Image:
     )
 
 
-def normalize_array(pixels: np.ndarray, spec: BackboneSpec) -> np.ndarray:
-    """(H, W, 3) uint8 pixels -> (3, H, W) float32 network input."""
+def normalize_array(pixels: np.ndarray, spec: BackboneSpec, out: np.ndarray | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 pixels -> (3, H, W) float32 network input, written into ``out`` when given
+    (a slot of a batch array: saves a copy per image)."""
     offset, scale = normalization_arrays(spec)
-    chw = np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
-    chw -= offset[:, None, None]
-    chw /= scale[:, None, None]
-    return chw
+    if out is None:
+        out = np.empty((3, *pixels.shape[:2]), dtype=np.float32)
+    np.copyto(out, pixels.transpose(2, 0, 1), casting="unsafe")
+    out -= offset[:, None, None]
+    out /= scale[:, None, None]
+    return out
 
 
 def preprocess_pil(image: Image.Image, spec: BackboneSpec) -> np.ndarray:
@@ -92,6 +95,7 @@ def decode_for_model(data: bytes, spec: BackboneSpec) -> Image.Image:
             raise ImageDecodeError(f"cannot decode image ({exc})") from None
 
 
-def preprocess_bytes(data: bytes, spec: BackboneSpec) -> np.ndarray:
-    """Image bytes -> (3, H, W) float32 network input; ImageDecodeError for unreadable bytes."""
-    return preprocess_pil(decode_for_model(data, spec), spec)
+def preprocess_bytes(data: bytes, spec: BackboneSpec, out: np.ndarray | None = None) -> np.ndarray:
+    """Image bytes -> (3, H, W) float32 network input (into ``out`` when given); ImageDecodeError for
+    unreadable bytes."""
+    return normalize_array(np.asarray(resize_and_crop(decode_for_model(data, spec), spec)), spec, out)

@@ -9,20 +9,56 @@ No Qt here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import select
 
 from engine.jobs import JobContext
-from storage.models import Image, Label
+from storage.models import Image, Label, ModelVersion, Prediction
 from storage.project import Project
 
 PARTIAL_EVERY = 25  # t-SNE iterations between streamed layouts
 EARLY_ITERATIONS = 250  # early exaggeration phase
 MAIN_ITERATIONS = 500
 PCA_DIMS_FOR_TSNE = 50  # t-SNE neighbours are searched in this many principal components
+
+
+def background_threads() -> int:
+    """Threads the map may use: every core but one, which stays free for the window's own
+    thread (on a two-core laptop a two-thread t-SNE made the window miss its frames)."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+_blas_controller = None
+
+
+def _blas_threads():
+    """threadpoolctl's view of the loaded BLAS libraries, made once: finding them walks every
+    loaded library in Python while holding the GIL (50 ms), so warm_up() does it at start-up."""
+    global _blas_controller
+    if _blas_controller is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # comes with scikit-learn; without it BLAS keeps its own setting
+            return None
+        _blas_controller = ThreadpoolController()
+    return _blas_controller
+
+
+@contextlib.contextmanager
+def _limited_blas() -> Iterator[None]:
+    """Numpy's BLAS (PCA's matrix products and eigh) limited to background_threads() while a
+    map is computed (process-wide, restored afterwards)."""
+    controller = _blas_threads()
+    if controller is None:
+        yield
+        return
+    with controller.limit(limits=background_threads(), user_api="blas"):
+        yield
 
 
 def _standardize(X: np.ndarray) -> np.ndarray:
@@ -68,10 +104,13 @@ def _pca(X: np.ndarray, n_components: int, seed: int = 0) -> np.ndarray:
 
 
 def warm_up() -> None:
-    """Import openTSNE ahead of time (from a background job at start-up): a first import holds the
-    GIL for a long stretch, which would stall the GUI when the first map is computed."""
+    """Import openTSNE and find the BLAS libraries ahead of time (from a background job at
+    start-up): both hold the GIL for a long stretch, which would stall the GUI when the first
+    map is computed."""
     import openTSNE.affinity  # noqa: F401
     import openTSNE.tsne  # noqa: F401
+
+    _blas_threads()
 
 
 def compute_embedding(
@@ -93,11 +132,14 @@ def compute_embedding(
     X = np.asarray(X, dtype=np.float32)
     if X.ndim != 2:
         raise ValueError("X must be a 2-D array of feature vectors (one row per image).")
-    if method == "pca":
-        return _pca(X, 2, seed)
-    if method != "tsne":
+    if method not in ("pca", "tsne"):
         raise ValueError(f"Unknown embedding method {method!r}; use 'pca' or 'tsne'.")
-    return _tsne(context, X, seed, init, partial_extra or {})
+    # BLAS threads are limited too: on a busy two-core machine OpenBLAS's own two threads made
+    # the eigendecomposition of a 1,000-image map take 13 s instead of 0.3 s.
+    with _limited_blas():
+        if method == "pca":
+            return _pca(X, 2, seed)
+        return _tsne(context, X, seed, init, partial_extra or {})
 
 
 def _tsne(context: JobContext, X: np.ndarray, seed: int, init: np.ndarray | None, extra: dict) -> np.ndarray:
@@ -114,7 +156,8 @@ def _tsne(context: JobContext, X: np.ndarray, seed: int, init: np.ndarray | None
     perplexity = float(min(30.0, (n - 1) / 3.0))
     context.progress(0.02, "Finding similar images")
     affinities = PerplexityBasedNN(
-        reduced, perplexity=perplexity, method="auto", n_jobs=2, random_state=seed, verbose=False
+        reduced, perplexity=perplexity, method="auto", n_jobs=background_threads(), random_state=seed,
+        verbose=False,
     )
     context.check_cancelled()
     if init is not None and np.asarray(init).shape == (n, 2):
@@ -125,7 +168,8 @@ def _tsne(context: JobContext, X: np.ndarray, seed: int, init: np.ndarray | None
     spread = float(np.std(start[:, 0])) or 1.0
     start *= 1e-4 / spread  # openTSNE's convention: a tiny initial spread keeps early steps stable
     embedding = TSNEEmbedding(
-        start, affinities, negative_gradient_method="bh" if n < 5000 else "fft", n_jobs=2, random_state=seed, verbose=False
+        start, affinities, negative_gradient_method="bh" if n < 5000 else "fft", n_jobs=background_threads(), random_state=seed,
+        verbose=False,
     )
     # Barnes-Hut is quicker for small maps; the FFT approximation scales to 100k points.
     total = EARLY_ITERATIONS + MAIN_ITERATIONS
@@ -166,8 +210,9 @@ def embedding_job(
 ) -> dict:
     """Map every image with cached features: a PCA partial at once, then t-SNE partials.
 
-    Every partial carries ``image_ids`` (the row order of ``coords``). Returns the final
-    ``{"image_ids", "coords", "method"}``.
+    Every partial carries ``image_ids`` (the row order of ``coords``); the first (PCA) one also
+    carries ``colors``, the points' ``MapColors``, read here so that the GUI thread never has to
+    query labels and predictions of every image. Returns the final ``{"image_ids", "coords", "method"}``.
     """
     from engine.features import load_features
 
@@ -178,8 +223,10 @@ def embedding_job(
     if len(image_ids) == 0:
         return {"image_ids": image_ids, "coords": np.zeros((0, 2), np.float32), "method": "pca"}
     pca = compute_embedding(context, X, "pca", seed=seed)
+    colors = map_colors(project, image_ids)
     context.partial(
-        {"kind": "embedding", "coords": pca, "iteration": 0, "method": "pca", "image_ids": image_ids}
+        {"kind": "embedding", "coords": pca, "iteration": 0, "method": "pca", "image_ids": image_ids,
+         "colors": colors}
     )
     if not tsne:
         return {"image_ids": image_ids, "coords": pca, "method": "pca"}
@@ -229,3 +276,70 @@ def point_attributes(project: Project, image_ids: Sequence[int] | np.ndarray) ->
         out_sources[found] = sources[take[found]]
         out_splits[found] = splits[take[found]]
     return PointAttributes(image_ids, out_classes, out_sources, source_names, out_splits)
+
+
+def _resolve_version(session, version: int | None) -> int | None:
+    if version is not None:
+        return int(version)
+    return session.scalar(select(ModelVersion.id).where(ModelVersion.is_active).order_by(ModelVersion.id.desc()))
+
+
+def prediction_arrays(project: Project, version: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image ids, predicted class ids (-1 = none), out-of-fold flags) of one model version (the
+    active one by default; empty arrays without a model), sorted by image id.
+
+    Plain columns instead of storage.modelstore.predictions()'s dict of objects: about ten times
+    quicker at 100k images, and what the map and the report actually use."""
+    with project.session() as session:
+        version = _resolve_version(session, version)
+        if version is None:
+            rows = []
+        else:
+            rows = session.execute(
+                select(Prediction.image_id, Prediction.class_id, Prediction.out_of_fold)
+                .where(Prediction.model_version_id == version).order_by(Prediction.image_id)
+            ).all()
+    n = len(rows)
+    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
+    classes = np.fromiter((-1 if r[1] is None else r[1] for r in rows), dtype=np.int64, count=n)
+    out_of_fold = np.fromiter((bool(r[2]) for r in rows), dtype=bool, count=n)
+    return ids, classes, out_of_fold
+
+
+def align(values_ids: np.ndarray, values: np.ndarray, image_ids: np.ndarray, missing) -> np.ndarray:
+    """``values`` (given per ``values_ids``) reordered to ``image_ids``; ``missing`` where absent."""
+    image_ids = np.asarray(image_ids, dtype=np.int64)
+    out = np.full(len(image_ids), missing, dtype=np.asarray(values).dtype if len(values) else np.int64)
+    if len(values_ids) and len(image_ids):
+        order = np.argsort(values_ids, kind="stable")
+        sorted_ids = values_ids[order]
+        pos = np.clip(np.searchsorted(sorted_ids, image_ids), 0, len(sorted_ids) - 1)
+        found = sorted_ids[pos] == image_ids
+        out[found] = np.asarray(values)[order[pos[found]]]
+    return out
+
+
+@dataclass(frozen=True)
+class MapColors:
+    """Everything the map colors its points by, aligned with ``image_ids`` (plain data, made off
+    the GUI thread)."""
+
+    image_ids: np.ndarray  # int64
+    class_ids: np.ndarray  # int64, -1 = unlabeled
+    source_codes: np.ndarray  # int32 index into source_names
+    source_names: list[str]
+    predicted: np.ndarray  # int64, -1 = no prediction
+    classes: list  # storage.catalog.ClassInfo, display order
+
+
+def map_colors(project: Project, image_ids: Sequence[int] | np.ndarray, version: int | None = None) -> MapColors:
+    """Labels, sources, predictions (active model by default) and the class list for the map."""
+    from storage.catalog import list_classes
+
+    image_ids = np.asarray(image_ids, dtype=np.int64)
+    attributes = point_attributes(project, image_ids)
+    predicted_ids, predicted_classes, _oof = prediction_arrays(project, version)
+    predicted = align(predicted_ids, predicted_classes, image_ids, -1).astype(np.int64)
+    return MapColors(image_ids, attributes.class_ids, attributes.source_codes, attributes.source_names,
+                     predicted, list_classes(project))
+

@@ -12,16 +12,7 @@ import torch
 from torch import nn
 
 from engine.classifiers import LinearPredictor
-
-
-def folded_linear(predictor: LinearPredictor) -> tuple[np.ndarray, np.ndarray]:
-    """(weight, bias) with ((x - mean) / scale) @ coef.T + intercept == x @ weight.T + bias (float64)."""
-    coef = np.asarray(predictor.coef, dtype=np.float64)
-    mean = np.asarray(predictor.mean, dtype=np.float64)
-    scale = np.asarray(predictor.scale, dtype=np.float64)
-    weight = coef / scale[None, :]
-    bias = np.asarray(predictor.intercept, dtype=np.float64) - weight @ mean
-    return weight, bias
+from engine.onnx_compose import folded_linear  # shared with the torch-free export
 
 
 class LinearProbabilityHead(nn.Module):

@@ -6,14 +6,19 @@ notifications). A file is read only after its size and modification time were th
 prediction is appended to a CSV (``path,class,probability``, the format of ``predict --csv``)
 and flushed at once, so a Ctrl+C or a power cut loses at most the file being predicted.
 
-Files already listed in the CSV are skipped, so a restarted watcher resumes where it stopped.
-The predict function is injected, which keeps this loop testable without a model.
+Paths in the CSV follow the rule of ``predict --csv``: the folder as the user named it joined with
+the file's path inside it (so ``watch drops`` writes ``drops/cam1/001.jpg``, an absolute folder gives
+absolute paths). Files already listed in the CSV are skipped, so a restarted watcher resumes where it
+stopped; relative rows are resolved against the current directory for that, so restart it from the
+same directory (or give an absolute folder). The predict function is injected, which keeps this loop
+testable without a model; it receives absolute paths.
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -104,16 +109,25 @@ def read_done_paths(csv_path: Path) -> set[str]:
         return set()
     with open(csv_path, newline="", encoding="utf-8") as handle:
         reader = csv.reader(handle)
-        return {row[0] for index, row in enumerate(reader) if row and not (index == 0 and tuple(row) == CSV_HEADER)}
+        return {os.path.abspath(row[0]) for index, row in enumerate(reader)
+                if row and not (index == 0 and tuple(row) == CSV_HEADER)}
 
 
 class CsvAppender:
-    """Appends prediction rows to a CSV, writing the header for a new file, flushing every row."""
+    """Appends prediction rows to a CSV, writing the header for a new file, flushing every row.
 
-    def __init__(self, csv_path: Path):
-        self.path = Path(csv_path)
-        new_file = not self.path.exists() or self.path.stat().st_size == 0
-        self._handle = open(self.path, "a", newline="", encoding="utf-8")
+    With ``csv_path`` None the rows go to ``stream`` (stdout by default), header first."""
+
+    def __init__(self, csv_path: Path | None, stream=None):
+        self.path = Path(csv_path) if csv_path is not None else None
+        if self.path is None:
+            self._handle = stream if stream is not None else sys.stdout
+            self._owned = False
+            new_file = True
+        else:
+            new_file = not self.path.exists() or self.path.stat().st_size == 0
+            self._handle = open(self.path, "a", newline="", encoding="utf-8")
+            self._owned = True
         self._writer = csv.writer(self._handle, lineterminator="\n")
         if new_file:
             self._writer.writerow(CSV_HEADER)
@@ -126,10 +140,11 @@ class CsvAppender:
 
     def flush(self) -> None:
         self._handle.flush()
-        os.fsync(self._handle.fileno())
+        if self._owned:
+            os.fsync(self._handle.fileno())
 
     def close(self) -> None:
-        if not self._handle.closed:
+        if self._owned and not self._handle.closed:
             self.flush()
             self._handle.close()
 
@@ -195,6 +210,7 @@ def watch_folder(
     predict: PredictFunction,
     *,
     poll_seconds: float = 1.0,
+    stream=None,
     stable_polls: int = 2,
     only_new: bool = False,
     recursive: bool = True,
@@ -207,18 +223,30 @@ def watch_folder(
     """Predict images as they appear in ``folder`` and append them to ``csv_path``.
 
     Runs until ``stop_event`` is set, ``max_polls`` polls were made, or KeyboardInterrupt, which
-    is re-raised after the CSV was flushed and closed. Returns what was predicted.
+    is re-raised after the CSV was flushed and closed. ``csv_path`` None writes the CSV to
+    ``stream`` (stdout) instead, without resuming. Returns what was predicted.
     """
+    shown_folder = os.fspath(folder)
     folder = Path(folder)
     if not folder.is_dir():
         raise NotADirectoryError(f"{folder} is not a folder.")
-    csv_path = Path(csv_path)
+    absolute_folder = os.path.abspath(folder)
+
+    def shown(path: str) -> str:
+        """The path as ``predict --csv`` would print it: the folder as given, then the path inside."""
+        if not os.path.isabs(path):
+            return path
+        inside = os.path.relpath(path, absolute_folder)
+        return path if inside.startswith(os.pardir) else str(Path(shown_folder) / inside)
+
+    csv_path = Path(csv_path) if csv_path is not None else None
     stop_event = stop_event or threading.Event()
-    watcher = FolderWatcher(folder, read_done_paths(csv_path), stable_polls=stable_polls, recursive=recursive)
+    done = read_done_paths(csv_path) if csv_path is not None else set()
+    watcher = FolderWatcher(folder, done, stable_polls=stable_polls, recursive=recursive)
     if only_new:
         watcher.ignore_existing()
     report = WatchReport()
-    with CsvAppender(csv_path) as appender:
+    with CsvAppender(csv_path, stream) as appender:
         while not stop_event.is_set():
             ready = watcher.poll()
             report.polls += 1
@@ -227,13 +255,15 @@ def watch_folder(
                     break
                 batch = ready[start : start + batch_size]
                 result = predict(batch)
-                appender.write(result.rows)
-                watcher.mark_done(row.path for row in result.rows)
-                report.predicted += len(result.rows)
-                if result.rows and on_rows is not None:
-                    on_rows(result.rows)
+                rows = [PredictedRow(shown(row.path), row.class_name, row.probability) for row in result.rows]
+                appender.write(rows)
+                watcher.mark_done(os.path.abspath(row.path) for row in result.rows)
+                report.predicted += len(rows)
+                if rows and on_rows is not None:
+                    on_rows(rows)
                 for failure in result.failed:
-                    watcher.mark_failed(failure.path)
+                    watcher.mark_failed(os.path.abspath(failure.path))
+                    failure = FailedPrediction(shown(failure.path), failure.reason)
                     report.failed.append(failure)
                     if on_failed is not None:
                         on_failed(failure)

@@ -28,6 +28,19 @@ def _install_insight_panels(window) -> None:
         window.suggestions.enabled = False
 
 
+def create_main_window(insight: bool = True, **kwargs):
+    """The main window as users get it: the workspace plus (``insight``) the docked insight panels.
+
+    Keyword arguments go to MainWindow (settings, data_dir, projects_dir); benchmarks and tests
+    build the window here so they measure exactly what the app shows."""
+    from gui.main_window import MainWindow
+
+    window = MainWindow(**kwargs)
+    if insight:
+        _install_insight_panels(window)
+    return window
+
+
 def run_app(argv: list[str]) -> int:
     """Open the main window (with the project named in argv, if any) and run the event loop."""
     QCoreApplication.setOrganizationName(project_files.ORG_NAME)
@@ -36,10 +49,7 @@ def run_app(argv: list[str]) -> int:
     app = QApplication.instance() or QApplication([sys.argv[0], *argv])
     app.setApplicationDisplayName("Sortlab")
 
-    from gui.main_window import MainWindow
-
-    window = MainWindow()
-    _install_insight_panels(window)
+    window = create_main_window()
     window.show()
     window.restore_layout()  # after show: dock sizes only apply to a laid-out window
     projects = [a for a in argv if a.endswith(".sortlab")]

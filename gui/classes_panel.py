@@ -57,12 +57,16 @@ class ClassListWidget(QListWidget):
         self.order_changed.emit([self.item(i).data(CLASS_ID_ROLE) for i in range(self.count())])
 
 
+_FAILED = object()  # what _edit returns when a change was refused (None is a valid result)
+
+
 class ClassesPanel(QWidget):
     """Lists classes (key, colour, name, count); emits ``classes_changed`` after any edit and
     ``class_activated(class_id)`` when the user double-clicks one (to label the selection)."""
 
     classes_changed = Signal()
     class_activated = Signal(int)
+    class_deleted = Signal(int, str)  # id and name of a class just deleted (its labels are gone)
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -152,7 +156,8 @@ class ClassesPanel(QWidget):
 
     # -- edits ----------------------------------------------------------------------------------
     def add_class(self, name: str, color: str | None = None) -> catalog.ClassInfo | None:
-        return self._edit(lambda: catalog.add_class(self.project, name, color))
+        info = self._edit(lambda: catalog.add_class(self.project, name, color))
+        return None if info is _FAILED else info
 
     def add_class_interactively(self) -> None:
         name, ok = QInputDialog.getText(self, "Add a class", "Name of the new class:")
@@ -192,7 +197,8 @@ class ClassesPanel(QWidget):
             return
         if confirm and not self._confirm_delete(info):
             return
-        self._edit(lambda: catalog.remove_class(self.project, info.id))
+        if self._edit(lambda: catalog.remove_class(self.project, info.id)) is not _FAILED:
+            self.class_deleted.emit(info.id, info.name)
 
     def _confirm_delete(self, info: catalog.ClassInfo) -> bool:
         labels = f"{info.count} image{'s' if info.count != 1 else ''}"
@@ -212,14 +218,15 @@ class ClassesPanel(QWidget):
         self._edit(lambda: catalog.reorder_classes(self.project, order))
 
     def _edit(self, change):
+        """Run a catalog change, then refresh and emit classes_changed; _FAILED if it was refused."""
         if self.project is None:
-            return None
+            return _FAILED
         try:
             result = change()
         except ProjectError as exc:
             QMessageBox.warning(self, "Classes", str(exc))
             self.refresh()
-            return None
+            return _FAILED
         self.refresh()
         self.classes_changed.emit()
         return result

@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QEvent, QObject, QPointF, Qt, QTimer, Signal
-from PySide6.QtGui import QBrush, QColor, QKeyEvent, QPainterPath, QPalette, QPen, QPixmap, QUndoCommand, QUndoStack
+from PySide6.QtGui import QBrush, QColor, QKeyEvent, QPainterPath, QPalette, QPixmap, QPixmapCache, QUndoCommand, QUndoStack
 from PySide6.QtWidgets import (
     QButtonGroup,
     QComboBox,
     QFrame,
+    QGraphicsItem,
     QGraphicsPathItem,
     QHBoxLayout,
     QLabel,
@@ -31,19 +32,26 @@ from PySide6.QtWidgets import (
 )
 
 from engine.jobs import JobOutcome
-from engine.projection import PointAttributes, embedding_job, point_attributes
+from engine.projection import MapColors, align, embedding_job, map_colors
 from gui.runner import QtJobRunner
 
 JOB_NAME = "embedding"
+COLORS_JOB = "map-colors"
 UNLABELED_COLOR = "#9a9a9a"
 SOURCE_COLORS = ["#4E79A7", "#F28E2B", "#59A14F", "#E15759", "#B07AA1", "#76B7B2", "#EDC948", "#9C755F", "#FF9DA7"]
 HOVER_RADIUS_PX = 8.0
+CACHE_FROM_POINTS = 30_000  # maps this large keep their drawing as pixmaps (see _apply_cache_mode)
+MAX_PIXMAP_CACHE_KB = 160 * 1024
 COLOR_MODES = (("label", "Color by label"), ("prediction", "Color by prediction"), ("source", "Color by source"))
 
 
 def points_in_polygon(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
-    """Even-odd rule point-in-polygon for many points at once: a loop over the polygon's edges,
-    vectorized over the points (after a bounding-box cut). Returns a boolean mask."""
+    """Even-odd rule point-in-polygon for many points at once. Returns a boolean mask.
+
+    After a bounding-box cut the candidate points are sorted by y; an edge can only be crossed
+    by the horizontal rays of the points within its y-span, a contiguous run of that order. So
+    a 200-vertex lasso around 30k points costs a few hundred short numpy slices instead of 200
+    passes over every point."""
     points = np.asarray(points, dtype=np.float64)
     polygon = np.asarray(polygon, dtype=np.float64)
     inside = np.zeros(len(points), dtype=bool)
@@ -55,16 +63,20 @@ def points_in_polygon(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
     )
     if candidates.size == 0:
         return inside
-    x, y = points[candidates, 0], points[candidates, 1]
-    hit = np.zeros(len(candidates), dtype=bool)
+    order = candidates[np.argsort(points[candidates, 1], kind="stable")]
+    xs, ys = points[order, 0], points[order, 1]
+    hit = np.zeros(len(order), dtype=bool)
     xj, yj = polygon[-1]
     for xi, yi in polygon:
         if yi != yj:
-            crosses = (yi > y) != (yj > y)
-            x_cross = (xj - xi) * (y - yi) / (yj - yi) + xi
-            hit ^= crosses & (x < x_cross)
+            # (yi > y) != (yj > y)  <=>  min(yi, yj) <= y < max(yi, yj)
+            start = np.searchsorted(ys, min(yi, yj), side="left")
+            stop = np.searchsorted(ys, max(yi, yj), side="left")
+            if stop > start:
+                x_cross = (xj - xi) * (ys[start:stop] - yi) / (yj - yi) + xi
+                hit[start:stop] ^= xs[start:stop] < x_cross
         xj, yj = xi, yi
-    inside[candidates] = hit
+    inside[order] = hit
     return inside
 
 
@@ -82,24 +94,99 @@ def normalize_layout(coords: np.ndarray) -> np.ndarray:
     return (centered / scale).astype(np.float32)
 
 
-def move_scatter(item: pg.ScatterPlotItem, x: np.ndarray, y: np.ndarray) -> None:
-    """Move the points of a ScatterPlotItem without rebuilding them.
+_SCATTER_FIELDS = {"x", "y", "sourceRect"}
 
-    setData() recreates every spot record and re-resolves its symbol (about 3 us a point, 0.3 s
-    at 100k). When only positions change, as they do while t-SNE streams, writing the x/y columns
-    in place and invalidating bounds and the cached picture is what setData does minus that work
-    (pyqtgraph 0.14's ScatterPlotItem keeps positions in its ``data`` record array)."""
+
+def _has_record_array(item: pg.ScatterPlotItem) -> bool:
     data = getattr(item, "data", None)
-    if data is None or len(data) != len(x) or "x" not in (data.dtype.names or ()):
-        item.setData(x=x, y=y)
-        return
-    data["x"] = x
-    data["y"] = y
+    return isinstance(data, np.ndarray) and _SCATTER_FIELDS <= set(data.dtype.names or ())
+
+
+def _points_changed(item: pg.ScatterPlotItem) -> None:
+    """What ScatterPlotItem.addPoints does once its record array is ready."""
     item.prepareGeometryChange()
     item.informViewBoundsChanged()
     item.bounds = [None, None]
     item.invalidate()
     item.sigPlotChanged.emit(item)
+
+
+class RecordPool:
+    """One block of pyqtgraph point records that a family of scatter items share, each item
+    owning a disjoint slice (the map's color groups split the points; the selection has its own
+    pool). Creating a record array costs about 2 us a point (five Python-object fields each), so
+    the block is made once per map size and reused by every recolor and selection."""
+
+    def __init__(self) -> None:
+        self.records: np.ndarray | None = None
+
+    def block(self, template: np.ndarray, start: int, n: int) -> np.ndarray:
+        """``n`` records from ``start`` on, with the template's style columns; grows as needed."""
+        need = start + n
+        records = self.records
+        if records is None or len(records) < need or records.dtype != template.dtype:
+            size = max(need, 2 * len(records) if records is not None else 0, 64)
+            records = np.tile(template[:1], size)  # copies the one resolved record: no per-point work
+            self.records = records
+        block = records[start:need]
+        block["sourceRect"] = template["sourceRect"][0]
+        return block
+
+    def clear(self) -> None:
+        self.records = None
+
+
+def fill_scatter(item: pg.ScatterPlotItem, x: np.ndarray, y: np.ndarray, pool: RecordPool | None = None,
+                 start: int = 0) -> None:
+    """Replace all points of a ScatterPlotItem whose style (symbol, size, pen, brush) is set on
+    the item itself, never per point, as every item of the map is.
+
+    setData() resolves each point's symbol in pyqtgraph's symbol atlas one by one in Python
+    (about 4 us a point: 0.4-0.9 s at 100k, on the GUI thread). With one style for all points
+    every point gets the same atlas rectangle, so this lets setData resolve one point and gives
+    all points that record: from ``pool`` (a slice from ``start``) when given, else copied.
+    pyqtgraph 0.14 keeps the points in the ``data`` record array; other versions fall back to
+    setData."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    n = len(x)
+    if n < 2 or not _has_record_array(item):
+        item.setData(x=x, y=y)
+        return
+    item.setData(x=x[:1], y=y[:1])
+    template = item.data
+    if not _has_record_array(item) or len(template) != 1:
+        item.setData(x=x, y=y)
+        return
+    if pool is not None:
+        data = pool.block(template, start, n)
+    else:
+        data = np.tile(template, n)
+    data["x"] = x
+    data["y"] = y
+    item.data = data
+    _points_changed(item)
+
+
+def move_scatter(item: pg.ScatterPlotItem, x: np.ndarray, y: np.ndarray) -> None:
+    """Move the points of a ScatterPlotItem without rebuilding them.
+
+    When only positions change, as they do while t-SNE streams, writing the x/y columns of
+    pyqtgraph's record array in place and invalidating bounds and the cached picture is what
+    setData does minus re-resolving every point's symbol (see fill_scatter)."""
+    data = getattr(item, "data", None)
+    if not _has_record_array(item) or len(data) != len(x):
+        fill_scatter(item, x, y)
+        return
+    data["x"] = x
+    data["y"] = y
+    _points_changed(item)
+
+
+def _colors_job(context, read: Callable[[Any, np.ndarray], MapColors], project, image_ids: np.ndarray) -> MapColors:
+    """Background job body: the map's colors (labels, sources, predictions) as plain arrays."""
+    context.check_cancelled()
+    return read(project, image_ids)
 
 
 class LabelImagesCommand(QUndoCommand):
@@ -226,10 +313,15 @@ class EmbeddingView(QWidget):
         thumbnail_fn: Callable[[int], bytes | None] | None = None,
         predictions_fn: Callable[[Any], dict] | None = None,
         label_command_factory: Callable[[list[int], int | None, str], QUndoCommand] | None = None,
+        reader: QtJobRunner | None = None,
         parent: QWidget | None = None,
     ):
+        """``runner`` computes layouts; ``reader`` (another runner, so a long t-SNE never delays
+        a recolor) reads labels and predictions after they change. Without a reader those reads
+        happen at once on the GUI thread (fine for tests and small projects)."""
         super().__init__(parent)
         self.runner = runner
+        self.reader = reader
         self.project = project
         self.undo_stack = undo_stack if undo_stack is not None else QUndoStack(self)
         self._thumbnail_fn = thumbnail_fn
@@ -248,8 +340,16 @@ class EmbeddingView(QWidget):
         self.color_mode = "label"
         self.method = ""
         self._groups: list[tuple[np.ndarray, pg.ScatterPlotItem]] = []
+        self._group_records = RecordPool()
+        self._selection_records = RecordPool()
         self._map_key: tuple | None = None
         self._hover_index = -1
+        # Every compute() and set_project() starts a new generation: partials and outcomes of an
+        # older (cancelled) layout job still queued on the GUI thread are recognised and dropped.
+        self._generation = 0
+        self._colors_generation = 0
+        self._colors_busy = False  # a colors read is in flight
+        self._colors_again = False  # ...and another was asked for meanwhile
 
         # -- plot ---------------------------------------------------------------------------
         self.viewbox = MapViewBox(self)
@@ -347,19 +447,37 @@ class EmbeddingView(QWidget):
         self.installEventFilter(self._key_filter)
 
         if runner is not None:
-            runner.partial.connect(self._on_partial)
             runner.progress.connect(self._on_progress)
         self._update_hint()
 
     # -- data in ------------------------------------------------------------------------------
     def set_project(self, project) -> None:
+        """Show another project (or none): the running layout job of the old one is cancelled
+        and anything it still sends is ignored."""
+        self.cancel()
         self.project = project
         self._thumb_cache.clear()
         self._map_key = None
         self.set_layout(np.zeros(0, np.int64), np.zeros((0, 2), np.float32))
+        self._group_records.clear()
+        self._selection_records.clear()
+        self.status.setText("No map yet: it appears once image features exist (after the first training).")
 
-    def set_layout(self, image_ids: Sequence[int] | np.ndarray, coords: np.ndarray, method: str = "") -> None:
-        """Place the points. Same image ids as before: points just move (the streaming case)."""
+    def cancel(self) -> None:
+        """Stop computing the layout and the colors; their late results will be dropped."""
+        self._generation += 1
+        self._colors_generation += 1
+        self._colors_busy = self._colors_again = False
+        for runner, name in ((self.runner, JOB_NAME), (self.reader, COLORS_JOB)):
+            if runner is not None and not getattr(runner, "closed", False):
+                runner.cancel(name)
+
+    def set_layout(self, image_ids: Sequence[int] | np.ndarray, coords: np.ndarray, method: str = "",
+                   colors: MapColors | None = None) -> None:
+        """Place the points. Same image ids as before: points just move (the streaming case).
+
+        New image ids need new colors: ``colors`` when given (the layout job reads them in the
+        background), else they are read (see refresh_attributes)."""
         image_ids = np.asarray(image_ids, dtype=np.int64)
         coords = normalize_layout(coords)
         first = len(self.image_ids) == 0
@@ -367,10 +485,22 @@ class EmbeddingView(QWidget):
         self.coords = coords
         self.method = method or self.method
         if not same:
+            old_ids = self.image_ids
             self.image_ids = image_ids
             self.selected = np.zeros(len(image_ids), dtype=bool)
-            self.refresh_attributes()  # regroups and draws
+            self._hover_index = -1
+            if colors is not None and np.array_equal(colors.image_ids, image_ids):
+                self.apply_colors(colors)
+            else:
+                # Until the colors arrive, keep each point's colors where the old map knew them.
+                self.class_ids = align(old_ids, self.class_ids, image_ids, -1).astype(np.int64)
+                self.predicted = align(old_ids, self.predicted, image_ids, -1).astype(np.int64)
+                self.source_codes = align(old_ids, self.source_codes, image_ids, 0).astype(np.int32)
+                self._regroup()
+                self.refresh_attributes()
         else:
+            if colors is not None and np.array_equal(colors.image_ids, image_ids):
+                self.apply_colors(colors)
             self._move_points()
         if first and len(image_ids):
             self.fit()
@@ -388,35 +518,55 @@ class EmbeddingView(QWidget):
             self.classes = list(classes)
         self._regroup()
 
+    def apply_colors(self, colors: MapColors) -> None:
+        """Recolor from colors read for exactly the points on screen."""
+        self.set_attributes(colors.class_ids, colors.source_codes, colors.source_names, colors.predicted,
+                            colors.classes)
+
     def refresh_attributes(self) -> None:
-        """Re-read labels, sources, classes and predictions from the project and recolor."""
+        """Re-read labels, sources, classes and predictions from the project and recolor: in the
+        background with a reader runner (one read at a time; requests made meanwhile are merged
+        into one more read), else at once."""
         if self.project is None or len(self.image_ids) == 0:
             self._regroup()
             return
-        from storage.catalog import list_classes
+        reader = self.reader
+        if reader is None:
+            self.apply_colors(self._read_colors(self.project, self.image_ids))
+            return
+        if getattr(reader, "closed", False):
+            return
+        if self._colors_busy:
+            self._colors_again = True
+            return
+        self._colors_busy = True
+        self._colors_generation += 1
+        generation, image_ids = self._colors_generation, self.image_ids
+        reader.submit(COLORS_JOB, _colors_job, self._read_colors, self.project, image_ids,
+                      on_done=lambda outcome: self._colors_ready(generation, image_ids, outcome))
 
-        attributes: PointAttributes = point_attributes(self.project, self.image_ids)
-        self.set_attributes(
-            attributes.class_ids, attributes.source_codes, attributes.source_names,
-            self._load_predictions(), list_classes(self.project),
-        )
+    def _colors_ready(self, generation: int, image_ids: np.ndarray, outcome: JobOutcome) -> None:
+        if generation != self._colors_generation:
+            return  # from before a cancel or another project
+        self._colors_busy = False
+        if outcome.status == "done" and np.array_equal(image_ids, self.image_ids):
+            self.apply_colors(outcome.result)
+        elif outcome.status == "done":
+            self._colors_again = True  # the points changed meanwhile
+        if self._colors_again:
+            self._colors_again = False
+            self.refresh_attributes()
 
-    def _load_predictions(self) -> np.ndarray:
-        predicted = np.full(len(self.image_ids), -1, np.int64)
-        fn = self._predictions_fn
-        if fn is None:
-            try:
-                from storage.modelstore import predictions as fn
-            except ImportError:
-                return predicted
-        try:
-            table = fn(self.project) or {}
-        except Exception:  # noqa: BLE001 - no model yet, or an older store: map without predictions
-            return predicted
-        if table:
-            lookup = {int(k): getattr(v, "class_id", v) for k, v in table.items()}
-            predicted[:] = [(-1 if lookup.get(int(i)) is None else lookup[int(i)]) for i in self.image_ids]
-        return predicted
+    def _read_colors(self, project, image_ids: np.ndarray) -> MapColors:
+        """Map colors; predictions come from ``predictions_fn`` when one was given (tests)."""
+        colors = map_colors(project, image_ids)
+        if self._predictions_fn is None:
+            return colors
+        table = self._predictions_fn(project) or {}
+        lookup = {int(k): getattr(v, "class_id", v) for k, v in table.items()}
+        predicted = np.asarray([-1 if lookup.get(int(i)) is None else lookup[int(i)] for i in image_ids], np.int64)
+        return MapColors(colors.image_ids, colors.class_ids, colors.source_codes, colors.source_names,
+                         predicted, colors.classes)
 
     # -- computing the layout -----------------------------------------------------------------
     def compute(self, backbone: str | None, layer: str | None = None, *, force: bool = False,
@@ -430,10 +580,18 @@ class EmbeddingView(QWidget):
         if not force and key == self._map_key and len(self.image_ids):
             self.refresh_attributes()
             return False
+        if getattr(self.runner, "closed", False):
+            return False
         self.runner.cancel(JOB_NAME)
+        self._generation += 1
+        generation = self._generation
         self._map_key = key
         self.status.setText("Computing the map…")
-        self.runner.submit(JOB_NAME, job or embedding_job, self.project, backbone, layer, on_done=self._on_done)
+        self.runner.submit(
+            JOB_NAME, job or embedding_job, self.project, backbone, layer,
+            on_partial=lambda result: self._on_partial(JOB_NAME, result) if generation == self._generation else None,
+            on_done=lambda outcome: self._on_done(outcome) if generation == self._generation else None,
+        )
         return True
 
     def _image_count(self) -> int:
@@ -450,7 +608,7 @@ class EmbeddingView(QWidget):
         ids = result.get("image_ids")
         if ids is None:
             ids = self.image_ids
-        self.set_layout(ids, result["coords"], result.get("method", ""))
+        self.set_layout(ids, result["coords"], result.get("method", ""), colors=result.get("colors"))
         if result.get("method") == "tsne":
             total = result.get("total_iterations")
             self.status.setText(
@@ -525,6 +683,7 @@ class EmbeddingView(QWidget):
         for _idx, item in self._groups:
             self.plot.removeItem(item)
         self._groups = []
+        offset = 0  # each group's slice of the shared point records
         self.legend.setText("")
         if len(self.image_ids) == 0:
             self._draw_selection()
@@ -548,7 +707,8 @@ class EmbeddingView(QWidget):
                                           pen=pg.mkPen(qcolor.darker(140), width=0.8) if not big else None,
                                           brush=pg.mkBrush(qcolor))
                 item.setZValue(20)
-            item.setData(x=self.coords[idx, 0], y=self.coords[idx, 1])
+            fill_scatter(item, self.coords[idx, 0], self.coords[idx, 1], self._group_records, offset)
+            offset += idx.size
             self.plot.addItem(item)
             self._groups.append((idx, item))
             entries.append(
@@ -556,7 +716,30 @@ class EmbeddingView(QWidget):
                 f"{html.escape(name)} ({idx.size:,})"
             )
         self.legend.setText("&nbsp;&nbsp;&nbsp;".join(entries))
+        self._apply_cache_mode()
         self._draw_selection()
+
+    def _apply_cache_mode(self) -> None:
+        """Large maps keep each scatter item's drawing as a pixmap: hovering, drawing a lasso or
+        showing a selection then repaint by copying pixmaps (4 ms) instead of drawing every
+        point again (60 ms at 100k). Qt keeps those pixmaps in QPixmapCache, 10 MB by default,
+        which a dozen window-sized pixmaps overflow; evicted pixmaps are redrawn on every
+        paint, slower than no cache at all. So the limit is raised to what the items need
+        (up to MAX_PIXMAP_CACHE_KB), and small maps, which draw faster than the pixmaps are
+        copied, do without."""
+        items = [item for _idx, item in self._groups] + [self.selection_item]
+        mode = QGraphicsItem.CacheMode.NoCache
+        if len(self.image_ids) >= CACHE_FROM_POINTS:
+            size = self.plot.viewport().size()
+            ratio = self.plot.devicePixelRatioF()
+            needed_kb = int(size.width() * size.height() * ratio * ratio * 4 / 1024 * (len(items) + 1) * 1.25)
+            if needed_kb <= MAX_PIXMAP_CACHE_KB:
+                if QPixmapCache.cacheLimit() < needed_kb:
+                    QPixmapCache.setCacheLimit(needed_kb)
+                mode = QGraphicsItem.CacheMode.DeviceCoordinateCache
+        for item in items:
+            if item.cacheMode() != mode:
+                item.setCacheMode(mode)
 
     def _move_points(self) -> None:
         for idx, item in self._groups:
@@ -568,7 +751,7 @@ class EmbeddingView(QWidget):
     def _draw_selection(self) -> None:
         if len(self.selected) and self.selected.any():
             idx = np.flatnonzero(self.selected)
-            self.selection_item.setData(x=self.coords[idx, 0], y=self.coords[idx, 1])
+            fill_scatter(self.selection_item, self.coords[idx, 0], self.coords[idx, 1], self._selection_records)
         else:
             self.selection_item.setData(x=np.zeros(0), y=np.zeros(0))
         self._update_hint()
@@ -597,7 +780,7 @@ class EmbeddingView(QWidget):
     # -- selection ----------------------------------------------------------------------------
     @property
     def selected_ids(self) -> list[int]:
-        return [int(i) for i in self.image_ids[self.selected]] if len(self.selected) else []
+        return self.image_ids[self.selected].tolist() if len(self.selected) else []
 
     def select_indices(self, indices: np.ndarray, additive: bool = False) -> None:
         mask = np.zeros(len(self.image_ids), dtype=bool)
@@ -685,6 +868,8 @@ class EmbeddingView(QWidget):
     def eventFilter(self, obj, event):
         if event.type() == QEvent.Type.Leave:
             self._set_hover(-1)
+        elif event.type() == QEvent.Type.Resize and len(self.image_ids):
+            self._apply_cache_mode()  # larger pixmaps: the cache may need more room
         return False
 
     def _update_hover(self) -> None:

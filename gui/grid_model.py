@@ -3,7 +3,8 @@
 The model keeps just an int64 array of ids, so 100,000 rows cost under a megabyte. Tile facts
 (name, label, prediction) are read a page of rows at a time when the view first asks, and
 thumbnails arrive asynchronously from the ThumbnailLoader; until then the delegate draws a
-placeholder.
+placeholder. Missing thumbnails asked for while painting are collected and handed to the loader
+once per event-loop turn (one lock and one wake-up per frame, not one per tile).
 """
 
 from __future__ import annotations
@@ -11,20 +12,26 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import numpy as np
-from PySide6.QtCore import QAbstractListModel, QModelIndex, QPersistentModelIndex, Qt
-from PySide6.QtGui import QPixmap
+from PySide6.QtCore import QAbstractListModel, QModelIndex, QPersistentModelIndex, Qt, QTimer, Signal
+from PySide6.QtGui import QGuiApplication, QPixmap
 
-from gui.thumbnails import PixmapCache, ThumbnailLoader
+from gui.thumbnails import THUMB_SIDE, PixmapCache, ThumbnailLoader
 from storage import browse
 
 IMAGE_ID_ROLE = Qt.ItemDataRole.UserRole + 1
 TILE_ROLE = Qt.ItemDataRole.UserRole + 2
 PAGE_ROWS = 256
 MAX_PAGES = 64
+MAX_ROW_SIGNALS = 256  # refresh_tiles for more ids than this repaints the view instead (see there)
 
 
 class ThumbnailGridModel(QAbstractListModel):
-    """Rows are images of the current query; DecorationRole is the thumbnail once it has loaded."""
+    """Rows are images of the current query; DecorationRole is the thumbnail once it has loaded.
+
+    ``tiles_changed`` means "the facts of many or all tiles changed": views repaint what they show.
+    """
+
+    tiles_changed = Signal()
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -35,6 +42,12 @@ class ThumbnailGridModel(QAbstractListModel):
         self._pages: OrderedDict[int, dict[int, browse.TileInfo]] = OrderedDict()
         self._pixmaps = PixmapCache()
         self._loader: ThumbnailLoader | None = None
+        self._wanted: dict[int, None] = {}  # thumbnails asked for since the last flush, in order
+        self._flush_timer = QTimer(self)
+        self._flush_timer.setSingleShot(True)
+        self._flush_timer.setInterval(0)
+        self._flush_timer.timeout.connect(self._flush_requests)
+        self.device_pixel_ratio = 1.0
 
     # -- setup ----------------------------------------------------------------------------------
     def set_project(self, project) -> None:
@@ -43,8 +56,12 @@ class ThumbnailGridModel(QAbstractListModel):
             self._loader = None
         self.project = project
         self._pixmaps.clear()
+        self._wanted.clear()
         if project is not None:
-            self._loader = ThumbnailLoader(project, parent=self)
+            screen = QGuiApplication.primaryScreen()
+            self.device_pixel_ratio = screen.devicePixelRatio() if screen is not None else 1.0
+            side = round(THUMB_SIDE * self.device_pixel_ratio)
+            self._loader = ThumbnailLoader(project, max_side=side, parent=self)
             self._loader.loaded.connect(self._thumbnails_loaded)
             self.model_version = browse.active_model_version(project)
         self.set_ids(np.zeros(0, dtype=np.int64))
@@ -55,6 +72,7 @@ class ThumbnailGridModel(QAbstractListModel):
         self._ids = np.asarray(ids, dtype=np.int64)
         self._row_of = None
         self._pages.clear()
+        self._wanted.clear()
         if self._loader is not None:
             self._loader.forget_pending()
         self.endResetModel()
@@ -87,7 +105,32 @@ class ThumbnailGridModel(QAbstractListModel):
         return page.get(int(self._ids[row]))
 
     def pixmap(self, image_id: int) -> QPixmap | None:
+        """The cached thumbnail, or None (never starts a load)."""
         return self._pixmaps.get(image_id)
+
+    def thumbnail(self, row: int) -> QPixmap | None:
+        """The thumbnail of this row if cached; otherwise None, and it is queued for loading."""
+        image_id = int(self._ids[row])
+        pixmap = self._pixmaps.get(image_id)
+        if pixmap is None and self._loader is not None:
+            self._wanted[image_id] = None
+            if not self._flush_timer.isActive():
+                self._flush_timer.start()
+        return pixmap
+
+    def retain_thumbnail_rows(self, first: int, last: int) -> None:
+        """Only rows first..last are still worth loading (the rest scrolled out of sight)."""
+        if self._loader is None:
+            return
+        keep = self._ids[max(0, first) : max(0, last + 1)].tolist()
+        keep_set = set(keep)
+        self._wanted = {i: None for i in self._wanted if i in keep_set}
+        self._loader.retain(keep)
+
+    @property
+    def pending_thumbnails(self) -> int:
+        """Thumbnails queued but not loaded yet (for tests and the benchmark)."""
+        return len(self._wanted) + (self._loader.pending if self._loader is not None else 0)
 
     @property
     def cached_thumbnails(self) -> int:
@@ -105,10 +148,7 @@ class ThumbnailGridModel(QAbstractListModel):
         if role == IMAGE_ID_ROLE:
             return image_id
         if role == Qt.ItemDataRole.DecorationRole:
-            pixmap = self._pixmaps.get(image_id)
-            if pixmap is None and self._loader is not None:
-                self._loader.request([image_id])
-            return pixmap
+            return self.thumbnail(row)
         if role == TILE_ROLE:
             return self.tile(row)
         if role in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.ToolTipRole):
@@ -118,14 +158,18 @@ class ThumbnailGridModel(QAbstractListModel):
 
     # -- updates --------------------------------------------------------------------------------
     def refresh_tiles(self, image_ids=None) -> None:
-        """Labels or predictions changed: drop cached tile facts and repaint (these ids, or all)."""
+        """Labels or predictions changed: drop cached tile facts and repaint (these ids, or all).
+
+        For many rows this emits ``tiles_changed`` instead of dataChanged: a QListView handles
+        dataChanged row by row (on 100,000 rows, a second of Python rowCount calls), while the
+        view only needs to repaint what is on screen, which re-reads its tile facts."""
         if self.project is not None:
             self.model_version = browse.active_model_version(self.project)
         self._pages.clear()
         if not len(self._ids):
             return
-        if image_ids is None:
-            self.dataChanged.emit(self.index(0), self.index(len(self._ids) - 1), [TILE_ROLE])
+        if image_ids is None or len(image_ids) > MAX_ROW_SIGNALS:
+            self.tiles_changed.emit()
             return
         for image_id in image_ids:
             row = self.row_of(image_id)
@@ -142,18 +186,29 @@ class ThumbnailGridModel(QAbstractListModel):
             self._pages.popitem(last=False)
         return page
 
+    def _flush_requests(self) -> None:
+        if self._wanted and self._loader is not None:
+            self._loader.request(list(self._wanted)[::-1])  # the loader serves the last first
+        self._wanted.clear()
+
     def _thumbnails_loaded(self, images) -> None:
+        ratio = self.device_pixel_ratio
         rows = []
         for image_id, image in images:
-            self._pixmaps.put(image_id, QPixmap.fromImage(image))
+            pixmap = QPixmap.fromImage(image)
+            pixmap.setDevicePixelRatio(ratio)
+            self._pixmaps.put(image_id, pixmap)
             row = self.row_of(image_id)
             if row is not None:
                 rows.append(row)
-        if rows:
-            first, last = min(rows), max(rows)
-            # One signal for the batch: the rows of a batch are on one screen, so the span is small.
-            if last - first < 400:
-                self.dataChanged.emit(self.index(first), self.index(last), [Qt.ItemDataRole.DecorationRole])
-            else:
-                for row in rows:
-                    self.dataChanged.emit(self.index(row), self.index(row), [Qt.ItemDataRole.DecorationRole])
+        # One signal per run of consecutive rows: the view repaints each changed row's rectangle
+        # (one visualRect per row), so a signal must never span rows that did not change.
+        rows.sort()
+        start = previous = None
+        for row in rows + [None]:
+            if start is not None and (row is None or row != previous + 1):
+                self.dataChanged.emit(self.index(start), self.index(previous), [Qt.ItemDataRole.DecorationRole])
+                start = None
+            if row is not None and start is None:
+                start = row
+            previous = row

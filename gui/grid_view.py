@@ -1,7 +1,11 @@
 """The thumbnail grid view: a QListView in icon mode tuned for very large projects.
 
-Uniform item sizes and batched layout keep opening 100,000 rows cheap; selection is read as row
-ranges (never as 100,000 QModelIndex objects), so select-all then label stays instant.
+Icon mode, not list mode with wrapping: list mode lays every row out again on any dataChanged
+(100,000 Python rowCount calls each time a batch of thumbnails arrives). Batched layout keeps
+opening 100,000 rows cheap; selection is read as row ranges (never as 100,000 QModelIndex
+objects), so select-all then label stays instant. On every scroll the model is told which rows are
+still on screen, so thumbnails of tiles scrolled past are never decoded, and the tile delegate is
+prepared once per paint event rather than once per tile.
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ class ThumbnailGrid(QListView):
     def __init__(self, model: ThumbnailGridModel, parent=None):
         super().__init__(parent)
         self.grid_model = model
-        self.tile_delegate = TileDelegate(self)
+        self.tile_delegate = TileDelegate(self, source=model)
+        self.tile_delegate.prepared_by_view = True  # paintEvent prepares it once per frame
         self.setModel(model)
+        model.tiles_changed.connect(self.viewport().update)
         self.setItemDelegate(self.tile_delegate)
         self.setViewMode(QListView.ViewMode.IconMode)
         self.setMovement(QListView.Movement.Static)
@@ -90,6 +96,34 @@ class ThumbnailGrid(QListView):
             if self.visualRect(self.grid_model.index(row)).intersects(area):
                 last = row
         return range(first.row(), last + 1)
+
+    def visible_row_span(self) -> tuple[int, int] | None:
+        """First and last row with a tile on screen (rows run left to right, top to bottom)."""
+        area = self.viewport().rect()
+        count = self.grid_model.rowCount()
+        if not count or area.isEmpty():
+            return None
+        first = self.indexAt(area.topLeft() + QPoint(2, 2))
+        if not first.isValid():
+            first = self.indexAt(area.topLeft() + QPoint(TILE_SIZE.width() // 2, TILE_SIZE.height() // 2))
+        if not first.isValid():
+            return None
+        last = self.indexAt(area.bottomRight() - QPoint(2, 2))
+        grid = self.gridSize()
+        columns = max(1, area.width() // max(1, grid.width()))
+        screen = columns * (area.height() // max(1, grid.height()) + 2)
+        last_row = last.row() if last.isValid() else min(count - 1, first.row() + screen)
+        return first.row(), last_row
+
+    def paintEvent(self, event) -> None:
+        self.tile_delegate.prepare(self.font(), self.palette(), self.viewport().devicePixelRatioF())
+        super().paintEvent(event)
+
+    def scrollContentsBy(self, dx: int, dy: int) -> None:
+        super().scrollContentsBy(dx, dy)
+        span = self.visible_row_span()
+        if span is not None:
+            self.grid_model.retain_thumbnail_rows(span[0], span[1])
 
     def keyboardSearch(self, search: str) -> None:
         """Letters and digits are labeling shortcuts here, never jump-to-name."""

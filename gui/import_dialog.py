@@ -110,6 +110,11 @@ class ImportDialog(QDialog):
             self.folders_are_classes.setChecked(has_class_folders(self.paths()))
         self._update_buttons()
 
+    @property
+    def accepts_paths(self) -> bool:
+        """True until an import has run: afterwards the dialog only shows its report."""
+        return not self.running and self.report is None
+
     def paths(self) -> list[str]:
         return [self.path_list.item(i).text() for i in range(self.path_list.count())]
 

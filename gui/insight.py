@@ -3,15 +3,20 @@ wires them to it and to each other.
 
 ``install_insight_panels(main_window)`` uses the main window's panel interface (gui/main_window.py):
 ``project``, ``runner``, ``undo_stack``, ``add_dock``, the ``labels_changed`` and
-``project_changed`` signals, ``filter_grid``, ``select_image`` and ``make_label_command``.
+``project_changed`` signals, ``filter_grid``, ``select_images`` (or ``select_image``),
+``make_label_command`` and ``refresh_predictions_view`` (when there is one).
+
+Threads: training, importing and labeling jobs run on the window's runner; the map's layout
+(PCA, then a t-SNE of up to a minute) on ``map_runner``; and the reads that follow each labeling
+burst or model change (every label and prediction, for the map's colors and the report) on
+``read_runner``, so they neither wait behind a t-SNE nor freeze the window at 100k images.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
-from PySide6.QtCore import QObject, Qt, QTimer
+from PySide6.QtCore import QEvent, QObject, Qt, QTimer
 from PySide6.QtWidgets import QMainWindow
 
 from engine.jobs import JobOutcome
@@ -33,13 +38,16 @@ class InsightPanels(QObject):
         # Maps only read the project; they get their own worker so a 40-second t-SNE never
         # holds up training, importing or labeling jobs queued on the main runner.
         self.map_runner = QtJobRunner(self)
+        self.read_runner = QtJobRunner(self)
+        self.closed = False
+        self._pending_selection: list[int] | None = None
 
         self.training = TrainingPanel(self.runner, project)
         self.embedding = EmbeddingView(
             self.map_runner, project, undo_stack=undo_stack,
-            label_command_factory=self._label_command_factory(),
+            label_command_factory=self._label_command_factory(), reader=self.read_runner,
         )
-        self.report = ModelReport(project)
+        self.report = ModelReport(project, runner=self.read_runner)
 
         area = Qt.DockWidgetArea
         self.docks = {
@@ -54,12 +62,14 @@ class InsightPanels(QObject):
 
         self.training.training_finished.connect(self._training_finished)
         self.report.show_images.connect(self.show_images)
-        self.report.active_changed.connect(lambda _v: self.embedding.refresh_attributes())
-        self.embedding.image_clicked.connect(self.select_image)
+        self.report.active_changed.connect(self._active_model_changed)
+        # A click selects one image and a lasso many: both arrive as images_selected.
+        self.embedding.images_selected.connect(self.select_images)
         self.embedding.labels_changed.connect(self._map_labeled)
         main_window.labels_changed.connect(self.labels_changed)
         if hasattr(main_window, "project_changed"):
             main_window.project_changed.connect(self.set_project)
+        main_window.installEventFilter(self)
         if project is not None:
             QTimer.singleShot(0, self._show_existing_map)
 
@@ -77,7 +87,43 @@ class InsightPanels(QObject):
         self.window.filter_grid(list(image_ids), description)
 
     def select_image(self, image_id: int) -> None:
-        self.window.select_image(int(image_id))
+        self.select_images([int(image_id)])
+
+    def select_images(self, image_ids) -> None:
+        """Select the map's selection in the grid too (so grid actions apply to it).
+
+        Deferred to the next turn of the event loop, and only the latest selection is sent: the
+        map draws its selection at once, and a grid selecting tens of thousands of rows after a
+        big lasso is asked once, not once per drag."""
+        first = self._pending_selection is None
+        self._pending_selection = [int(i) for i in image_ids]
+        if first:
+            QTimer.singleShot(0, self._send_selection)
+
+    def _send_selection(self) -> None:
+        ids, self._pending_selection = self._pending_selection, None
+        if ids is None or self.closed:
+            return
+        select = getattr(self.window, "select_images", None)
+        if select is not None:
+            select(ids)
+        elif ids:
+            self.window.select_image(ids[0])
+
+    def _active_model_changed(self, _version: int) -> None:
+        """Another model version is in use: the grid's suggestions and the map's colors follow."""
+        self.embedding.refresh_attributes()
+        refresh = getattr(self.window, "refresh_predictions_view", None)
+        if refresh is not None:
+            refresh()
+            return
+        # Older main windows: re-run the filter (it reads the active version) and redraw tiles.
+        rerun = getattr(self.window, "rerun_query", None)
+        if rerun is not None:
+            rerun()
+        grid_model = getattr(self.window, "grid_model", None)
+        if grid_model is not None and hasattr(grid_model, "refresh_tiles"):
+            grid_model.refresh_tiles()
 
     def _map_labeled(self, image_ids: list[int]) -> None:
         """Labels written by the map's own command (only without make_label_command)."""
@@ -89,6 +135,10 @@ class InsightPanels(QObject):
 
     # -- reactions ------------------------------------------------------------------------------
     def set_project(self, project=None) -> None:
+        """Another project (or none): the old one's map and report jobs are cancelled first."""
+        self._refresh_timer.stop()
+        if self.closed:
+            return
         self.training.set_project(project)
         self.embedding.set_project(project)
         self.report.set_project(project)
@@ -96,15 +146,21 @@ class InsightPanels(QObject):
             self._show_existing_map()
 
     def labels_changed(self, *_args) -> None:
+        if self.closed:
+            return
         self.training.labels_changed()
         self._refresh_timer.start()
 
     def _refresh_after_labels(self) -> None:
+        """Once a labeling burst settles: recolor the map and recompute the report, both read in
+        the background (read_runner)."""
+        if self.closed:
+            return
         self.embedding.refresh_attributes()
         self.report.refresh()
 
     def _training_finished(self, outcome: JobOutcome) -> None:
-        if outcome.status != "done":
+        if outcome.status != "done" or self.closed:
             return
         self.report.refresh()
         # Features exist now: draw the map (or only recolor it when the images are the same).
@@ -113,7 +169,7 @@ class InsightPanels(QObject):
     def _show_existing_map(self) -> None:
         """On opening a project that already has a model, draw its map from the cached features."""
         project = self.training.project
-        if project is None:
+        if project is None or self.closed:
             return
         try:
             from storage.modelstore import active_model
@@ -122,6 +178,32 @@ class InsightPanels(QObject):
         model = active_model(project)
         if model is not None:
             self.embedding.compute(getattr(model, "backbone", None), getattr(model, "layer", None))
+
+
+    # -- closing --------------------------------------------------------------------------------
+    def eventFilter(self, obj, event) -> bool:
+        if obj is self.window and event.type() == QEvent.Type.Close:
+            # The window may still refuse to close (a job is running and the user says No):
+            # look again once the close event has been handled.
+            QTimer.singleShot(0, self._window_maybe_closed)
+        return False
+
+    def _window_maybe_closed(self) -> None:
+        if not self.window.isVisible():
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        """Cancel the map and report jobs and stop their workers (the window is closing). The
+        window's own runner is the window's to shut down. Safe to call twice."""
+        if self.closed:
+            return
+        self.closed = True
+        self._refresh_timer.stop()
+        self.training._retrain_timer.stop()
+        self.embedding.cancel()
+        self.report.cancel()
+        for runner in (self.map_runner, self.read_runner):
+            runner.shutdown()
 
 
 def install_insight_panels(main_window: QMainWindow) -> InsightPanels:

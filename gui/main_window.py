@@ -8,7 +8,9 @@ Interface for panels docked from other modules (the insight panels use it):
 - ``filter_grid(image_ids, description)`` / ``show_images``: show exactly those images;
 - ``select_images(ids)`` / ``select_image(id)``: select them in the grid (revealing them if needed);
 - ``make_label_command(ids, class_id, text)``: a QUndoCommand for the shared undo stack;
-- ``notify_labels_changed(ids)``: labels were written elsewhere; refresh views.
+- ``notify_labels_changed(ids)``: labels were written elsewhere; refresh views;
+- ``refresh_predictions_view()``: the active model version changed; reload the grid's predictions,
+  model-dependent filters and the viewer.
 """
 
 from __future__ import annotations
@@ -47,7 +49,9 @@ from storage import browse
 from storage.errors import ProjectError
 from storage.project import Project, create_project, open_project
 
-MODEL_JOBS = ("train", "suggestions", "predict")
+PREDICT_JOB = "predict"
+MODEL_JOBS = ("train", "suggestions", PREDICT_JOB)
+EXPORT_MODEL_TAB, EXPORT_DATASET_TAB = 0, 1  # the tabs of gui/export_dialog.ExportDialog
 
 
 class MainWindow(QMainWindow):
@@ -66,6 +70,8 @@ class MainWindow(QMainWindow):
         self.undo_stack = QUndoStack(self)
         self.viewer: ImageViewer | None = None
         self.import_dialog: ImportDialog | None = None
+        self.export_dialog = None
+        self._has_model = False  # whether the open project has an active model (set by _refresh_choices)
         self._docks: list[QDockWidget] = []
         self._query = browse.GridQuery()
 
@@ -119,6 +125,7 @@ class MainWindow(QMainWindow):
 
         self.classes_panel = ClassesPanel()
         self.classes_panel.classes_changed.connect(self._classes_edited)
+        self.classes_panel.class_deleted.connect(self._class_deleted)
         self.classes_panel.class_activated.connect(lambda class_id: self.label_selection(class_id))
         self.classes_dock = self.add_dock(self.classes_panel, "Classes", Qt.DockWidgetArea.LeftDockWidgetArea)
         self.classes_dock.setMinimumWidth(190)
@@ -140,6 +147,11 @@ class MainWindow(QMainWindow):
         self.demo_action = self._action("Open the &Demo Project", self.open_demo)
         self.import_action = self._action("&Import Images…", self.show_import_dialog, ["Ctrl+I"],
                                           "Bring image files or folders into this project")
+        self.export_model_action = self._action("Export &Model…", lambda: self.show_export_dialog(EXPORT_MODEL_TAB),
+                                                tip="Save a trained model as a bundle that runs without Sortlab")
+        self.export_dataset_action = self._action(
+            "Export &Dataset…", lambda: self.show_export_dialog(EXPORT_DATASET_TAB),
+            tip="Copy the labeled images into a folder per class, with dataset.csv")
         self.close_action = self._action("&Close Project", self.close_project, [QKeySequence.StandardKey.Close])
         self.quit_action = self._action("&Quit", self.close, [QKeySequence.StandardKey.Quit])
         self.undo_action = self.undo_stack.createUndoAction(self, "&Undo")
@@ -172,6 +184,8 @@ class MainWindow(QMainWindow):
         file_menu.addAction(self.demo_action)
         file_menu.addSeparator()
         file_menu.addAction(self.import_action)
+        file_menu.addAction(self.export_model_action)
+        file_menu.addAction(self.export_dataset_action)
         file_menu.addSeparator()
         file_menu.addAction(self.close_action)
         file_menu.addAction(self.quit_action)
@@ -291,8 +305,9 @@ class MainWindow(QMainWindow):
     def close_project(self) -> None:
         if self.project is None:
             return
-        if self.viewer is not None:
-            self.viewer.close()
+        for window in (self.viewer, self.import_dialog, self.export_dialog):  # they work on this project
+            if window is not None:
+                window.close()
         self.runner.cancel_all()
         project = self.project
         self.project = None
@@ -366,12 +381,21 @@ class MainWindow(QMainWindow):
             if paths and Path(paths[0]).is_dir():
                 self.import_folder_as_project(paths[0])
             return self.import_dialog
-        if self.import_dialog is not None and self.import_dialog.isVisible():
-            self.import_dialog.add_paths(paths or [])
-            self.import_dialog.raise_()
-            return self.import_dialog
+        current = self.import_dialog
+        if current is not None and current.isVisible():
+            if current.running:  # one import at a time: the new files wait until this one ends
+                if paths:
+                    self.statusBar().showMessage("An import is running. Drop those files again once it has finished.",
+                                                 6000)
+                current.raise_()
+                return current
+            if current.accepts_paths:  # not started yet: the new files join the list
+                current.add_paths(paths or [])
+                current.raise_()
+                return current
+            current.close()  # finished (its Import button is off): the new files get a fresh dialog
         dialog = ImportDialog(self.project, self.runner, paths, self)
-        dialog.finished_import.connect(lambda _report: self.refresh_after_import())
+        dialog.finished_import.connect(self._import_finished)
         self.import_dialog = dialog
         dialog.show()
         return dialog
@@ -382,6 +406,43 @@ class MainWindow(QMainWindow):
         self.rerun_query()
         self.refresh_counts()
         self.classes_changed.emit()
+
+    def _import_finished(self, report) -> None:
+        self.refresh_after_import()
+        if report is not None and getattr(report, "imported", 0):
+            self.predict_new_images()
+
+    def predict_new_images(self) -> bool:
+        """When a model exists, give the images it has no prediction for one, in the background
+        (after an import: new images get suggestions). The grid repaints when the job ends."""
+        if self.project is None or browse.active_model_version(self.project) is None:
+            return False
+        from engine.predicting import refresh_if_model
+
+        self.statusBar().showMessage("Adding suggestions for the new images…", 4000)
+        self.runner.submit(PREDICT_JOB, refresh_if_model, self.project, on_done=self._new_images_predicted)
+        return True
+
+    def _new_images_predicted(self, outcome: JobOutcome) -> None:
+        if outcome.status == "failed":
+            self.statusBar().showMessage(f"The new images got no suggestions: {outcome.error}", 10_000)
+        elif outcome.status == "done" and getattr(outcome.result, "predicted", 0):
+            self.statusBar().showMessage(f"Suggestions added for {outcome.result.predicted:,} new images.", 5000)
+
+    def show_export_dialog(self, tab: int = EXPORT_MODEL_TAB):
+        """The export dialog on its model (or dataset) tab; returns it (None without a project)."""
+        if self.project is None:
+            return None
+        from gui.export_dialog import ExportDialog
+
+        if self.export_dialog is not None:
+            self.export_dialog.close()
+        dialog = ExportDialog(self.project, self.runner, self)
+        if dialog.tabs.isTabEnabled(tab):
+            dialog.tabs.setCurrentIndex(tab)
+        self.export_dialog = dialog
+        dialog.show()
+        return dialog
 
     # -- drag and drop --------------------------------------------------------------------------
     def dragEnterEvent(self, event) -> None:
@@ -437,6 +498,8 @@ class MainWindow(QMainWindow):
         if self.project is None:
             return
         has_model = browse.active_model_version(self.project) is not None
+        self._has_model = has_model
+        self.export_model_action.setEnabled(has_model)
         self.filter_bar.set_choices(self.classes_panel.classes, browse.source_counts(self.project), has_model)
         self.grid.tile_delegate.set_classes(self.classes_panel.classes)
 
@@ -563,8 +626,9 @@ class MainWindow(QMainWindow):
         has_project = self.project is not None
         has_selection = has_project and bool(self.grid.selectionModel().hasSelection())
         for action in (self.import_action, self.close_action, self.select_all_action, self.refresh_action,
-                       self.unlabeled_action, self.all_action, self.add_class_action):
+                       self.unlabeled_action, self.all_action, self.add_class_action, self.export_dataset_action):
             action.setEnabled(has_project)
+        self.export_model_action.setEnabled(has_project and self._has_model)
         for action in (self.accept_action, self.clear_action, self.view_action, *self.label_actions):
             action.setEnabled(has_selection)
 
@@ -575,6 +639,14 @@ class MainWindow(QMainWindow):
             action.triggered.connect(lambda _c=False, cid=info.id: self.label_selection(cid))
         if not self.classes_panel.classes:
             self.label_menu.addAction("(no classes yet)").setEnabled(False)
+
+    def _class_deleted(self, _class_id: int, name: str) -> None:
+        """Older label commands could put back labels of the deleted class: drop the undo history."""
+        had_history = self.undo_stack.count() > 0
+        self.undo_stack.clear()
+        if had_history:
+            self.statusBar().showMessage(
+                f"Class “{name}” deleted. Its images are unlabeled now; the undo history was cleared.", 8000)
 
     def _classes_edited(self) -> None:
         self._refresh_choices()
@@ -596,8 +668,22 @@ class MainWindow(QMainWindow):
     def _job_finished(self, name: str, outcome: JobOutcome) -> None:
         if self.project is None or name not in MODEL_JOBS or outcome.status != "done":
             return
-        self.grid_model.refresh_tiles()
-        self._refresh_choices()
+        # New predictions while the user labels: repaint in place, never reshuffle the grid under them.
+        self.refresh_predictions_view(rerun_filter=False)
+
+    def refresh_predictions_view(self, rerun_filter: bool = True) -> None:
+        """The active model changed (another version picked in the model report, one trained or
+        deleted): reload the grid's model version, tiles, filter choices and the viewer. With
+        ``rerun_filter``, a filter or sort that depends on the model (suggested as, disagrees,
+        unsure, by confidence) runs again; other filters keep their rows, selection and scroll."""
+        if self.project is None:
+            return
+        self._refresh_choices()  # without a model, the filter bar drops the model filters
+        query = self.filter_bar.query()
+        depends_on_model = query.kind in browse.NEEDS_MODEL or query.sort == browse.CONFIDENCE
+        if query != self._query or (rerun_filter and depends_on_model):
+            self.apply_query(query)
+        self.grid_model.refresh_tiles()  # re-reads the active version and repaints every tile
         if self.viewer is not None and self.viewer.isVisible():
             self.viewer.refresh_facts()
 

@@ -30,6 +30,8 @@ from PySide6.QtWidgets import (
 
 from gui.training_panel import metric
 
+REPORT_JOB = "model-report"
+
 
 @dataclass
 class Report:
@@ -56,10 +58,9 @@ def build_report(
     image_ids = np.asarray(image_ids, dtype=np.int64)
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
-    index_of = {int(c): i for i, c in enumerate(class_ids)}
     k = len(class_ids)
-    t = np.asarray([index_of.get(int(v), -1) for v in y_true], dtype=np.int64)
-    p = np.asarray([index_of.get(int(v), -1) for v in y_pred], dtype=np.int64)
+    t = _class_index(class_ids, y_true)
+    p = _class_index(class_ids, y_pred)
     keep = (t >= 0) & (p >= 0)
     image_ids, t, p = image_ids[keep], t[keep], p[keep]
     source_arr = np.asarray(list(sources), dtype=object)[keep] if sources is not None else None
@@ -91,23 +92,36 @@ def build_report(
                   support, confusion, cells, per_source, basis)
 
 
+def _class_index(class_ids: Sequence[int], values: np.ndarray) -> np.ndarray:
+    """Position of each value in ``class_ids`` (-1 when absent), vectorized for 100k images."""
+    keys = np.asarray(list(class_ids), dtype=np.int64)
+    values = np.asarray(values, dtype=np.int64)
+    if keys.size == 0:
+        return np.full(len(values), -1, np.int64)
+    order = np.argsort(keys, kind="stable")
+    pos = np.clip(np.searchsorted(keys[order], values), 0, len(keys) - 1)
+    return np.where(keys[order][pos] == values, order[pos], -1).astype(np.int64)
+
+
 def project_report(project, version: int | None = None, predictions_fn: Callable | None = None) -> Report | None:
     """The report of one model version (the active one by default) from the project's predictions.
 
     Honest numbers first: cross-validated (out-of-fold) predictions of labeled images when the
-    store has them, else the labeled validation images, else all labeled images (optimistic)."""
-    from engine.projection import point_attributes
+    store has them, else the labeled validation images, else all labeled images (optimistic).
+    It reads every prediction: the window runs it as a background job (``report_job``)."""
+    from engine.projection import point_attributes, prediction_arrays
     from storage.catalog import list_classes
 
     if predictions_fn is None:
-        from storage.modelstore import predictions as predictions_fn
-    table = predictions_fn(project, version) or {}
-    if not table:
+        ids, predicted, out_of_fold = prediction_arrays(project, version)
+    else:
+        table = predictions_fn(project, version) or {}
+        ids = np.fromiter((int(i) for i in table), dtype=np.int64, count=len(table))
+        predicted = np.asarray([_class_id(table[int(i)]) for i in ids], dtype=np.int64)
+        out_of_fold = np.asarray([bool(getattr(table[int(i)], "out_of_fold", False)) for i in ids], dtype=bool)
+    if not len(ids):
         return None
-    ids = np.fromiter((int(i) for i in table), dtype=np.int64, count=len(table))
     attributes = point_attributes(project, ids)
-    predicted = np.asarray([_class_id(table[int(i)]) for i in ids], dtype=np.int64)
-    out_of_fold = np.asarray([bool(getattr(table[int(i)], "out_of_fold", False)) for i in ids])
     labeled = attributes.class_ids >= 0
     if (labeled & out_of_fold).any():
         use, basis = labeled & out_of_fold, "cross-validated predictions of your labeled images"
@@ -119,6 +133,12 @@ def project_report(project, version: int | None = None, predictions_fn: Callable
     sources = [attributes.source_names[c] or "(no source)" for c in attributes.source_codes[use]]
     return build_report(ids[use], attributes.class_ids[use], predicted[use], [c.id for c in classes],
                         [c.name for c in classes], sources, basis)
+
+
+def report_job(context, report_fn: Callable[[Any, int | None], Report | None], project, version: int | None):
+    """Background job body: the report of one version (plain data back to the GUI thread)."""
+    context.check_cancelled()
+    return report_fn(project, version)
 
 
 def _class_id(prediction: Any) -> int:
@@ -145,6 +165,7 @@ class ModelReport(QWidget):
 
     show_images = Signal(object, str)  # image ids, description
     active_changed = Signal(int)
+    report_shown = Signal(object)  # the version whose report (or lack of one) is now on screen
 
     def __init__(
         self,
@@ -153,15 +174,22 @@ class ModelReport(QWidget):
         list_models_fn: Callable | None = None,
         set_active_fn: Callable | None = None,
         report_fn: Callable[[Any, int | None], Report | None] | None = None,
+        runner=None,
         parent: QWidget | None = None,
     ):
+        """``runner`` (a QtJobRunner for reads) computes reports in the background: a report reads
+        every prediction and label, which would freeze the window at 100k images. Without one
+        the report is computed at once, on the calling thread."""
         super().__init__(parent)
         self.project = project
+        self.runner = runner
         self._list_models_fn = list_models_fn
         self._set_active_fn = set_active_fn
         self._report_fn = report_fn or (lambda project, version: project_report(project, version))
         self.report: Report | None = None
+        self.report_version: int | None = None
         self._versions: list[Any] = []
+        self._generation = 0  # reports of older requests are dropped when they arrive
 
         self.versions_table = _readonly_table(["Version", "Date", "Method", "Network", "Labeled", "Accuracy", "In use"])
         self.versions_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
@@ -218,8 +246,15 @@ class ModelReport(QWidget):
 
     # -- data ---------------------------------------------------------------------------------
     def set_project(self, project) -> None:
+        self.cancel()
         self.project = project
         self.refresh()
+
+    def cancel(self) -> None:
+        """Drop the report being computed (another project, or the window is closing)."""
+        self._generation += 1
+        if self.runner is not None and not getattr(self.runner, "closed", False):
+            self.runner.cancel(REPORT_JOB)
 
     def _list_models(self) -> list[Any]:
         if self.project is None:
@@ -233,7 +268,9 @@ class ModelReport(QWidget):
         return list(fn(self.project))
 
     def refresh(self) -> None:
-        """Reload the versions list and show the active (or else the newest) version's report."""
+        """Reload the versions list and recompute the report of the version the user was looking
+        at (labels may have changed), else the active (or else the newest) version's."""
+        previous = self.selected_version() if self._versions else None
         self._versions = self._list_models()
         table = self.versions_table
         table.blockSignals(True)
@@ -263,10 +300,16 @@ class ModelReport(QWidget):
                     font.setBold(True)
                     item.setFont(font)
                 table.setItem(row, column, item)
+        if self._versions:
+            versions = [_version_of(v) for v in self._versions]
+            row = (versions.index(previous) if previous in versions
+                   else active_row if active_row is not None else len(self._versions) - 1)
+            table.selectRow(row)
         table.blockSignals(False)
         if self._versions:
-            table.selectRow(active_row if active_row is not None else len(self._versions) - 1)
+            self._version_selected()  # always: the same version's report changes with the labels
         else:
+            self._generation += 1
             self.show_report(None)
             self.activate_button.setEnabled(False)
 
@@ -282,7 +325,31 @@ class ModelReport(QWidget):
         self.activate_button.setEnabled(info is not None and not bool(getattr(info, "is_active", False)))
         if version is None or self.project is None:
             return
-        self.show_report(self._report_fn(self.project, version), version)
+        self.request_report(version)
+
+    def request_report(self, version: int) -> None:
+        """Compute and show one version's report: in the background when there is a runner."""
+        self._generation += 1
+        runner = self.runner
+        if runner is None:
+            self.show_report(self._report_fn(self.project, version), version)
+            return
+        if getattr(runner, "closed", False):
+            return
+        runner.cancel(REPORT_JOB)  # a queued older request is skipped
+        generation = self._generation
+        if self.report_version != version:
+            self.summary.setText(f"Computing the report of version {version}…")
+        runner.submit(REPORT_JOB, report_job, self._report_fn, self.project, version,
+                      on_done=lambda outcome: self._report_ready(generation, version, outcome))
+
+    def _report_ready(self, generation: int, version: int, outcome) -> None:
+        if generation != self._generation:
+            return  # the user moved on (another version, new labels, another project)
+        if outcome.status == "done":
+            self.show_report(outcome.result, version)
+        elif outcome.status == "failed":
+            self.summary.setText(f"The report of version {version} could not be computed: {outcome.error}")
 
     def activate_selected(self) -> None:
         version = self.selected_version()
@@ -298,6 +365,7 @@ class ModelReport(QWidget):
     # -- view ---------------------------------------------------------------------------------
     def show_report(self, report: Report | None, version: int | None = None) -> None:
         self.report = report
+        self.report_version = version
         self.class_table.setRowCount(0)
         self.source_table.setRowCount(0)
         self.matrix.clear()
@@ -308,6 +376,7 @@ class ModelReport(QWidget):
                 "No model yet: train one in the training panel." if version is None
                 else f"Version {version} has no predictions for labeled images yet."
             )
+            self.report_shown.emit(version)
             return
         self.summary.setText(
             f"<b>Version {version}</b>: accuracy <b>{_fmt(report.accuracy)}</b>, balanced accuracy "
@@ -346,6 +415,7 @@ class ModelReport(QWidget):
                     f"{'correctly recognized' if i == j else 'taken for ' + report.class_names[j]}; click to see them"
                 )
                 self.matrix.setItem(i, j, item)
+        self.report_shown.emit(version)
 
     def cell_images(self, row: int, column: int) -> list[int]:
         if self.report is None:

@@ -2,9 +2,11 @@
 
 A single daemon thread serves requests newest-first (what the user scrolled to last is what they
 look at), reads JPEG bytes in small batches with ``storage.images.read_thumbnails`` (reads only, no
-engine work) and decodes them into QImages, which are safe to build outside the GUI thread. The
-GUI thread turns them into QPixmaps and keeps a bounded LRU cache, so memory stays flat however
-far the user scrolls.
+engine work) and decodes them into QImages already scaled to the tile's display size, which are
+safe to build outside the GUI thread; painting a tile is then a plain 1:1 copy. The GUI thread
+turns them into QPixmaps and keeps a bounded LRU cache, so memory stays flat however far the user
+scrolls. Requests for tiles the user has scrolled past are dropped (``retain``), so a fast scroll
+through 100,000 images decodes only what ends up on screen.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from PySide6.QtGui import QImage, QPixmap
 
 from storage.images import read_thumbnails
 
+THUMB_SIDE = 150  # the side of the square a grid tile shows its thumbnail in (logical pixels)
 BATCH = 48
 MAX_PENDING = 4000
-CACHE_SIZE = 1500  # pixmaps; at 160x120 RGB about 75 KB each, so ~110 MB at most
+CACHE_SIZE = 1000  # pixmaps; at 150x113 32-bit about 68 KB each, so ~70 MB at most
 
 
 class PixmapCache:
@@ -56,10 +59,10 @@ class ThumbnailLoader(QObject):
 
     loaded = Signal(object)
 
-    def __init__(self, project, max_side: int = 160, parent: QObject | None = None):
+    def __init__(self, project, max_side: int = THUMB_SIDE, parent: QObject | None = None):
         super().__init__(parent)
         self._project = project
-        self._max_side = max_side
+        self._max_side = max_side  # device pixels: thumbnails come out fitted into this square
         self._pending: OrderedDict[int, None] = OrderedDict()  # newest requests at the end
         self._in_flight: set[int] = set()
         self._condition = threading.Condition()
@@ -78,6 +81,18 @@ class ThumbnailLoader(QObject):
             while len(self._pending) > MAX_PENDING:  # long-gone scroll positions: forget them
                 self._pending.popitem(last=False)
             self._condition.notify()
+
+    def retain(self, image_ids) -> None:
+        """Drop queued requests except these (the user scrolled away from the others)."""
+        keep = set(image_ids)
+        with self._condition:
+            for image_id in [i for i in self._pending if i not in keep]:
+                del self._pending[image_id]
+
+    @property
+    def pending(self) -> int:
+        with self._condition:
+            return len(self._pending)
 
     def forget_pending(self) -> None:
         """Drop queued requests (the filter changed; those rows are gone)."""
@@ -122,7 +137,7 @@ class ThumbnailLoader(QObject):
         image = QImage.fromData(data)
         if image.isNull():
             return image
-        if max(image.width(), image.height()) > self._max_side:
+        if max(image.width(), image.height()) != self._max_side:
             image = image.scaled(
                 self._max_side, self._max_side, Qt.AspectRatioMode.KeepAspectRatio,
                 Qt.TransformationMode.SmoothTransformation,

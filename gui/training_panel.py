@@ -107,6 +107,18 @@ def metric(metrics: dict, *names: str) -> float | None:
     return None
 
 
+def has_two_labeled_classes(project) -> bool:
+    """Whether training can succeed: images of at least two classes are labeled (the engine's
+    own rule, engine.classifiers.check_labels). Two index look-ups, quick at 100k labels."""
+    from sqlalchemy import select
+
+    from storage.models import Label
+
+    with project.session() as session:
+        found = session.scalars(select(Label.class_id).distinct().limit(2)).all()
+    return len(found) >= 2
+
+
 def format_seconds(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
     if seconds < 60:
@@ -156,6 +168,7 @@ class TrainingPanel(QWidget):
         backbones: Sequence[BackboneChoice] | None = None,
         device: str | None = None,
         history_fn: Callable[[Any], tuple[list[int], list[float]]] | None = None,
+        can_train_fn: Callable[[Any], bool] | None = None,
         parent: QWidget | None = None,
     ):
         super().__init__(parent)
@@ -163,16 +176,26 @@ class TrainingPanel(QWidget):
         self.project = project
         self._train_fn = train_fn
         self._history_fn = history_fn or model_history
+        self._can_train_fn = can_train_fn or has_two_labeled_classes
         self._running_method: str | None = None
+        self._running_automatic = False
         self._retrain_pending = False
         self._estimator = TimeLeftEstimator()
 
         title = QLabel("<b>Train a model</b>")
         self.method_buttons: dict[str, QRadioButton] = {}
         methods_box = QVBoxLayout()
+        from engine.edition import FULL_EDITION_HINT, torch_available
+
+        # The CPU edition has no PyTorch: its Thorough option stays visible but off, saying why.
+        self._unavailable_methods = set() if torch_available() else {m.key for m in METHODS if m.fine_tune}
         for method in METHODS:
             button = QRadioButton(method.title)
             button.setToolTip(method.detail)
+            if method.key in self._unavailable_methods:
+                button.setText(f"{method.title} (full edition only)")
+                button.setToolTip(f"Thorough training needs the full edition: {FULL_EDITION_HINT}")
+                button.setEnabled(False)
             self.method_buttons[method.key] = button
             methods_box.addWidget(button)
         self.method_buttons[METHODS[0].key].setChecked(True)
@@ -286,7 +309,8 @@ class TrainingPanel(QWidget):
     def set_device(self, name: str) -> None:
         lowered = (name or "").lower()
         if lowered.startswith(("cuda", "mps", "gpu")) or "nvidia" in lowered:
-            self.device_label.setText(f"GPU in use: {name}")
+            shown = name[4:].strip() if lowered.startswith("gpu:") else name  # engine: "GPU: <name> (...)"
+            self.device_label.setText(f"GPU in use: {shown}")
             self.device_label.setStyleSheet("color: #1b7f3b;")
         else:
             where = f" ({name})" if name and name != "cpu" else ""
@@ -341,8 +365,8 @@ class TrainingPanel(QWidget):
         running = self.is_running
         self.start_button.setEnabled(not running and self.project is not None)
         self.cancel_button.setEnabled(running)
-        for button in self.method_buttons.values():
-            button.setEnabled(not running)
+        for key, button in self.method_buttons.items():
+            button.setEnabled(not running and key not in self._unavailable_methods)
         self.advanced.setEnabled(not running)
 
     # -- start / cancel -----------------------------------------------------------------------
@@ -355,10 +379,12 @@ class TrainingPanel(QWidget):
         if train_fn is None:
             from engine.training import train_model as train_fn
         self._running_method = method.key
+        self._running_automatic = automatic
         self._estimator.reset()
         self.progress_bar.setValue(0)
         self.progress_bar.setFormat("%p%")
         self.step_label.setText("Retraining after your labeling…" if automatic else "Starting…")
+        self.step_label.setStyleSheet("")
         if method.fine_tune:
             self.curves.start_run()
         self._update_buttons()
@@ -386,10 +412,14 @@ class TrainingPanel(QWidget):
         self._retrain_timer.start()
 
     def _auto_retrain_now(self) -> None:
-        if not self.auto_retrain.isChecked() or self.method.fine_tune:
+        """The debounced automatic rerun; skipped quietly while training cannot succeed yet
+        (fewer than two classes labeled): the Start button is there to say why."""
+        if not self.auto_retrain.isChecked() or self.method.fine_tune or self.project is None:
             return
         if self.is_running:
             self._retrain_pending = True
+            return
+        if not self._can_train_fn(self.project):
             return
         self.start(automatic=True)
 
@@ -412,7 +442,9 @@ class TrainingPanel(QWidget):
 
     def _on_done(self, outcome: JobOutcome) -> None:
         method = self._running_method
+        automatic = self._running_automatic
         self._running_method = None
+        self._running_automatic = False
         self._update_buttons()
         self.progress_bar.setFormat("")
         if outcome.status == "done":
@@ -422,6 +454,11 @@ class TrainingPanel(QWidget):
         elif outcome.status == "cancelled":
             self.progress_bar.setValue(0)
             self.step_label.setText("Training cancelled. The previous model is still in use.")
+            self.step_label.setStyleSheet("")
+        elif automatic:
+            # Nobody pressed Start: no red error. Say it quietly; the previous model stays in use.
+            self.progress_bar.setValue(0)
+            self.step_label.setText(f"Not retrained automatically: {outcome.error} The previous model is still in use.")
             self.step_label.setStyleSheet("")
         else:
             self.progress_bar.setValue(0)
@@ -458,6 +495,10 @@ def _options_job(context, want_device: bool, want_backbones: bool) -> dict:
     from engine.projection import warm_up
 
     warm_up()  # the same for the map's t-SNE
+    try:  # and for the feature runtime, imported by the first feature extraction (~0.3 s of GIL)
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        pass
 
     options: dict = {}
     if want_device:

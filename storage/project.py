@@ -186,6 +186,8 @@ def create_project(path: str | os.PathLike, *, revision: str = "head") -> Projec
         raise ProjectError(f"{path} already exists; open it instead.")
     if not path.parent.exists():
         raise ProjectError(f"Folder {path.parent} does not exist.")
+    if not os.access(path.parent, os.W_OK):
+        raise ReadOnlyProjectError(f"Cannot create {path}: the folder {path.parent} is read-only.")
     engine = _make_engine(path)
     try:
         _migrate(engine, revision)

@@ -9,7 +9,7 @@ import urllib.request
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from engine.backbones import (
     DEFAULT_BACKBONE,
@@ -180,3 +180,84 @@ def test_lite0_imagenet_head_recognizes_ants_and_bees(hymenoptera_dir, lite0, on
     top1 = logits.argmax(axis=1)
     share = np.isin(top1, [ANT, BEE]).mean()
     assert share >= 0.80, f"only {share:.2f} of ants/bees images were called ant or bee"
+
+
+def grid_image(side: int = 448) -> Image.Image:
+    """Thin black lines on white every 40 px: a lattice."""
+    image = Image.new("RGB", (side, side), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    for i in range(0, side, 40):
+        draw.line((i, 0, i, side), fill=0, width=3)
+        draw.line((0, i, side, i), fill=0, width=3)
+    return image
+
+
+def ball_image(side: int = 448) -> Image.Image:
+    """A yellow disc on a blue background."""
+    image = Image.new("RGB", (side, side), (20, 120, 220))
+    ImageDraw.Draw(image).ellipse((100, 100, 350, 350), fill=(250, 200, 0))
+    return image
+
+
+WINDOW_SCREEN, SHOJI, CROSSWORD, PING_PONG_BALL, BALLOON = 904, 789, 918, 722, 417
+
+
+def imagenet_probabilities(model, spec, image: Image.Image) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(preprocess_pil(image, spec))[None]).softmax(1)[0].numpy()
+
+
+def test_lite0_imagenet_head_names_generated_images_and_notices_wrong_preprocessing(lite0, onnx_cache):
+    """Runs everywhere (no data): generated pictures get the ImageNet classes recorded with the shipped
+    weights and Sortlab's preprocessing, and the recorded values are sensitive enough to catch the
+    usual mistakes (torchvision's ImageNet normalization instead of the Lite one, BGR instead of RGB)."""
+    import dataclasses
+
+    from engine.backbones import IMAGENET_MEAN, IMAGENET_STD
+    from engine.features import get_runner
+
+    spec, model = lite0
+    grid = imagenet_probabilities(model, spec, grid_image())
+    assert np.argsort(-grid)[:3].tolist() == [WINDOW_SCREEN, SHOJI, CROSSWORD]  # a lattice
+    ball = imagenet_probabilities(model, spec, ball_image())
+    assert np.argsort(-ball)[:2].tolist() == [PING_PONG_BALL, BALLOON]
+    assert ball[PING_PONG_BALL] == pytest.approx(0.189, abs=0.03)
+
+    wrong_normalization = dataclasses.replace(spec, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    assert imagenet_probabilities(model, wrong_normalization, ball_image()).argmax() == BALLOON
+    with torch.no_grad():
+        bgr = torch.from_numpy(preprocess_pil(ball_image(), spec)[::-1].copy())[None]
+        swapped = model(bgr).softmax(1)[0].numpy()
+    assert abs(swapped[PING_PONG_BALL] - ball[PING_PONG_BALL]) > 0.05
+
+    # The product path (the ONNX copy on the CPU, then the head on its features) agrees with torch.
+    pixels = np.stack([preprocess_pil(image, spec) for image in (grid_image(), ball_image())])
+    features = get_runner(spec.name, "pooled", runtime="onnx").run(pixels)
+    head = classifier_head(model)
+    logits = torch.from_numpy(features) @ head.weight.detach().T + head.bias.detach()
+    np.testing.assert_allclose(logits.softmax(1).numpy(), np.stack([grid, ball]), atol=1e-3)
+
+
+@pytest.mark.parametrize("name, size", [
+    ("efficientnet_lite1", 240),
+    # The same check at 260 px; its export takes ~10-20 s on 2 cores, so it runs with `make test-slow`.
+    pytest.param("efficientnet_lite2", 260, marks=pytest.mark.slow),
+])
+def test_lite1_and_lite2_load_strictly_and_their_onnx_copies_agree_with_torch(name, size, onnx_cache):
+    from engine import onnx_backend
+
+    spec = get_backbone(name)
+    assert (spec.input_size, spec.available) == (size, True)
+    model = spec.load_model()  # strict=True: every weight in the wheel's file fits the network exactly
+    assert not model.training
+    pixels = np.stack([preprocess_pil(image, spec) for image in (grid_image(), ball_image())])
+    assert pixels.shape == (2, 3, size, size)
+    with torch.no_grad():
+        expected = feature_extractor(model, "pooled")(torch.from_numpy(pixels)).numpy()
+    path = onnx_backend.export(spec, "pooled", model)
+    got = onnx_backend.OnnxFeatureRunner(path, threads=1).run(pixels)
+    assert got.shape == expected.shape == (2, spec.feature_dim("pooled"))
+    np.testing.assert_allclose(got, expected, atol=1e-3)
+    # Its own ImageNet head still calls the lattice a lattice-like thing at its native size.
+    top5 = np.argsort(-imagenet_probabilities(model, spec, grid_image()))[:5].tolist()
+    assert {WINDOW_SCREEN, SHOJI, CROSSWORD} & set(top5)

@@ -118,3 +118,19 @@ def test_export_refuses_a_non_empty_folder(project, tmp_path):
     with pytest.raises(DatasetExportError):
         export_dataset(JobContext(), project, tmp_path / "full")
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
+
+
+def test_spreadsheet_formulas_in_names_are_neutralized(project, tmp_path):
+    """A class or source named like a formula is written as text (CSV injection), and its folder
+    name starts with neither a formula character nor '-' (no accidental command-line option)."""
+    hostile = catalog.add_class(project, "=HYPERLINK(\"http://x\")")
+    minus = catalog.add_class(project, "-rf")
+    add_images(project, [_new_image("a.jpg", (255, 0, 0), hostile.id, source="@cam"),
+                         _new_image("b.jpg", (0, 0, 255), minus.id, source="+1")])
+    report = export_dataset(JobContext(), project, tmp_path / "export")
+    assert all(not folder.startswith(("=", "-", "+", "@")) for folder in report.folders.values())
+    with open(tmp_path / "export" / "dataset.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(r["label"] for r in rows) == ["'-rf", "'=HYPERLINK(\"http://x\")"]
+    assert sorted(r["source"] for r in rows) == ["'+1", "'@cam"]
+    assert all((tmp_path / "export" / r["file"]).is_file() for r in rows)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import io
 import os
 import shutil
 import sqlite3
@@ -261,3 +260,115 @@ def test_project_that_becomes_read_only_while_open_refuses_writes_clearly(tmp_pa
     _assert_clear(outcome.error)
     project.close()
     assert _snapshot(tmp_path / "p.sortlab") == snapshot
+
+
+# ------------------------------------------------------------------------------------ labeling
+
+
+def test_labeling_on_a_full_disk_is_refused_clearly_and_keeps_earlier_labels(tmp_path):
+    """Many new labels on a database that may not grow: some are refused (DiskFullError with a clear
+    message), every label reported saved is still there afterwards."""
+    project = open_project(tmp_path / "p.sortlab", create=True)
+    _write_images(tmp_path / "unlabeled", 240, seed=6, side=8)
+    report = import_paths(JobContext(), project, [tmp_path / "unlabeled"])
+    assert report.imported == 240
+    catalog.add_class(project, "ant")
+    catalog.add_class(project, "bee")
+    _limit_pages(project, extra_pages=0)
+    saved, refusals = _keep_writing_labels(project, sorted(report.image_ids))
+    assert refusals > 0, "the full database should have refused some labels"
+    project.close()
+    labels_after, _data = _snapshot(tmp_path / "p.sortlab")
+    assert {i: labels_after.get(i) for i in saved} == saved
+
+
+# ------------------------------------------------------------------------------------ the CLI
+
+
+def _cli(capsys, *args) -> tuple[int, str, str]:
+    from main import run_cli
+
+    capsys.readouterr()
+    code = run_cli([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _assert_one_error_line(code: int, err: str, *words: str) -> None:
+    assert code != 0
+    assert err.count("\n") == 1 and err.startswith("sortlab: error: "), err
+    assert "Traceback" not in err
+    for word in words:
+        assert word.lower() in err.lower(), err
+
+
+@pytest.fixture
+def small_project(tmp_path):
+    path = tmp_path / "p.sortlab"
+    _seeded_project(path, tmp_path / "first").close()
+    return path
+
+
+def test_cli_dataset_export_on_a_full_disk_prints_one_line(small_project, tmp_path, capsys, monkeypatch):
+    from pathlib import Path as RealPath
+
+    real_write_bytes = RealPath.write_bytes
+    written = []
+
+    def fill_after_three(self, data):
+        if len(written) >= 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        written.append(self)
+        return real_write_bytes(self, data)
+
+    monkeypatch.setattr(RealPath, "write_bytes", fill_after_three)
+    code, out, err = _cli(capsys, "dataset-export", small_project, tmp_path / "out")
+    monkeypatch.undo()
+    _assert_one_error_line(code, err, "disk is full")
+    assert out == "" and len(written) == 3
+    assert _snapshot(small_project)[0], "the project still opens with its labels"
+
+
+def test_cli_into_a_read_only_folder_prints_one_line(small_project, tmp_path, capsys):
+    """A real read-only file system (a tmpfs mounted ro; skipped where mounting is not allowed)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a read-only tmpfs needs root")
+    mount_point = Path("/tmp") / f"sortlab-ro-{uuid.uuid4().hex[:8]}"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,ro", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        mount_point.rmdir()
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        code, out, err = _cli(capsys, "dataset-export", small_project, mount_point / "out")
+        _assert_one_error_line(code, err, "read-only", str(mount_point / "out"))
+        _write_images(tmp_path / "new", 2, seed=7)
+        code, out, err = _cli(capsys, "import", mount_point / "new.sortlab", tmp_path / "new")
+        _assert_one_error_line(code, err)
+        code, out, err = _cli(capsys, "predict", small_project, "--watch", tmp_path / "new", "--csv",
+                              mount_point / "watch.csv")
+        _assert_one_error_line(code, err)  # no model yet: refused before touching the read-only folder
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+        mount_point.rmdir()
+
+
+def test_cli_permission_error_prints_one_line(small_project, tmp_path, capsys, monkeypatch):
+    """Runs everywhere (root ignores chmod): a PermissionError injected where the folder is made."""
+    import engine.dataset_export as dataset_export
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+    monkeypatch.setattr(dataset_export.Path, "mkdir", refuse)
+    code, out, err = _cli(capsys, "dataset-export", small_project, tmp_path / "out")
+    _assert_one_error_line(code, err, "Permission denied", str(tmp_path / "out"))
+
+
+def test_usage_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as caught:
+        _cli(capsys, "predict")
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    _assert_one_error_line(2, err, "predict", "required")

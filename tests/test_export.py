@@ -237,19 +237,38 @@ def test_exported_bundle_reproduces_sortlab_predictions(trained, tmp_path, capsy
     report = json.loads(stdout)
     assert report["verification"]["passed"] and report["verification"]["compared"] > 0
     assert report["verification"]["agreement"] >= 0.995
+    # Legitimate exports differ from Sortlab by float32 rounding only, far below the 1e-3 allowed.
+    assert report["verification"]["max_probability_difference"] < 1e-4
     assert {"model.onnx", "model.json", "predict.py", "README.md", "linear_head.npz"} <= set(os.listdir(out))
 
+    from engine.export import sortlab_version
+    from storage.modelstore import get_model
+    from storage.project import open_project
+
+    with open_project(project_path) as project:
+        info = get_model(project, result.model_version)
     description = json.loads((out / "model.json").read_text())
-    assert description["classes"] == ["red circle", "blue square"] or set(description["classes"]) == {
-        "red circle", "blue square"}
+    # Output column i is class i of the model version, exactly (import creates classes in folder order).
+    assert description["classes"] == list(info.class_names) == ["blue square", "red circle"]
     assert description["model_version"] == result.model_version
     assert description["training"]["method"] == "logreg"
+    assert description["sortlab_version"] == sortlab_version() and description["sortlab_version"]
+    assert description["backbone"]["name"] == info.backbone and description["backbone"]["layer"] == info.layer
     prep = description["preprocessing"]
     assert prep["input_size"] == [224, 224] and prep["resize_shorter_side"] == 256
     assert prep["color_order"] == "RGB" and prep["exif_transpose"] is True
     assert description["metrics"]["accuracy"] == result.metrics["accuracy"]
+    per_class = description["metrics"]["per_class"]
+    assert set(per_class) == {"red circle", "blue square"}
+    assert all({"precision", "recall", "f1"} <= set(numbers) for numbers in per_class.values())
     card = (out / "README.md").read_text()
     assert "red circle" in card and "blue square" in card and "python predict.py" in card
+    assert f"**{result.metrics['accuracy'] * 100:.1f}%**" in card
+    assert "on 28 labeled images" in card
+    assert "| Class | Labeled images | Precision | Recall | F1 |" in card
+    for name in ("red circle", "blue square"):
+        recall = f"{per_class[name]['recall'] * 100:.1f}%"
+        assert any(line.startswith(f"| {name} | 14 | ") and recall in line for line in card.splitlines()), card
     head = np.load(out / "linear_head.npz", allow_pickle=False)
     assert head["weight"].shape == (1, 1280) and list(head["classes"]) == description["classes"]
 
@@ -317,20 +336,23 @@ def test_export_refuses_existing_folder_and_missing_model(trained, tmp_path, cap
     assert code == 2 and "no trained model" in stderr.lower()
 
 
-def test_watch_command_predicts_drops_like_predict_and_stops_on_ctrl_c(trained, tmp_path, capsys):
+def _start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, str(REPO_ROOT / "main.py"), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+
+
+def test_predict_watch_predicts_drops_like_predict_csv_and_stops_on_ctrl_c(trained, tmp_path, capsys, monkeypatch):
+    """`predict P --watch drops --csv out.csv` run from tmp_path: rows use the relative folder as
+    given, exactly like `predict P drops --csv`, and SIGINT ends it with status 0 and a complete CSV."""
     import signal
     import time
 
     _root, project_path, _result = trained
-    drops = tmp_path / "drops"
-    files = _make_prediction_files(drops)
+    files = _make_prediction_files(tmp_path / "drops")
     out_csv = tmp_path / "watch.csv"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    child = subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "main.py"), "watch", str(project_path), str(drops), "--csv", str(out_csv),
-         "--interval", "0.2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT,
-    )
+    child = _start_cli(["predict", str(project_path), "--watch", "drops", "--csv", "watch.csv", "--interval", "0.2"],
+                       cwd=tmp_path)
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
@@ -344,12 +366,31 @@ def test_watch_command_predicts_drops_like_predict_and_stops_on_ctrl_c(trained, 
         if child.poll() is None:
             child.kill()
     assert child.returncode == 0, stderr
-    assert "Interrupted" in stdout
+    assert "Interrupted (Ctrl+C)" in stdout and "Traceback" not in stderr
     watched = sorted(_csv_rows(out_csv.read_text())[1:])
-    code, predicted_csv, _err = _sortlab_cli(["predict", str(project_path), str(drops), "--csv"], capsys)
-    expected = sorted([os.path.abspath(r[0]), r[1], r[2]] for r in _csv_rows(predicted_csv)[1:])
-    assert watched == expected
+    assert len(watched) == len(files) - 1 and all(row[0].startswith("drops" + os.sep) for row in watched)
+    monkeypatch.chdir(tmp_path)
+    code, predicted_csv, _err = _sortlab_cli(["predict", str(project_path), "drops", "--csv"], capsys)
+    assert watched == sorted(_csv_rows(predicted_csv)[1:])
     assert "notes.jpg" in stderr
+
+
+def test_watch_alias_stops_cleanly_on_sigterm(trained, tmp_path):
+    import signal
+
+    _root, project_path, _result = trained
+    (tmp_path / "empty").mkdir()
+    child = _start_cli(["watch", str(project_path), "empty", "--csv", "out.csv", "--interval", "0.2"], cwd=tmp_path)
+    try:
+        assert child.stderr.readline().startswith("Watching empty with model version")
+        child.send_signal(signal.SIGTERM)
+        stdout, stderr = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 0, stderr
+    assert "Stopped (SIGTERM): 0 images predicted" in stdout
+    assert (tmp_path / "out.csv").read_text() == "path,class,probability\n"
 
 
 def test_fine_tuned_network_exports_and_matches_sortlab(trained, tmp_path, capsys):
@@ -408,12 +449,17 @@ def test_export_dialog_exports_a_verified_bundle(trained, tmp_path, qtbot):
         qtbot.addWidget(dialog)
         assert dialog.model_combo.count() >= 1 and "active" in dialog.model_combo.currentText()
         dialog.model_target.edit.setText(str(tmp_path / "from_dialog"))
+        dialog.zip_check.setChecked(True)
         with qtbot.waitSignal(runner.finished, timeout=120_000):
             dialog.export_button.click()
         qtbot.waitUntil(lambda: dialog.last_outcome is not None, timeout=5_000)
         assert dialog.last_outcome.status == "done", dialog.last_outcome.error
         assert "agrees with Sortlab" in dialog.status.text()
-        assert (tmp_path / "from_dialog" / "model.onnx").is_file()
+        zipped = tmp_path / "from_dialog.zip"
+        assert str(zipped) in dialog.status.text() and not (tmp_path / "from_dialog").exists()
+        with zipfile.ZipFile(zipped) as archive:
+            assert {"from_dialog/model.onnx", "from_dialog/model.json", "from_dialog/predict.py",
+                    "from_dialog/README.md"} <= set(archive.namelist())
 
         dialog.tabs.setCurrentIndex(1)
         dialog.dataset_target.edit.setText(str(tmp_path / "dataset"))
@@ -443,3 +489,131 @@ def test_no_code_path_unpickles():
                 offenders.append(f"{path.relative_to(REPO_ROOT)}: {call.group(0)}")
     assert len(sources) > 20
     assert offenders == []
+
+
+# ------------------------------------------------------------------------------------ hardening
+
+
+def test_verification_thresholds():
+    from engine.export import MAX_PROBABILITY_DIFFERENCE, MIN_AGREEMENT, VerificationResult
+
+    assert MIN_AGREEMENT == 0.995
+    assert VerificationResult(200, 199, 1e-6, "validation").passed  # 99.5% passes
+    below = VerificationResult(200, 198, 1e-6, "validation")  # 99.0% fails
+    assert not below.passed and "99.5% agreement" in below.failure_reason()
+    drift = VerificationResult(200, 200, 2 * MAX_PROBABILITY_DIFFERENCE, "validation")
+    assert not drift.passed and "differ by at most" in drift.failure_reason()
+    assert not VerificationResult(10, 10, float("nan"), "validation").passed
+    assert not VerificationResult(0, 0, 0.0, "no").passed
+    assert VerificationResult(10, 10, 0.0, "validation").failure_reason() is None
+
+
+def test_export_with_shifted_probabilities_fails_even_when_top_classes_agree(trained, tmp_path, capsys, monkeypatch):
+    """A deliberately broken network: same top class everywhere, probabilities pulled 5% toward
+    uniform. Top-1 agreement is 100%, so only the probability check can catch it."""
+    import torch
+
+    import engine.export as export_module
+
+    real_build = export_module.build_network
+
+    class TowardUniform(torch.nn.Module):
+        def forward(self, probabilities):
+            return probabilities * 0.9 + 0.05
+
+    monkeypatch.setattr(export_module, "build_network",
+                        lambda project, info: torch.nn.Sequential(real_build(project, info), TowardUniform()).eval())
+    _root, project_path, _result = trained
+    code, stdout, stderr = _sortlab_cli(["export", str(project_path), str(tmp_path / "shifted"), "--json"], capsys)
+    assert code == 3, stderr
+    verification = json.loads(stdout)["verification"]
+    assert verification["agreement"] == 1.0 and verification["max_probability_difference"] > 0.01
+    assert "probabilities may differ by at most" in stderr
+    assert (tmp_path / "shifted-FAILED" / "EXPORT_FAILED.txt").is_file() and not (tmp_path / "shifted").exists()
+
+
+def test_export_on_a_full_disk_prints_one_line_and_leaves_nothing_half_written(trained, tmp_path, capsys,
+                                                                                monkeypatch):
+    import errno
+
+    import engine.export as export_module
+
+    def disk_full(source, target, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+
+    monkeypatch.setattr(export_module.shutil, "copyfile", disk_full)
+    _root, project_path, _result = trained
+    code, stdout, stderr = _sortlab_cli(["export", str(project_path), str(tmp_path / "out")], capsys)
+    assert code == 1 and stdout == ""
+    errors = [line for line in stderr.splitlines() if not line.startswith("[")]  # progress lines start with [
+    assert len(errors) == 1 and errors[0].startswith("sortlab: error: ") and "disk is full" in errors[0], stderr
+    assert "Traceback" not in stderr
+    assert sorted(os.listdir(tmp_path)) == [], "no half-written bundle may stay behind"
+
+
+def _zip_with(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def test_zip_member_names_with_colons_are_refused(tmp_path):
+    from engine.export import UnsafeBundleError, check_member_name, read_bundle_zip
+
+    for name in ("C:evil", "bundle/model.json:stream", "a:b/model.onnx"):
+        with pytest.raises(UnsafeBundleError):
+            check_member_name(name)
+    module = _load_template()
+    evil = _zip_with(tmp_path / "colon.zip", {"b/model.json": b"{}", "b/model.onnx": b"x", "b/x:y": b"z"})
+    with pytest.raises(UnsafeBundleError):
+        read_bundle_zip(evil)
+    with pytest.raises(module.BundleError, match="Unsafe"):
+        module.read_bundle(evil)
+
+
+def test_zip_bombs_are_refused_before_inflating(tmp_path, monkeypatch):
+    """Caps on declared member sizes (lowered here so the test needs no gigabyte of zeros)."""
+    import engine.export as export_module
+
+    bomb = _zip_with(tmp_path / "bomb.zip", {"b/model.json": b"{}", "b/model.onnx": b"\0" * 200_000})
+    assert bomb.stat().st_size < 5_000
+    monkeypatch.setattr(export_module, "MAX_MEMBER_BYTES", 100_000)
+    with pytest.raises(export_module.UnsafeBundleError, match="too large"):
+        export_module.read_bundle_zip(bomb)
+    with pytest.raises(export_module.UnsafeBundleError, match="too large"):
+        export_module.extract_bundle_zip(bomb, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setattr(export_module, "MAX_MEMBER_BYTES", 1_000_000)
+    monkeypatch.setattr(export_module, "MAX_BUNDLE_BYTES", 150_000)
+    with pytest.raises(export_module.UnsafeBundleError, match="unpack"):
+        export_module.read_bundle_zip(bomb)
+
+    module = _load_template()
+    module.MAX_MEMBER_BYTES["model.onnx"] = 100_000
+    with pytest.raises(module.BundleError, match="too large"):
+        module.read_bundle(bomb)
+
+
+@pytest.mark.parametrize("config, problem", [
+    (b"not json", "not valid JSON"),
+    (b"[1, 2]", "JSON object"),
+    (b'{"preprocessing": {}}', "'classes'"),
+    (b'{"classes": ["a", "b"]}', "'preprocessing' is missing"),
+    (b'{"classes": ["a"], "preprocessing": {"resize": "stretch", "mean": [0, 0], "std": [1, 1, 0]}}',
+     "unknown 'resize' policy"),
+    (b'{"classes": ["a"], "preprocessing": {"interpolation": ["bilinear"], "input_size": 224}}',
+     "unknown 'interpolation'"),
+])
+def test_standalone_predict_checks_model_json_up_front(tmp_path, config, problem):
+    module = _load_template()
+    with pytest.raises(module.BundleError, match=problem):
+        module.Predictor({"model.json": config, "model.onnx": b""})
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "model.json").write_bytes(config)
+    (bundle / "model.onnx").write_bytes(b"")
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    run = _run_standalone(tmp_path, str(TEMPLATE), "--bundle", str(bundle), str(tmp_path / "x.png"))
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.startswith("predict.py: error: model.json") and run.stderr.count("\n") == 1

@@ -88,6 +88,29 @@ def test_onnx_copy_matches_torch_and_is_cached_on_disk(onnx_cache):
     assert onnx_runner.path.stat().st_mtime_ns == before
 
 
+def test_onnx_runner_splitting_a_batch_over_cores_gives_the_single_call_result():
+    runner = get_runner(LITE0, "pooled", runtime="onnx")
+    batch = synthetic_batch(5, seed=40)
+    whole = runner.run_one(batch)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runner, "parallel_calls", 3)  # chunks of 2, 2 and 1 run at once
+        split = runner.run(batch)
+    np.testing.assert_allclose(split, whole, atol=1e-5)
+    np.testing.assert_allclose(runner.run_one(batch[3:4]), whole[3:4], atol=1e-5)
+
+
+@pytest.mark.parametrize("count, size, workers", [(0, 8, 2), (5, 8, 2), (17, 8, 2), (398, 8, 2), (40, 32, 1), (9, 2, 4)])
+def test_batch_plan_covers_every_key_once_in_order_and_shrinks_at_the_end(count, size, workers):
+    from engine.features import _plan_batches
+
+    batches = _plan_batches(list(range(count)), size, workers)
+    assert [key for batch in batches for key in batch] == list(range(count))
+    assert all(0 < len(batch) <= size for batch in batches)
+    if workers > 1 and count > size * workers:
+        # the last batches are small, so no worker runs a full batch alone at the end
+        assert len(batches[-1]) <= -(-size // 2) and len(batches[-workers]) < size
+
+
 def test_ensure_features_extracts_only_missing_images(project):
     first_ids = add_photos(project, range(5))
     progress: list[float] = []

@@ -5,10 +5,12 @@ random byte flips, another format's header, or huge declared dimensions written 
 (with a valid CRC for PNG, so the decoder believes it). The file is imported with
 ``engine.importing.import_paths``; the outcome must be exactly one of imported / duplicate /
 failed-with-a-reason, within the time bound (Hypothesis deadline), and every image row in the
-project must be whole afterwards (no half-written row). The same files go through
-``engine.features.features_for_files`` when the features engine exists.
+project must be whole afterwards (no half-written row). The same kind of files go through
+``engine.features.features_for_files``, through ``engine.predicting.predict_files`` with a trained
+model, and through an export bundle's standalone ``predict.py`` (``Predictor.predict_paths``).
 
-Normal suite: 50 import examples (+30 feature examples); ``make test-slow``: 600 (+150).
+Examples (normal suite / ``make test-slow``): import 60 / 2000, feature extraction 20 / 150 lists of
+1-3 files, prediction 10 / 120 lists of 1-4 files, bundle predict.py 25 / 300 lists of 1-4 files.
 """
 
 from __future__ import annotations
@@ -226,7 +228,7 @@ def test_huge_declared_dimensions_are_refused_quickly(project, tmp_path):
 
 
 def _features_fuzz(tmp_path: Path, request, max_examples: int, label: str) -> None:
-    features = pytest.importorskip("engine.features", reason="the features engine has not landed")
+    import engine.features as features
     from engine.backbones import DEFAULT_BACKBONE
     from engine.jobs import JobContext
 
@@ -296,8 +298,7 @@ def _trained_project(tmp_path: Path):
 
 
 def _predict_fuzz(tmp_path: Path, request, max_examples: int, label: str) -> None:
-    predicting = pytest.importorskip("engine.predicting", reason="the models engine has not landed")
-    pytest.importorskip("engine.training", reason="the models engine has not landed")
+    import engine.predicting as predicting
     from engine.jobs import JobContext
 
     project, version = _trained_project(tmp_path)
@@ -343,3 +344,82 @@ def test_fuzzed_images_into_prediction(tmp_path, request):
 @pytest.mark.timeout(1800)
 def test_fuzzed_images_into_prediction_long(tmp_path, request):
     _predict_fuzz(tmp_path, request, max_examples=120, label="slow")
+
+
+# --- the export bundle's standalone predict.py ---------------------------------------------------
+
+
+def _tiny_bundle() -> dict[str, bytes]:
+    """model.json with Sortlab's real preprocessing, and a tiny ONNX network with the bundle's input and
+    output (mean colour per channel -> softmax over 3 classes): decoding is what is fuzzed here."""
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from engine.backbones import DEFAULT_BACKBONE
+    from engine.export import INPUT_NAME, OUTPUT_NAME, preprocessing_description
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", [INPUT_NAME], ["mean"], axes=[2, 3], keepdims=0),
+         helper.make_node("Softmax", ["mean"], [OUTPUT_NAME], axis=1)],
+        "tiny",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", 3, 224, 224])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    config = {"classes": ["red", "green", "blue"], "preprocessing": preprocessing_description(DEFAULT_BACKBONE)}
+    return {"model.onnx": model.SerializeToString(), "model.json": json.dumps(config).encode()}
+
+
+def _bundle_predict_fuzz(tmp_path: Path, request, max_examples: int, label: str) -> None:
+    import importlib.util
+
+    from helpers.proof import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("bundle_predict_fuzz",
+                                                  REPO_ROOT / "engine" / "bundle_template" / "predict.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    predictor = module.Predictor(_tiny_bundle())
+    counts: Counter = Counter()
+    folder = tmp_path / "files"
+    folder.mkdir()
+    good = folder / "good.png"
+    good.write_bytes(SEEDS["png-RGB-0"])
+    assert next(predictor.predict_paths([str(good)]))[3] is None
+
+    @settings(max_examples=max_examples, deadline=FEATURE_DEADLINE_MS, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @given(st.lists(damaged_images(), min_size=1, max_size=4))
+    def one(examples):
+        paths = []
+        for kind, name, data in examples:
+            counts["files"] += 1
+            path = folder / f"b{counts['files']}{_extension(name, kind)}"
+            path.write_bytes(data)
+            paths.append(str(path))
+        results = list(predictor.predict_paths(paths))
+        assert [r[0] for r in results] == paths, "each file: exactly one result, in order"
+        for _path, class_name, probability, reason in results:
+            if reason is None:
+                assert class_name in predictor.classes and 0.0 <= probability <= 1.0
+                counts["predicted"] += 1
+            else:
+                assert class_name is None and isinstance(reason, str) and reason.strip()
+                counts[f"failed:{_reason_bucket(reason)}"] += 1
+
+    one()
+    report_counts(request, f"fuzz bundle predict.py ({label})", dict(counts))
+    assert counts["predicted"] > 0 and any(key.startswith("failed:") for key in counts), counts
+
+
+def test_fuzzed_images_into_bundle_predict_script(tmp_path, request):
+    _bundle_predict_fuzz(tmp_path, request, max_examples=25, label="normal")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_fuzzed_images_into_bundle_predict_script_long(tmp_path, request):
+    _bundle_predict_fuzz(tmp_path, request, max_examples=300, label="slow")

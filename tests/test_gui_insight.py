@@ -12,8 +12,7 @@ from PySide6.QtGui import QMouseEvent
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication
 
-from gui.curves import TrainingCurves
-from gui.embedding_view import EmbeddingView, normalize_layout, points_in_polygon
+from gui.embedding_view import EmbeddingView, RecordPool, fill_scatter, move_scatter, normalize_layout, points_in_polygon
 from gui.model_report import ModelReport, build_report, project_report
 from gui.runner import QtJobRunner
 from gui.training_panel import BackboneChoice, TimeLeftEstimator, TrainingPanel
@@ -104,6 +103,11 @@ def test_epoch_partials_reach_the_curves(qtbot, runner, project):
 
 
 def test_quick_history_curve_and_automatic_retraining(qtbot, runner, project):
+    from storage.catalog import add_class, set_labels
+
+    ids = add_images(project, 4)
+    ants, bees = add_class(project, "ants"), add_class(project, "bees")
+    set_labels(project, ids[:2], ants.id)  # one class only: training cannot succeed yet
     history = ([10, 40, 25], [0.6, 0.9, 0.8])
     runs = []
 
@@ -116,8 +120,14 @@ def test_quick_history_curve_and_automatic_retraining(qtbot, runner, project):
     np.testing.assert_allclose(x, [10, 25, 40])
     np.testing.assert_allclose(y, [60, 80, 90])
     panel._retrain_timer.setInterval(50)
+    panel.labels_changed([1])
+    qtbot.wait(300)
+    assert runs == [] and not panel.is_running  # not started, so no "Only one class" error either
+    assert "failed" not in panel.step_label.text().lower()
+
+    set_labels(project, ids[2:], bees.id)
     for _ in range(5):  # a burst of labeling: one retraining
-        panel.labels_changed([1])
+        panel.labels_changed([3])
     with qtbot.waitSignal(panel.training_finished, timeout=5000):
         pass
     qtbot.wait(200)
@@ -126,6 +136,73 @@ def test_quick_history_curve_and_automatic_retraining(qtbot, runner, project):
     panel.labels_changed([2])
     qtbot.wait(200)
     assert runs == ["logreg"]
+
+
+def test_automatic_failure_is_quiet_but_start_button_failure_is_clear(qtbot, runner, project):
+    def refuses(context, project_arg, method, backbone, layer):
+        raise ValueError("Only one class has labeled images: label images of at least two classes.")
+
+    panel = make_panel(qtbot, runner, project, refuses, can_train_fn=lambda p: True)
+    panel._retrain_timer.setInterval(10)
+    with qtbot.waitSignal(panel.training_finished, timeout=5000) as finished:
+        panel.labels_changed([1])
+    assert finished.args[0].status == "failed"
+    assert "Training failed" not in panel.step_label.text()
+    assert "b00020" not in panel.step_label.styleSheet()
+    assert "previous model is still in use" in panel.step_label.text()
+
+    with qtbot.waitSignal(panel.training_finished, timeout=5000):
+        qtbot.mouseClick(panel.start_button, Qt.MouseButton.LeftButton)
+    assert panel.step_label.text().startswith("Training failed: Only one class")
+    assert "b00020" in panel.step_label.styleSheet()
+    with qtbot.waitSignal(panel.training_finished, timeout=5000):
+        panel.start()
+    assert panel.step_label.text().startswith("Training failed")
+
+
+def test_progress_shows_the_step_and_time_left(qtbot, runner, project):
+    import threading
+
+    release = threading.Event()
+
+    def waits(context, project_arg, method, backbone, layer):
+        release.wait(5)
+        return {"metrics": {"val_acc": 0.8}}
+
+    panel = make_panel(qtbot, runner, project, waits)
+    now = [100.0]
+    panel._estimator = TimeLeftEstimator(window_s=10, clock=lambda: now[0])
+    assert panel.start()
+    runner.progress.emit("train", 0.0, "Extracting features (0/500)")
+    assert panel.step_label.text() == "Extracting features (0/500)"  # no rate yet: no guess
+    now[0] = 104.0
+    runner.progress.emit("train", 0.2, "Extracting features (100/500)")
+    assert panel.progress_bar.value() == 200
+    assert panel.step_label.text() == "Extracting features (100/500) — about 16 s left"
+    now[0] = 184.0
+    runner.progress.emit("train", 0.6, "Extracting features (300/500)")
+    # the first sample fell out of the 10 s window: 0.4 to go at the recent rate of 0.4 per 80 s
+    assert panel.step_label.text() == "Extracting features (300/500) — about 1 min 20 s left"
+    runner.progress.emit("other-job", 0.9, "Importing")
+    assert "Importing" not in panel.step_label.text()
+    with qtbot.waitSignal(panel.training_finished, timeout=5000):
+        release.set()
+    assert "80.0%" in panel.step_label.text()
+
+
+def test_device_label_says_whether_a_gpu_is_used(qtbot, runner, project):
+    from engine.jobs import JobOutcome
+
+    panel = make_panel(qtbot, runner, project, slow_fake_training)
+    assert panel.device_label.text().startswith("No GPU found: training uses the processor")
+    panel._options_known(JobOutcome("done", {"device": "GPU: NVIDIA GeForce RTX 4090 (PyTorch CUDA)"}))
+    assert panel.device_label.text() == "GPU in use: NVIDIA GeForce RTX 4090 (PyTorch CUDA)"
+    panel._options_known(JobOutcome("done", {"device": "CPU, 8 threads (onnxruntime)"}))
+    assert panel.device_label.text().startswith("No GPU found") and "8 threads" in panel.device_label.text()
+    gpu_panel = TrainingPanel(runner, project, train_fn=slow_fake_training, backbones=BACKBONES,
+                              device="cuda:0", history_fn=lambda p: ([], []))
+    qtbot.addWidget(gpu_panel)
+    assert gpu_panel.device_label.text() == "GPU in use: cuda:0"
 
 
 def test_time_left_follows_the_recent_rate():
@@ -213,6 +290,38 @@ def test_confusion_cell_click_shows_exactly_those_images(qtbot, project):
     assert activated == [1]
 
 
+def test_report_is_computed_in_the_background_and_late_reports_are_dropped(qtbot, runner, project):
+    import datetime as dt
+    import threading
+
+    models = [FakeModel(v, dt.datetime(2024, 5, v), "logreg", "b", {"val_acc": 0.5}, 4, v == 2) for v in (1, 2)]
+    release = threading.Event()
+    threads, computed = set(), []
+
+    def report_fn(project_arg, version):
+        threads.add(threading.get_ident())
+        if version == 1:
+            release.wait(5)  # the slow report of version 1
+        computed.append(version)
+        return build_report([1, 2], [10, 20], [10, 10 if version == 1 else 20], [10, 20], ["a", "b"], basis=f"v{version}")
+
+    widget = ModelReport(project, list_models_fn=lambda p: models, report_fn=report_fn, runner=runner)
+    qtbot.addWidget(widget)
+    qtbot.waitUntil(lambda: widget.report_version == 2, timeout=5000)
+    assert threading.get_ident() not in threads  # never on the GUI thread
+    assert widget.report.accuracy == 1.0
+    widget.versions_table.selectRow(0)  # version 1: slow
+    assert "Computing the report of version 1" in widget.summary.text()
+    widget.versions_table.selectRow(1)  # the user moves on before it arrives
+    with qtbot.waitSignal(runner.finished, timeout=5000):
+        release.set()
+    qtbot.waitUntil(lambda: computed.count(2) == 2, timeout=5000)
+    qtbot.wait(50)
+    assert widget.report_version == 2 and widget.report.basis == "v2"  # version 1's late report was dropped
+    widget.refresh()  # new labels: the same version's report is computed again
+    qtbot.waitUntil(lambda: computed.count(2) == 3, timeout=5000)
+
+
 # -- embedding map ------------------------------------------------------------------------------
 def test_points_in_polygon_matches_geometry():
     rng = np.random.default_rng(0)
@@ -225,6 +334,28 @@ def test_points_in_polygon_matches_geometry():
     clear = np.abs(radius - 1.5) > 0.01
     np.testing.assert_array_equal(points_in_polygon(points, circle)[clear], (radius < 1.5)[clear])
     assert normalize_layout(points * 1000 + 5).max() <= 1.6
+
+
+def test_points_in_polygon_agrees_with_the_plain_even_odd_rule():
+    """The y-sorted implementation against the textbook per-edge loop over every point, on random
+    polygons (self-intersecting ones, horizontal edges, points on vertex heights included)."""
+    def plain(points, polygon):
+        x, y = points[:, 0], points[:, 1]
+        inside = np.zeros(len(points), bool)
+        xj, yj = polygon[-1]
+        for xi, yi in polygon:
+            if yi != yj:
+                inside ^= ((yi > y) != (yj > y)) & (x < (xj - xi) * (y - yi) / (yj - yi) + xi)
+            xj, yj = xi, yi
+        return inside
+
+    rng = np.random.default_rng(1)
+    for _ in range(40):
+        points = rng.uniform(-2, 2, (2000, 2))
+        points[:100] = np.round(points[:100], 1)
+        polygon = rng.uniform(-2, 2, (int(rng.integers(3, 40)), 2))
+        polygon[::3] = np.round(polygon[::3], 1)
+        np.testing.assert_array_equal(points_in_polygon(points, polygon), plain(points, polygon))
 
 
 def drag(widget, points):
@@ -312,6 +443,11 @@ def test_embedding_partials_move_points_and_colors(qtbot, runner, project):
     runner.partial.connect(lambda name, result: seen.append(view.coords.copy()))
     with qtbot.waitSignal(runner.finished, timeout=5000):
         assert view.compute("efficientnet_lite0", None, job=fake_embedding)
+    # Each partial moved the points as it arrived: the PCA layout first, then each t-SNE step.
+    assert len(seen) == 3
+    for coords, layout in zip(seen, layouts):
+        np.testing.assert_allclose(coords, normalize_layout(layout), rtol=1e-5)
+    assert not np.allclose(seen[0], seen[1]) and not np.allclose(seen[1], seen[2])
     np.testing.assert_allclose(view.coords, normalize_layout(layouts[-1]), rtol=1e-5)
     assert view.method == "tsne"
     sizes = {len(idx) for idx, _item in view._groups}
@@ -321,3 +457,170 @@ def test_embedding_partials_move_points_and_colors(qtbot, runner, project):
     view.set_color_mode("source")
     assert sorted(len(idx) for idx, _item in view._groups) == [5, 5, 10, 10]
     assert not view.compute("efficientnet_lite0", None, job=fake_embedding)  # same images: recolor only
+
+
+def test_stale_map_partials_are_ignored_and_project_change_cancels(qtbot, runner, project, tmp_path):
+    """A partial still queued from a replaced map job never reaches the view; changing project
+    cancels the running map job."""
+    import threading
+
+    from storage.project import create_project
+
+    ids = np.array(add_images(project, 6))
+    old_layout, new_layout = np.c_[np.arange(6.0), np.zeros(6)], np.c_[np.zeros(6), np.arange(6.0) ** 2]
+    sent, stopped = threading.Event(), threading.Event()
+
+    def old_job(context, project_arg, backbone, layer):
+        context.partial({"kind": "embedding", "coords": old_layout, "iteration": 0, "method": "pca", "image_ids": ids})
+        sent.set()
+        while True:  # a long t-SNE, stopped only by cancelling
+            try:
+                context.check_cancelled()
+            except Exception:
+                stopped.set()
+                raise
+            time.sleep(0.005)
+
+    def new_job(context, project_arg, backbone, layer):
+        context.partial({"kind": "embedding", "coords": new_layout, "iteration": 0, "method": "pca", "image_ids": ids})
+        while True:
+            try:
+                context.check_cancelled()
+            except Exception:
+                stopped.set()
+                raise
+            time.sleep(0.005)
+
+    view = EmbeddingView(runner, project)
+    qtbot.addWidget(view)
+    layouts = []
+    original = view.set_layout
+    view.set_layout = lambda image_ids, coords, *args, **kwargs: (layouts.append(np.asarray(coords)),
+                                                                  original(image_ids, coords, *args, **kwargs))
+    assert view.compute("efficientnet_lite0", None, job=old_job)
+    assert sent.wait(5)  # its partial is queued for the GUI thread, not yet delivered
+    assert view.compute("efficientnet_lite0", None, force=True, job=new_job)
+    assert stopped.wait(5)  # the old job was cancelled
+    stopped.clear()
+    qtbot.waitUntil(lambda: len(layouts) >= 1, timeout=5000)
+    qtbot.wait(100)
+    assert len(layouts) == 1 and np.array_equal(layouts[0], new_layout)  # the old partial was dropped
+    assert len(view.image_ids) == 6
+
+    other = create_project(tmp_path / "other.sortlab")
+    try:
+        with qtbot.waitSignal(runner.finished, timeout=5000) as finished:
+            view.set_project(other)
+        assert finished.args[1].status == "cancelled" and stopped.is_set()
+        assert len(view.image_ids) == 0 and "No map yet" in view.status.text()
+    finally:
+        other.close()
+
+
+def test_map_colors_are_read_in_the_background(qtbot, runner, project):
+    """With a reader runner, labels and predictions are read off the GUI thread; a burst of
+    requests while one read is in flight ends with exactly one more read, of the latest labels."""
+    from storage.catalog import add_class, set_labels
+
+    ids = add_images(project, 20)
+    ants = add_class(project, "ants")
+    reader = QtJobRunner()
+    reads = []
+    try:
+        view = EmbeddingView(None, project, reader=reader)
+        qtbot.addWidget(view)
+        reader.finished.connect(lambda name, outcome: reads.append(name))
+        view.set_layout(ids, np.random.default_rng(0).normal(size=(20, 2)))
+        assert (view.class_ids == -1).all()  # nothing read on the GUI thread
+        qtbot.waitUntil(lambda: reads == ["map-colors"], timeout=5000)
+        set_labels(project, ids[:5], ants.id)
+        for _ in range(5):
+            view.refresh_attributes()
+        set_labels(project, ids[5:8], ants.id)
+        qtbot.waitUntil(lambda: len(reads) == 3, timeout=5000)
+        qtbot.wait(100)
+        assert reads == ["map-colors"] * 3  # the first, then the burst as one read and one follow-up
+        assert (view.class_ids[:8] == ants.id).all()
+        assert (view.class_ids[8:] == -1).all()
+    finally:
+        reader.shutdown()
+
+
+def test_fast_scatter_fill_gives_the_points_setdata_would(qtbot):
+    """fill_scatter (one record resolved, copied or taken from a pool) and move_scatter give
+    pyqtgraph exactly the point records that setData builds one by one."""
+    import pyqtgraph as pg
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=500), rng.normal(size=500)
+
+    def item(color):
+        return pg.ScatterPlotItem(pxMode=True, size=6, symbol="o", pen=pg.mkPen("#000000"), brush=pg.mkBrush(color))
+
+    reference = item("#ff0000")
+    reference.setData(x=x, y=y)
+    pool = RecordPool()
+    other = item("#00ff00")
+    fill_scatter(other, x[:100], y[:100], pool, 0)  # another style in the same pool
+    for fast in (item("#ff0000"), item("#ff0000")):
+        fill_scatter(fast, x, y, pool, 100)
+        for field in ("x", "y", "size", "visible", "sourceRect"):
+            np.testing.assert_array_equal(fast.data[field], reference.data[field])
+        assert fast.boundingRect() == reference.boundingRect()
+    plain = item("#ff0000")
+    fill_scatter(plain, x, y)
+    np.testing.assert_array_equal(plain.data["sourceRect"], reference.data["sourceRect"])
+    np.testing.assert_array_equal(other.getData()[0], x[:100])  # its slice was left alone
+
+    move_scatter(plain, y, x)
+    np.testing.assert_array_equal(plain.getData()[0], y)
+    fill_scatter(plain, x[:3], y[:3])
+    assert len(plain.data) == 3
+
+
+def test_map_groups_hold_exactly_their_points(qtbot):
+    from storage.catalog import ClassInfo
+
+    view = EmbeddingView(None, None)
+    qtbot.addWidget(view)
+    ids = np.arange(1, 41)
+    coords = np.random.default_rng(2).normal(size=(40, 2))
+    view.set_layout(ids, coords)
+    classes = [ClassInfo(1, "ants", "#ff0000", 0, "1"), ClassInfo(2, "bees", "#0000ff", 1, "2")]
+    labels = np.where(ids % 3 == 0, 1, np.where(ids % 3 == 1, 2, -1))
+    for _ in range(2):  # recoloring reuses the shared point records
+        view.set_attributes(labels, predicted=np.where(ids < 20, 1, 2), classes=classes)
+        for mode in ("label", "prediction", "source"):
+            view.set_color_mode(mode)
+            seen = np.concatenate([idx for idx, _item in view._groups])
+            assert sorted(seen.tolist()) == list(range(40))
+            for idx, scatter in view._groups:
+                np.testing.assert_allclose(np.column_stack(scatter.getData()), view.coords[idx].astype(float))
+        labels = -labels
+
+
+def test_large_maps_cache_their_drawing_and_make_room_for_it(qtbot):
+    from PySide6.QtGui import QPixmapCache
+    from PySide6.QtWidgets import QGraphicsItem
+
+    from gui import embedding_view
+
+    view = EmbeddingView(None, None)
+    qtbot.addWidget(view)
+    view.resize(500, 400)
+    view.show()
+    rng = np.random.default_rng(0)
+    view.set_layout(np.arange(1, 101), rng.normal(size=(100, 2)))
+    assert all(item.cacheMode() == QGraphicsItem.CacheMode.NoCache for _idx, item in view._groups)
+    n = embedding_view.CACHE_FROM_POINTS
+    before = QPixmapCache.cacheLimit()
+    try:
+        QPixmapCache.setCacheLimit(1)  # as if tiny: the map must raise it
+        view.set_layout(np.arange(1, n + 1), rng.normal(size=(n, 2)))
+        cached = QGraphicsItem.CacheMode.DeviceCoordinateCache
+        assert all(item.cacheMode() == cached for _idx, item in view._groups)
+        assert view.selection_item.cacheMode() == cached
+        size = view.plot.viewport().size()
+        assert QPixmapCache.cacheLimit() * 1024 >= size.width() * size.height() * 4 * (len(view._groups) + 1)
+    finally:
+        QPixmapCache.setCacheLimit(max(before, QPixmapCache.cacheLimit()))

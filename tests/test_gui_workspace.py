@@ -173,7 +173,7 @@ def test_filters_and_sorting_are_sql_queries(labeled_window, qtbot):
     predictions = {i: (cats.id, 0.9) for i in ids[:6]}
     predictions.update({ids[4]: (cats.id, 0.55), ids[6]: (dogs.id, 0.95), ids[7]: (cats.id, 0.52)})
     add_model(project, predictions, [cats.id, dogs.id])
-    window.refresh_after_import()
+    window.refresh_predictions_view()
 
     def shown():
         return window.grid_model.ids.tolist()
@@ -209,7 +209,7 @@ def test_accept_suggestion_with_enter_is_undoable(labeled_window, qtbot):
     window, project = labeled_window, labeled_window.project
     ids, cats, dogs = window.test_ids, window.cats, window.dogs
     add_model(project, {ids[0]: (dogs.id, 0.8), ids[1]: (cats.id, 0.7)}, [cats.id, dogs.id])
-    window.refresh_after_import()
+    window.refresh_predictions_view()
     tile = window.grid_model.tile(0)
     assert (tile.predicted_class_id, tile.probability) == (dogs.id, pytest.approx(0.8))
 
@@ -360,3 +360,328 @@ def test_add_dock_tabs_panels_on_one_side(window):
     assert window.tabifiedDockWidgets(first) == [second]
     assert second.toggleViewAction() in window.view_menu.actions()
     assert json.dumps(first.windowTitle()) == '"Training"'
+
+
+# -- thumbnails -------------------------------------------------------------------------------------
+
+
+def test_pixmap_cache_evicts_the_least_recently_used():
+    from PySide6.QtGui import QPixmap
+
+    from gui.thumbnails import PixmapCache
+
+    cache = PixmapCache(capacity=4)
+    for image_id in range(1, 5):
+        cache.put(image_id, QPixmap(2, 2))
+    assert cache.get(1) is not None  # 1 is now the most recently used
+    cache.put(5, QPixmap(2, 2))
+    assert len(cache) == 4 and 2 not in cache and all(i in cache for i in (1, 3, 4, 5))
+    cache.put(6, QPixmap(2, 2))
+    assert 3 not in cache and 1 in cache
+
+
+def test_only_asked_rows_are_loaded_into_a_bounded_cache(project, qtbot):
+    from gui.grid_model import ThumbnailGridModel
+    from gui.thumbnails import THUMB_SIDE, PixmapCache
+
+    ids = add_rows(project, 40)
+    model = ThumbnailGridModel()
+    model.set_project(project)
+    model._pixmaps = PixmapCache(capacity=4)
+    model.set_ids(np.array(ids))
+    loaded = []
+    model._loader.loaded.connect(lambda images: loaded.extend(i for i, _image in images))
+    try:
+        for row in range(6):
+            assert model.thumbnail(row) is None  # not cached yet: queued
+        qtbot.waitUntil(lambda: len(set(loaded)) == 6, timeout=5000)
+        assert set(loaded) == set(ids[:6])  # rows nobody asked for are never read or decoded
+        assert model.cached_thumbnails == 4  # two of the six were evicted
+        pixmap = next(model.pixmap(i) for i in ids[:6] if model.pixmap(i) is not None)
+        assert max(pixmap.width(), pixmap.height()) == round(THUMB_SIDE * model.device_pixel_ratio)  # pre-scaled
+
+        for row in range(10, 30):
+            model.thumbnail(row)
+        model.retain_thumbnail_rows(28, 29)  # scrolled on: only the last two are still wanted
+        qtbot.waitUntil(lambda: model.pending_thumbnails == 0, timeout=5000)
+        QApplication.processEvents()
+        assert set(loaded) - set(ids[:6]) <= set(ids[28:30])
+    finally:
+        model.shutdown()
+
+
+def test_the_grid_loads_the_screen_and_not_the_rows_below_it(window, project, qtbot):
+    ids = add_rows(project, 150)
+    window.set_project(project)
+    grid, model = window.grid, window.grid_model
+    qtbot.waitUntil(lambda: len(grid.visible_rows()) > 0
+                    and all(model.pixmap(model.image_id(r)) is not None for r in grid.visible_rows()), timeout=5000)
+    first, last = grid.visible_row_span()
+    assert last < 100  # the window shows far fewer than 150 tiles
+    QApplication.processEvents()
+    assert all(model.pixmap(i) is None for i in ids[last + 1:])
+    assert model.cached_thumbnails <= last - first + 1
+
+
+def test_refreshing_many_tiles_repaints_the_view_instead_of_signalling_every_row(project, qtbot):
+    from gui.grid_model import MAX_ROW_SIGNALS, ThumbnailGridModel
+
+    ids = add_rows(project, MAX_ROW_SIGNALS + 4)
+    cats = add_class(project, "cats")
+    model = ThumbnailGridModel()
+    model.set_project(project)
+    model.set_ids(np.array(ids))
+    try:
+        assert model.tile(0).class_id is None
+        changed, repaints = [], []
+        model.dataChanged.connect(lambda first, last, roles: changed.append((first.row(), last.row())))
+        model.tiles_changed.connect(lambda: repaints.append(True))
+        set_labels(project, ids, cats.id)
+        model.refresh_tiles(ids)  # e.g. select all, then a number key
+        assert changed == [] and repaints == [True]
+        assert model.tile(0).class_id == cats.id  # the cached facts were dropped
+        model.refresh_tiles([ids[5]])
+        assert changed == [(5, 5)]
+    finally:
+        model.shutdown()
+
+
+# -- labeling and classes ---------------------------------------------------------------------------
+
+
+def test_backspace_clears_the_label(labeled_window, qtbot):
+    window, grid = labeled_window, labeled_window.grid
+    ids, cats = window.test_ids, window.cats
+    set_labels(window.project, ids[:2], cats.id)
+    window.notify_labels_changed(ids[:2])
+    grid.select_rows([0, 1])
+    press(qtbot, grid, Qt.Key.Key_Backspace)
+    assert labels_in_file(window.project.path) == {}
+    assert window.grid_model.tile(0).class_id is None
+    press(qtbot, grid, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert set(labels_in_file(window.project.path)) == set(ids[:2])
+
+
+def test_rename_and_recolour_a_class(labeled_window, monkeypatch):
+    from PySide6.QtGui import QColor
+    from PySide6.QtWidgets import QColorDialog, QInputDialog
+
+    from storage.catalog import list_classes
+
+    window, panel = labeled_window, labeled_window.classes_panel
+    cats = window.cats
+    panel.select_class(cats.id)
+    monkeypatch.setattr(QInputDialog, "getText", lambda *args, **kw: ("kittens", True))
+    panel.rename_current()
+    monkeypatch.setattr(QColorDialog, "getColor", lambda *args, **kw: QColor("#123456"))
+    panel.recolor_current()
+
+    stored = {c.id: c for c in list_classes(window.project)}[cats.id]
+    assert (stored.name, stored.color.lower()) == ("kittens", "#123456")
+    assert panel.list.item(0).text().startswith("1   kittens")
+    assert window.grid.tile_delegate.classes[cats.id].name == "kittens"  # tiles draw the new name and colour
+    assert window.grid.tile_delegate._colors[cats.id].name() == "#123456"
+    combo = window.filter_bar.filter_combo
+    assert "Labeled “kittens”" in [combo.itemText(i) for i in range(combo.count())]
+
+
+def test_deleting_a_class_clears_the_undo_history(labeled_window, qtbot, monkeypatch):
+    from PySide6.QtWidgets import QMessageBox
+
+    window, grid = labeled_window, labeled_window.grid
+    ids, cats, dogs = window.test_ids, window.cats, window.dogs
+    grid.select_rows([0, 1])
+    press(qtbot, grid, Qt.Key.Key_1)
+    grid.select_rows([0, 1])
+    press(qtbot, grid, Qt.Key.Key_2)  # undoing this would put the cats labels back
+    assert window.undo_stack.count() == 2
+
+    monkeypatch.setattr(QMessageBox, "question", lambda *args, **kw: QMessageBox.StandardButton.Yes)
+    window.classes_panel.select_class(cats.id)
+    window.classes_panel.delete_current()
+    assert window.undo_stack.count() == 0 and not window.undo_action.isEnabled()
+    assert "undo history was cleared" in window.statusBar().currentMessage()
+    press(qtbot, grid, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)  # nothing left to undo
+    assert labels_in_file(window.project.path) == {ids[0]: (dogs.id, "manual"), ids[1]: (dogs.id, "manual")}
+
+
+# -- suggestions, predictions and the viewer --------------------------------------------------------
+
+
+def test_a_label_key_refreshes_suggestions_through_the_window(labeled_window, qtbot):
+    window = labeled_window
+    ids, cats, dogs = window.test_ids, window.cats, window.dogs
+    add_model(window.project, {ids[0]: (cats.id, 0.9)}, [cats.id, dogs.id])
+    runs = []
+    window.suggestions._job = lambda context, project: runs.append(project.path)
+    window.suggestions.timer.setInterval(300)  # long enough to still be pending right after the key
+    window.grid.select_rows([3])
+    press(qtbot, window.grid, Qt.Key.Key_2)
+    assert window.suggestions.timer.isActive()  # debounced: waits for a pause in labeling
+    qtbot.waitUntil(lambda: runs == [window.project.path], timeout=5000)
+    qtbot.waitUntil(lambda: not window.runner.busy, timeout=5000)
+    assert window.statusBar().currentMessage() == "Suggestions updated."
+
+
+def test_viewer_shows_the_probabilities_of_the_model(labeled_window, qtbot):
+    from PySide6.QtWidgets import QProgressBar
+
+    window = labeled_window
+    ids, cats, dogs = window.test_ids, window.cats, window.dogs
+    add_model(window.project, {ids[0]: (dogs.id, 0.8)}, [cats.id, dogs.id])
+    window.refresh_predictions_view()
+    viewer = window.open_viewer(0)
+    assert "dogs" in viewer.prediction_label.text() and "80% sure" in viewer.prediction_label.text()
+    bars = [viewer.bars.itemAt(i).widget() for i in range(viewer.bars.count())]
+    assert [bar.format() for bar in bars if isinstance(bar, QProgressBar)] == ["dogs  80%", "cats  20%"]
+    assert bars[0].value() == 800
+    viewer.close()
+
+
+def test_refresh_predictions_view_follows_the_active_model(labeled_window):
+    from storage.modelstore import set_active_model
+
+    window = labeled_window
+    ids, cats, dogs = window.test_ids, window.cats, window.dogs
+    first = add_model(window.project, {i: (cats.id, 0.9) for i in ids}, [cats.id, dogs.id])
+    window.refresh_predictions_view()
+    window.set_filter(browse.PREDICTED_AS, class_id=cats.id)
+    assert len(window.grid_model.ids) == 12
+    assert window.export_model_action.isEnabled()
+
+    second = add_model(window.project, {ids[0]: (dogs.id, 0.7)}, [cats.id, dogs.id])
+    set_active_model(window.project, second)
+    window.refresh_predictions_view()
+    assert window.grid_model.model_version == second
+    assert window.grid_model.ids.tolist() == []  # "suggested cats" ran again, with the new model
+    window.set_filter(browse.ALL)
+    assert (window.grid_model.tile(0).predicted_class_id, window.grid_model.tile(1).predicted_class_id) == (dogs.id, None)
+    set_active_model(window.project, first)
+    window.refresh_predictions_view()
+    assert window.grid_model.tile(1).predicted_class_id == cats.id
+
+
+def test_new_images_get_predictions_after_an_import(labeled_window, qtbot, tmp_path, monkeypatch):
+    import engine.predicting
+
+    window = labeled_window
+    ids, cats, dogs = window.test_ids, window.cats, window.dogs
+    add_model(window.project, {i: (cats.id, 0.9) for i in ids}, [cats.id, dogs.id])
+    window.refresh_predictions_view()
+    calls = []
+
+    def fake_refresh(context, project):  # the real one needs a feature extractor
+        version = browse.active_model_version(project)
+        missing = engine.predicting.images_without_prediction(project, version)
+        calls.append(missing)
+        return engine.predicting.RefreshOutcome(version, len(missing))
+
+    monkeypatch.setattr(engine.predicting, "refresh_if_model", fake_refresh)
+    picture = tmp_path / "new.png"
+    PILImage.new("RGB", (8, 8), (9, 9, 9)).save(picture)
+    dialog = window.show_import_dialog([str(picture)])
+    dialog.start()
+    qtbot.waitUntil(lambda: calls != [], timeout=10_000)
+    qtbot.waitUntil(lambda: not window.runner.busy, timeout=5000)
+    assert len(calls[0]) == 1 and calls[0][0] not in ids  # only the new image needed a prediction
+    assert "Suggestions added for 1 new images" in window.statusBar().currentMessage()
+    dialog.accept()
+
+
+# -- import dialog, drag and drop, export -----------------------------------------------------------
+
+
+def test_drag_enter_accepts_local_files_only(labeled_window, tmp_path):
+    from PySide6.QtCore import QMimeData, QPoint, QUrl
+    from PySide6.QtGui import QDragEnterEvent
+
+    def drag(data):
+        event = QDragEnterEvent(QPoint(5, 5), Qt.DropAction.CopyAction, data, Qt.MouseButton.NoButton,
+                                Qt.KeyboardModifier.NoModifier)
+        event.ignore()
+        labeled_window.dragEnterEvent(event)
+        return event.isAccepted()
+
+    files = QMimeData()
+    files.setUrls([QUrl.fromLocalFile(str(tmp_path / "a.jpg"))])
+    web = QMimeData()
+    web.setUrls([QUrl("https://example.com/a.jpg")])
+    text = QMimeData()
+    text.setText("just words")
+    assert drag(files) and not drag(web) and not drag(text)
+
+
+def test_a_drop_after_a_finished_import_opens_a_fresh_dialog(labeled_window, qtbot, tmp_path):
+    window = labeled_window
+    first_picture, second_picture = tmp_path / "first.png", tmp_path / "second.png"
+    PILImage.new("RGB", (8, 8), (1, 2, 3)).save(first_picture)
+    PILImage.new("RGB", (8, 8), (4, 5, 6)).save(second_picture)
+    first = window.show_import_dialog([str(first_picture)])
+    assert window.show_import_dialog([str(second_picture)]) is first  # not started: the files join it
+    assert first.paths() == [str(first_picture), str(second_picture)]
+    first.start()
+    qtbot.waitUntil(lambda: first.report is not None, timeout=10_000)
+    assert not first.import_button.isEnabled()
+
+    third_picture = tmp_path / "third.png"
+    PILImage.new("RGB", (8, 8), (7, 8, 9)).save(third_picture)
+    assert "Ctrl+I" in [k.toString() for k in window.import_action.shortcuts()]
+    window.import_action.trigger()  # Ctrl+I while the report shows
+    fresh = window.import_dialog
+    assert fresh is not first and not first.isVisible() and fresh.paths() == []
+    fresh.add_paths([str(third_picture)])
+    assert fresh.import_button.isEnabled()
+    fresh.start()
+    qtbot.waitUntil(lambda: fresh.report is not None, timeout=10_000)
+    assert fresh.report.imported == 1 and window.grid_model.rowCount() == 15
+    fresh.accept()
+
+
+def test_export_actions_open_the_export_dialog(labeled_window, qtbot):
+    window = labeled_window
+    ids, cats, dogs = window.test_ids, window.cats, window.dogs
+    assert not window.export_model_action.isEnabled() and window.export_dataset_action.isEnabled()
+    window.export_dataset_action.trigger()
+    dialog = window.export_dialog
+    assert dialog is not None and dialog.isVisible() and dialog.tabs.currentIndex() == 1
+    assert not dialog.tabs.isTabEnabled(0)  # no model to export yet
+    dialog.reject()
+
+    add_model(window.project, {ids[0]: (cats.id, 0.9)}, [cats.id, dogs.id])
+    window.refresh_predictions_view()
+    assert window.export_model_action.isEnabled()
+    window.export_model_action.trigger()
+    dialog = window.export_dialog
+    assert dialog.isVisible() and dialog.tabs.currentIndex() == 0 and dialog.model_combo.count() == 1
+    assert window.export_model_action in window.menuBar().actions()[0].menu().actions()
+    dialog.reject()
+
+
+# -- window state -----------------------------------------------------------------------------------
+
+
+def test_docks_and_toolbar_come_back_as_they_were_left(window, project, qtbot, tmp_path):
+    from PySide6.QtWidgets import QLabel, QToolBar
+
+    training = window.add_dock(QLabel("training"), "Training", Qt.DockWidgetArea.RightDockWidgetArea)
+    report = window.add_dock(QLabel("report"), "Model report", Qt.DockWidgetArea.RightDockWidgetArea)
+    window.set_project(project)
+    window.removeDockWidget(report)
+    window.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, report)
+    report.show()
+    training.hide()
+    window.findChild(QToolBar, "toolbar-main").hide()
+    window.save_layout()
+    window.close_project()
+
+    again = MainWindow(settings=window.settings, data_dir=tmp_path / "data", projects_dir=tmp_path / "projects")
+    qtbot.addWidget(again)
+    docks = {title: again.add_dock(QLabel(title), title, Qt.DockWidgetArea.RightDockWidgetArea)
+             for title in ("Training", "Model report")}
+    again.show()
+    again.restore_layout()
+    QApplication.processEvents()
+    assert again.dockWidgetArea(docks["Model report"]) == Qt.DockWidgetArea.BottomDockWidgetArea
+    assert not docks["Training"].isVisible() and docks["Model report"].isVisible()
+    assert not again.findChild(QToolBar, "toolbar-main").isVisible()
+    assert not again.classes_dock.isVisible()  # no project open: the classes panel stays hidden

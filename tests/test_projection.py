@@ -100,6 +100,9 @@ def test_embedding_job_gives_pca_first_then_tsne(project, monkeypatch):
     assert partials[0]["method"] == "pca" and partials[0]["iteration"] == 0
     assert [p["method"] for p in partials[1:]] == ["tsne"] * (len(partials) - 1) and len(partials) > 5
     assert all(np.array_equal(p["image_ids"], ids) for p in partials)
+    colors = partials[0]["colors"]  # read in the job, so the window never has to
+    np.testing.assert_array_equal(colors.image_ids, ids)
+    assert (colors.class_ids == -1).all() and (colors.predicted == -1).all()
     assert result["method"] == "tsne" and result["coords"].shape == (len(X), 2)
     np.testing.assert_array_equal(result["image_ids"], ids)
 
@@ -120,3 +123,48 @@ def test_point_attributes_aligns_labels_sources_and_splits(project):
     names = attributes.source_names
     assert [names[c] for c in attributes.source_codes[:4]] == ["cam-a", "cam-a", "cam-b", ""]
     assert attributes.splits.tolist() == [0, 0, 1, 0, 0]
+
+
+def test_map_colors_and_prediction_arrays_follow_the_active_version(project):
+    from storage.catalog import add_class, set_labels
+    from storage.models import Image, ModelVersion, Prediction
+    from storage.modelstore import set_active_model
+
+    with project.writing() as session:
+        for i in range(1, 6):
+            session.add(Image(id=i, content_hash=f"h{i}", original_name=f"{i}.png", original_path=f"/x/{i}.png",
+                              source="cam" if i % 2 else "phone", width=4, height=4, original_format="PNG",
+                              data=b"", thumbnail=b""))
+    ants, bees = add_class(project, "ants"), add_class(project, "bees")
+    set_labels(project, [1, 2], ants.id)
+    assert projection.prediction_arrays(project)[0].size == 0  # no model yet
+    versions = []
+    with project.writing() as session:
+        for said, active in (({1: ants.id, 2: ants.id, 3: ants.id}, False), ({2: bees.id, 4: bees.id, 5: None}, True)):
+            model = ModelVersion(method="logreg", backbone="b", layer="l", class_names=["ants", "bees"],
+                                 class_ids=[ants.id, bees.id], weights=b"", is_active=active, n_labeled=2, metrics={})
+            session.add(model)
+            session.flush()
+            versions.append(model.id)
+            for image_id, class_id in said.items():
+                session.add(Prediction(model_version_id=model.id, image_id=image_id, class_index=0, class_id=class_id,
+                                       probability=0.9, margin=0.5, probabilities=b"", out_of_fold=image_id == 2))
+    ids, classes, out_of_fold = projection.prediction_arrays(project)
+    assert ids.tolist() == [2, 4, 5] and classes.tolist() == [bees.id, bees.id, -1]
+    assert out_of_fold.tolist() == [True, False, False]
+
+    colors = projection.map_colors(project, [5, 4, 3, 2, 1, 77])
+    assert colors.class_ids.tolist() == [-1, -1, -1, ants.id, ants.id, -1]
+    assert colors.predicted.tolist() == [-1, bees.id, -1, bees.id, -1, -1]
+    assert [colors.source_names[c] for c in colors.source_codes[:5]] == ["cam", "phone", "cam", "phone", "cam"]
+    assert [c.name for c in colors.classes] == ["ants", "bees"]
+    assert projection.map_colors(project, [1, 3], version=versions[0]).predicted.tolist() == [ants.id, ants.id]
+    set_active_model(project, versions[0])
+    assert projection.map_colors(project, [3, 4]).predicted.tolist() == [ants.id, -1]
+
+
+def test_align_and_background_threads():
+    values = projection.align(np.array([30, 10, 20]), np.array([3, 1, 2]), np.array([20, 99, 10, 30]), -1)
+    assert values.tolist() == [2, -1, 1, 3]
+    assert projection.align(np.zeros(0, np.int64), np.zeros(0, np.int64), np.array([1, 2]), -1).tolist() == [-1, -1]
+    assert 1 <= projection.background_threads() <= max(1, (__import__("os").cpu_count() or 2))

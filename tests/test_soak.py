@@ -1,14 +1,23 @@
 """Concurrency soak: the GUI thread labels while the engine's worker writes features and predictions.
 
-The labeling side is this test's thread calling ``storage.catalog.set_labels`` (and undo through
-``restore_labels``) in a tight loop, plus the reads a GUI refresh does. The engine side is a job on
-the real ``JobRunner`` worker thread using the real writers: ``storage.featurestore.store_vectors``,
+Two labeling sides:
+
+- direct (10 s in ``make test``): this test's thread calls ``storage.catalog.set_labels`` (undo
+  through ``restore_labels``) in a tight loop, plus the reads a GUI refresh does; the engine job runs
+  on a plain ``engine.jobs.JobRunner``.
+- GUI (5 s in ``make test``, 2 minutes in ``make test-slow``): a real ``MainWindow`` under a
+  QApplication labels through its own path, ``label_images`` -> ``SetLabelCommand`` pushed on the
+  window's undo stack (and ``undo_stack.undo()``), so every write is followed by the window's own
+  refresh (grid tiles, class counts, status bar) on the GUI thread; the engine job runs on the
+  window's ``QtJobRunner`` worker, whose progress signals the event loop delivers between labels.
+  Suggestion refreshes are switched off: the soak's models have made-up weights no one can predict with.
+
+The engine side uses the real writers: ``storage.featurestore.store_vectors``,
 ``storage.modelstore.store_predictions`` and ``save_model_version`` (a new active model with
 predictions for every image, the biggest transaction the engine makes).
 
 Pass: zero "database is locked" (or any other) errors on either side, and the final labels are
-exactly the last label the labeling thread wrote for each image. 10 s in ``make test``, 2 minutes
-in ``make test-slow``.
+exactly the last label the labeling side wrote for each image.
 """
 
 from __future__ import annotations
@@ -80,46 +89,123 @@ def _engine_job(context, project, image_ids, class_ids, stop: threading.Event, c
         context.check_cancelled()
 
 
-def _soak(project, request, seconds: float, label: str) -> None:
-    from engine.jobs import JobRunner
-    from storage import catalog, modelstore
-    from storage.images import list_images
+class DirectLabeler:
+    """Labels with the storage calls the GUI's commands make, and the reads a GUI refresh does."""
+
+    def __init__(self, project):
+        from engine.jobs import JobRunner
+
+        self.project = project
+        self.runner = JobRunner()
+        self._undo: list[list] = []
+
+    def label(self, image_ids: list[int], class_id: int | None) -> None:
+        from storage import catalog
+
+        self._undo.append(catalog.set_labels(self.project, image_ids, class_id))
+
+    def undo(self) -> list | None:
+        from storage import catalog
+
+        if not self._undo:
+            return None
+        states = self._undo.pop()
+        catalog.restore_labels(self.project, states)
+        return states
+
+    def refresh(self) -> None:
+        from storage import catalog, modelstore
+        from storage.images import list_images
+
+        list_images(self.project)
+        modelstore.predictions(self.project)
+        catalog.list_classes(self.project)
+
+    def pump(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.runner.shutdown()
+
+
+class WindowLabeler:
+    """Labels through a real MainWindow: label_images pushes a SetLabelCommand (which writes, then
+    refreshes the grid, the class counts and the status bar); undo goes through the undo stack."""
+
+    def __init__(self, project, qtbot, tmp_path):
+        from PySide6.QtCore import QSettings
+
+        from gui.main_window import MainWindow
+
+        settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+        self.window = MainWindow(settings=settings, data_dir=tmp_path / "data", projects_dir=tmp_path / "projects")
+        qtbot.addWidget(self.window)
+        self.window.set_project(project)
+        self.window.suggestions.enabled = False
+        self.window.show()
+        self.runner = self.window.runner
+
+    def label(self, image_ids: list[int], class_id: int | None) -> None:
+        stack = self.window.undo_stack
+        before = stack.index()
+        self.window.label_images(image_ids, class_id)
+        assert stack.index() == before + 1, "the label command was not pushed"
+
+    def undo(self) -> list | None:
+        stack = self.window.undo_stack
+        if not stack.canUndo():
+            return None
+        command = stack.command(stack.index() - 1)
+        stack.undo()
+        return list(command.before or [])
+
+    def refresh(self) -> None:
+        self.window.refresh_counts()
+
+    def pump(self) -> None:
+        from PySide6.QtWidgets import QApplication
+
+        QApplication.processEvents()
+
+    def close(self) -> None:
+        self.window.undo_stack.clear()
+
+
+def _soak(project, request, seconds: float, label: str, labeler=None) -> None:
+    from storage import catalog
 
     image_ids, class_ids = _setup(project)
+    labeler = labeler or DirectLabeler(project)
     counts: Counter = Counter()
     last_written: dict[int, int | None] = {}
     errors: list[str] = []
     latencies: list[float] = []
     stop = threading.Event()
-    runner = JobRunner()
-    handle = runner.submit("engine soak", _engine_job, project, image_ids, class_ids, stop, counts)
+    handle = labeler.runner.submit("engine soak", _engine_job, project, image_ids, class_ids, stop, counts)
     rng = random.Random(1)
-    undo: list[list] = []
     deadline = time.monotonic() + seconds
     try:
         while time.monotonic() < deadline:
+            labeler.pump()
             if handle.done:
                 break  # the engine died: its outcome is checked below
             try:
                 started = time.perf_counter()
-                if undo and rng.random() < 0.1:
-                    states = undo.pop()
-                    catalog.restore_labels(project, states)
+                states = labeler.undo() if rng.random() < 0.1 else None
+                if states is not None:
                     for state in states:
                         last_written[state.image_id] = state.class_id
                     counts["undos"] += 1
                 else:
                     chosen = rng.sample(image_ids, rng.choice([1, 1, 1, 3, 10]))
                     class_id = None if rng.random() < 0.05 else rng.choice(class_ids)
-                    undo.append(catalog.set_labels(project, chosen, class_id))
+                    labeler.label(chosen, class_id)
                     for image_id in chosen:
                         last_written[image_id] = class_id
                     counts["label_writes"] += 1
                 latencies.append(time.perf_counter() - started)
                 if counts["label_writes"] % 20 == 0:  # the GUI refreshes its views now and then
-                    list_images(project)
-                    modelstore.predictions(project)
-                    catalog.list_classes(project)
+                    labeler.refresh()
                     counts["gui_refreshes"] += 1
             except Exception as exc:  # counted, then the test fails with every message
                 errors.append(f"labeling: {exc.__class__.__name__}: {exc}")
@@ -128,7 +214,8 @@ def _soak(project, request, seconds: float, label: str) -> None:
     finally:
         stop.set()
         outcome = handle.outcome(timeout=120)
-        runner.shutdown()
+        labeler.pump()
+        labeler.close()
 
     if outcome.status != "done":
         errors.append(f"engine: {outcome.error}\n{outcome.details}")
@@ -157,7 +244,13 @@ def test_labeling_while_engine_writes_10s(project, request):
     _soak(project, request, seconds=10, label="10 s")
 
 
+@pytest.mark.gui
+def test_gui_labeling_while_engine_writes_5s(project, request, qtbot, tmp_path):
+    _soak(project, request, seconds=5, label="GUI 5 s", labeler=WindowLabeler(project, qtbot, tmp_path))
+
+
 @pytest.mark.slow
+@pytest.mark.gui
 @pytest.mark.timeout(600)
-def test_labeling_while_engine_writes_2min(project, request):
-    _soak(project, request, seconds=120, label="2 min")
+def test_gui_labeling_while_engine_writes_2min(project, request, qtbot, tmp_path):
+    _soak(project, request, seconds=120, label="GUI 2 min", labeler=WindowLabeler(project, qtbot, tmp_path))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from helpers.feature_projects import BACKBONE, LAYER, add_placeholder_images, make_feature_project
 
+from engine.backbones import get_backbone
 from engine.classifiers import LinearPredictor, NotEnoughLabelsError
 from engine.jobs import JobCancelled, JobContext
 from engine.training import train_model, train_on_cached_features
@@ -76,7 +77,33 @@ def test_tiny_dataset_trains_but_is_not_evaluated(project):
     result = train(project)
     assert result.metrics["evaluation"] == "not evaluated"
     assert "at least 2" in result.metrics["evaluation_note"]
+    # The headline keys are there, as null, never missing (CLI `train --json` readers index them).
+    assert result.metrics["accuracy"] is None and result.metrics["balanced_accuracy"] is None
     assert len(modelstore.predictions(project)) == 4
+
+
+def test_cross_validation_chooses_C_inside_each_fold_unless_retraining_quickly(project, monkeypatch):
+    from engine import training
+    from engine.classifiers import DEFAULT_CS
+
+    make_feature_project(project, [20, 20], dim=8)
+    fold_models = []
+    real = training.out_of_fold_probabilities
+
+    def spy(context, fit_fold, *args, **kwargs):
+        def fit(Xf, yf):
+            fold_models.append(fit_fold(Xf, yf))
+            return fold_models[-1]
+        return real(context, fit, *args, **kwargs)
+
+    monkeypatch.setattr(training, "out_of_fold_probabilities", spy)
+    first = train(project, quick=False)
+    assert first.metrics["folds"] == 5 and len(fold_models) == 5
+    # nested: every fold ran its own search over every C, on its own training part only
+    assert all([r["C"] for r in m.cv_results_] == list(DEFAULT_CS) for m in fold_models)
+    fold_models.clear()
+    train(project, quick=True)  # a quick retrain keeps the previous C in every fold
+    assert len(fold_models) == 5 and all(not m.cv_results_ and m.C_ == first.params["C"] for m in fold_models)
 
 
 def test_two_per_class_is_cross_validated_with_two_folds(project):
@@ -117,6 +144,25 @@ def test_refreshing_keeps_out_of_fold_predictions_and_fills_new_images(project):
     assert stored == 3 and set(after) == set(before) | set(new_ids)
     assert all(after[i] == before[i] for i in before)  # every labeled one was out-of-fold
     assert after[new_ids[0]].class_name == "c1" and after[new_ids[0]].margin == pytest.approx(0.5)
+
+
+def test_refresh_if_model_predicts_exactly_the_images_imported_after_training(project):
+    from engine.predicting import RefreshOutcome, refresh_if_model
+
+    assert refresh_if_model(JobContext(), project) is None  # no model yet: nothing to do
+    dim = get_backbone(BACKBONE).feature_dim(LAYER)  # the real size: ensure_features empties a mismatched set
+    fp = make_feature_project(project, [15, 15], dim=dim, spread=0.5)
+    result = train(project)
+    before = modelstore.predictions(project)
+    new_ids = add_placeholder_images(project, 4, start=700)
+    feature_set = ensure_feature_set(project, BACKBONE, LAYER, dim)
+    store_vectors(project, feature_set.id, new_ids, fp.centers[[0, 1, 1, 0]].astype(np.float32))
+    assert refresh_if_model(JobContext(), project) == RefreshOutcome(result.model_version, 4)
+    after = modelstore.predictions(project)
+    assert set(after) == set(before) | set(new_ids)
+    assert [after[i].class_name for i in new_ids] == ["c0", "c1", "c1", "c0"]
+    assert all(after[i] == before[i] for i in before)  # older predictions untouched
+    assert refresh_if_model(JobContext(), project) == RefreshOutcome(result.model_version, 0)
 
 
 def test_models_can_be_activated_and_missing_versions_are_clear_errors(project):
@@ -280,6 +326,8 @@ def test_probe_and_finetune_on_lite0_store_models_that_predict_files(project, tm
         assert [r.path for r in result.predictions] == files[:2]
         assert [p for p, _ in result.failed] == files[2:]
         np.testing.assert_allclose([sum(r.probabilities) for r in result.predictions], 1.0, atol=1e-5)
+        assert [r.class_name for r in result.predictions] == ["red", "blue"], f"version {version}"
+        assert all(r.probability > 0.5 for r in result.predictions)
     stored = modelstore.predictions(project, tuned.model_version)
     assert refresh_predictions(JobContext(), project, tuned.model_version) == sum(not p.out_of_fold for p in stored.values())
     refreshed = modelstore.predictions(project, tuned.model_version)

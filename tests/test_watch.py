@@ -195,3 +195,54 @@ def test_ctrl_c_stops_cleanly_with_the_csv_flushed(tmp_path):
     assert "interrupted" in stdout
     rows = _read_csv(out)
     assert [Path(r[0]).name for r in rows[1:]] == ["a.png"]
+
+
+def test_csv_paths_follow_the_folder_as_given_and_resume_from_relative_rows(tmp_path, monkeypatch):
+    """Like `predict --csv`: a relative folder gives relative rows, and a restart skips them."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "drops" / "cam1").mkdir(parents=True)
+    _png(tmp_path / "drops" / "cam1" / "a.png")
+    predictor = RecordingPredictor()
+    watch_folder("drops", "out.csv", predictor, poll_seconds=0, stable_polls=1, max_polls=3)
+    assert all(os.path.isabs(p) for p in predictor.seen)  # the predict function gets absolute paths
+    assert [r[0] for r in _read_csv(tmp_path / "out.csv")[1:]] == [os.path.join("drops", "cam1", "a.png")]
+    again = RecordingPredictor()
+    watch_folder("drops", "out.csv", again, poll_seconds=0, stable_polls=1, max_polls=3)
+    assert again.seen == []
+
+
+def test_without_a_csv_file_rows_go_to_the_stream(tmp_path):
+    import io
+
+    _png(tmp_path / "a.png")
+    stream = io.StringIO()
+    report = watch_folder(tmp_path, None, RecordingPredictor(), poll_seconds=0, stable_polls=1, max_polls=3,
+                          stream=stream)
+    assert report.predicted == 1
+    rows = list(csv.reader(io.StringIO(stream.getvalue())))
+    assert tuple(rows[0]) == CSV_HEADER and rows[1] == [str(tmp_path / "a.png"), "red", "0.750000"]
+
+
+def test_dotted_folder_is_shown_like_predict_csv_shows_it(tmp_path, monkeypatch):
+    """`./drops` prints as `drops/...`, exactly as `predict --csv ./drops` does (pathlib's spelling)."""
+    from engine.importing import collect_items
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "drops").mkdir()
+    _png(tmp_path / "drops" / "a.png")
+    watch_folder("./drops", "out.csv", RecordingPredictor(), poll_seconds=0, stable_polls=1, max_polls=3)
+    items, _skipped, _failed = collect_items(["./drops"])
+    assert [r[0] for r in _read_csv(tmp_path / "out.csv")[1:]] == [item.path for item in items]
+
+
+def test_predict_watch_argument_errors_are_one_line(tmp_path, capsys):
+    from main import run_cli
+
+    project = tmp_path / "p.sortlab"  # the arguments are refused before the project is opened
+    for args, message in ((["--watch", str(tmp_path), str(tmp_path)], "exactly one folder"),
+                          (["--watch", str(tmp_path), "--json"], "no --json"),
+                          (["--watch", str(tmp_path / "absent")], "is not a folder")):
+        capsys.readouterr()
+        assert run_cli(["predict", str(project), *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("sortlab: error: ") and message in err and err.count("\n") == 1, err

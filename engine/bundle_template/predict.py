@@ -31,6 +31,8 @@ BATCH_SIZE = 16
 EXIF_ORIENTATION = 0x0112
 WHITE = (255, 255, 255)
 BUNDLE_FILES = ("model.onnx", "model.json")
+# Zip bombs: the largest sizes a bundle member may declare (zipfile never inflates past them).
+MAX_MEMBER_BYTES = {"model.json": 16 * 1024 * 1024, "model.onnx": 1024 * 1024 * 1024}
 _NOT_PHOTOS = {".bufr", ".grib", ".h5", ".hdf", ".fit", ".fits", ".mpeg", ".mpg", ".ps", ".eps", ".wmf", ".emf"}
 IMAGE_EXTENSIONS = frozenset(
     ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN and ext not in _NOT_PHOTOS
@@ -58,10 +60,10 @@ class ImageError(Exception):
 
 def check_member_name(name: str) -> str:
     """A zip member name that stays inside the archive (no absolute paths, drives or '..')."""
-    if not name or "\\" in name or name.startswith("/") or "\x00" in name:
-        raise BundleError(f"Unsafe file name in the bundle: {name!r}")
+    if not name or "\\" in name or name.startswith("/") or "\x00" in name or ":" in name:
+        raise BundleError(f"Unsafe file name in the bundle: {name!r}")  # ':' = drive or Windows stream
     parts = PurePosixPath(name).parts
-    if any(part in ("..", "") for part in parts) or (parts and parts[0].endswith(":")):
+    if any(part in ("..", "") for part in parts):
         raise BundleError(f"Unsafe file name in the bundle: {name!r}")
     return name
 
@@ -82,11 +84,51 @@ def read_bundle(path: Path) -> dict[str, bytes]:
             base = PurePosixPath(name).name
             depth = len(PurePosixPath(name).parts)
             if base in BUNDLE_FILES and depth <= 2 and base not in found:
+                if info.file_size > MAX_MEMBER_BYTES[base]:
+                    raise BundleError(f"{name} in the bundle is too large ({info.file_size} bytes).")
                 found[base] = archive.read(info)
     missing = [name for name in BUNDLE_FILES if name not in found]
     if missing:
         raise BundleError(f"{path} is not a Sortlab export: {', '.join(missing)} missing.")
     return found
+
+
+def _is_number_list(value, length: int) -> bool:
+    return (isinstance(value, list) and len(value) == length
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
+
+
+def check_config(config) -> dict:
+    """model.json, checked up front: every key this script relies on, with a usable value.
+    A damaged or hand-edited file gives one BundleError naming the problem, never a KeyError later."""
+    if not isinstance(config, dict):
+        raise BundleError("model.json does not hold a JSON object.")
+    classes = config.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise BundleError("model.json: 'classes' must be a non-empty list of class names.")
+    prep = config.get("preprocessing")
+    if not isinstance(prep, dict):
+        raise BundleError("model.json: 'preprocessing' is missing.")
+    problems = []
+    size = prep.get("input_size")
+    if not (_is_number_list(size, 2) and all(isinstance(v, int) and v > 0 for v in size)):
+        problems.append("'input_size' must be two positive whole numbers")
+    if prep.get("resize") != "shorter_side_then_center_crop":
+        problems.append(f"unknown 'resize' policy {prep.get('resize')!r}")
+    shorter = prep.get("resize_shorter_side")
+    if not (isinstance(shorter, int) and not isinstance(shorter, bool) and shorter > 0):
+        problems.append("'resize_shorter_side' must be a positive whole number")
+    if not isinstance(prep.get("interpolation"), str) or prep["interpolation"] not in RESAMPLING:
+        problems.append(f"unknown 'interpolation' {prep.get('interpolation')!r}")
+    if prep.get("color_order", "RGB") != "RGB":  # (a list compares unequal: no TypeError here)
+        problems.append(f"unsupported 'color_order' {prep.get('color_order')!r}")
+    if not _is_number_list(prep.get("mean"), 3):
+        problems.append("'mean' must be three numbers")
+    if not (_is_number_list(prep.get("std"), 3) and all(v > 0 for v in prep["std"])):
+        problems.append("'std' must be three positive numbers")
+    if problems:
+        raise BundleError("model.json preprocessing: " + "; ".join(problems) + ".")
+    return config
 
 
 # ---------------------------------------------------------------- images, as Sortlab reads them
@@ -242,7 +284,11 @@ class Predictor:
     def __init__(self, bundle: dict[str, bytes]):
         import onnxruntime
 
-        self.config = json.loads(bundle["model.json"].decode("utf-8"))
+        try:
+            config = json.loads(bundle["model.json"].decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise BundleError(f"model.json is not valid JSON ({exc}).") from None
+        self.config = check_config(config)
         self.classes = list(self.config["classes"])
         self.prep = self.config["preprocessing"]
         options = onnxruntime.SessionOptions()
@@ -255,6 +301,10 @@ class Predictor:
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise BundleError(f"model.onnx is not a valid ONNX model ({first_line[:200]}).") from None
         self.input_name = self.session.get_inputs()[0].name
+        shape = self.session.get_outputs()[0].shape or [None]
+        width = shape[-1]
+        if isinstance(width, int) and width != len(self.classes):
+            raise BundleError(f"model.onnx gives {width} outputs but model.json names {len(self.classes)} classes.")
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: batch})[0]

@@ -7,7 +7,9 @@ comma list of ``import``, ``label`` and ``train``. Every line goes to stdout, fl
 - ``begin <image_id> <class>``   a label write is about to start (class is an id or ``none``);
 - ``saved <image_id> <class>``   that label write's commit RETURNED (so it must survive a kill);
 - ``images <id> <id> ...``       an import batch's commit returned with these image ids;
-- ``model <version>``            train_model returned this model version;
+- ``training-started``           a training (fit, evaluation, predictions, model save) begins;
+- ``model <version>``            that training returned this model version;
+- ``features-started``           a feature extraction (a few batches) begins; ``features ...`` ends it;
 - ``error <task> <message>``     a task failed (the parent fails the test on this).
 
 The parent kills this process at a random moment; nothing here cleans up on purpose.
@@ -26,6 +28,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
 _OUT_LOCK = threading.Lock()
+# A tight labeling loop in the same process slows a training ~20x (0.8 s alone, 15-25 s beside it),
+# so no kill would ever come after a finished training; 20 ms is still 50 labels a second.
+LABEL_PAUSE_BESIDE_TRAINING_S = 0.02
 
 
 def emit(line: str) -> None:
@@ -38,8 +43,11 @@ def _class_text(class_id: int | None) -> str:
     return "none" if class_id is None else str(class_id)
 
 
-def label_task(project, rng: random.Random) -> None:
-    """A labeling session like the GUI's: label one or a few images, sometimes undo the last step."""
+def label_task(project, rng: random.Random, pause: float = 0.0) -> None:
+    """A labeling session like the GUI's: label one or a few images, sometimes undo the last step.
+
+    ``pause`` seconds between steps: 0 is a tight loop (the harshest stress); beside a training
+    thread a short pause (still far faster than any person) lets the training finish now and then."""
     from storage import catalog
     from storage.images import image_ids
 
@@ -49,6 +57,8 @@ def label_task(project, rng: random.Random) -> None:
     step = 0
     while True:
         step += 1
+        if pause:
+            time.sleep(pause)
         if step % 25 == 0:
             ids = image_ids(project)  # pick up what the import thread added
         if undo_stack and rng.random() < 0.15:
@@ -95,6 +105,7 @@ def train_task(project) -> None:
 
     backbone, layer = resolve_backbone(None, None)
     while True:
+        emit("training-started")
         result = train_on_cached_features(JobContext(), project, "logreg", backbone, layer)
         emit(f"model {result.model_version}")
         cancel = threading.Event()
@@ -106,6 +117,7 @@ def train_task(project) -> None:
                 cancel.set()
 
         context = JobContext(stop_after_a_few, None, cancel)
+        emit("features-started")
         try:
             info = ensure_features(context, project, backbone, layer)
             emit(f"features done {info.extracted}")
@@ -131,7 +143,8 @@ def main() -> int:
     if "import" in tasks:
         threads.append(threading.Thread(target=_run, args=("import", import_task, project, folder), daemon=True))
     if "label" in tasks:
-        threads.append(threading.Thread(target=_run, args=("label", label_task, project, rng), daemon=True))
+        pause = LABEL_PAUSE_BESIDE_TRAINING_S if "train" in tasks else 0.0
+        threads.append(threading.Thread(target=_run, args=("label", label_task, project, rng, pause), daemon=True))
     if "train" in tasks:
         threads.append(threading.Thread(target=_run, args=("train", train_task, project), daemon=True))
     emit("ready")

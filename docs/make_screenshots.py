@@ -1,0 +1,128 @@
+"""Regenerate the README's screenshots from the app itself, on real images.
+
+    .venv/bin/python docs/make_screenshots.py [IMAGE_FOLDER]
+
+IMAGE_FOLDER is a folder-per-class collection (default: ../shared/data/hymenoptera/train; without
+it, the bundled handwritten-digits demo). The script builds a throwaway project in a temporary
+folder, labels a growing share of the images and trains after each step (so the training panel
+has a history to plot), leaves a third unlabeled (so suggestions show), then opens the real main
+window, waits for the embedding map to finish and saves three PNGs into docs/screenshots/.
+Run it under a real X server (``xvfb-run -s '-screen 0 1600x1000x24' ...``) for real fonts; the
+offscreen platform works too.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+OUT = ROOT / "docs" / "screenshots"
+DEFAULT_FOLDER = ROOT.parent / "shared" / "data" / "hymenoptera" / "train"
+LABELED_STEPS = (10, 20, 40, 80)  # labels per step before the final training on two thirds
+
+
+def build_project(path: Path, folder: Path | None):
+    """A project with two thirds of its images labeled and one model version per labeling step."""
+    import numpy as np
+
+    from engine.jobs import JobContext
+    from engine.training import train_model
+    from storage import catalog
+    from storage.project import open_project
+
+    context = JobContext()
+    if folder is None:
+        from engine.demo import build_demo_project
+
+        build_demo_project(context, path)
+        project = open_project(path)
+    else:
+        from engine.importing import import_paths
+
+        project = open_project(path, create=True)
+        import_paths(context, project, [folder], labels_from_folders=True)
+    states = [s for s in catalog.label_states(project, _all_image_ids(project)) if s.class_id is not None]
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(states))
+    keep = len(states) * 2 // 3
+    catalog.set_labels(project, [states[i].image_id for i in order[keep:]], None)
+    final_labels = {states[i].image_id: states[i].class_id for i in order[:keep]}
+    ordered_ids = list(final_labels)
+    for step in (*LABELED_STEPS, keep):
+        catalog.set_labels(project, ordered_ids[step:], None)
+        catalog.set_labels_by_class(project, {i: final_labels[i] for i in ordered_ids[:step]})
+        result = train_model(context, project)
+        print(f"trained with {step} labels: accuracy {result.metrics.get('accuracy')}", flush=True)
+    return project
+
+
+def _all_image_ids(project) -> list[int]:
+    from sqlalchemy import select
+
+    from storage.models import Image
+
+    with project.session() as session:
+        return list(session.scalars(select(Image.id).order_by(Image.id)))
+
+
+def wait_until(app, condition, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        app.processEvents()
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def main(argv: list[str]) -> int:
+    import numpy as np
+    from PySide6.QtWidgets import QApplication
+
+    folder = Path(argv[0]) if argv else (DEFAULT_FOLDER if DEFAULT_FOLDER.is_dir() else None)
+    OUT.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        name = "Bees and ants" if folder == DEFAULT_FOLDER else (folder.name if folder else "Digits demo")
+        project_path = Path(tmp) / f"{name}.sortlab"
+        build_project(project_path, folder).close()
+
+        app = QApplication.instance() or QApplication(sys.argv[:1])
+        from gui.insight import install_insight_panels
+        from gui.main_window import MainWindow
+        from PySide6.QtCore import QSettings
+
+        settings = QSettings(str(Path(tmp) / "settings.ini"), QSettings.Format.IniFormat)
+        window = MainWindow(settings=settings)
+        panels = install_insight_panels(window)
+        window.resize(1500, 880)
+        window.show()
+        window.open_project_file(project_path)
+        wait_until(app, lambda: False, 1.0)
+        embedding = panels.embedding
+        done = wait_until(
+            app, lambda: not panels.map_runner.busy and embedding.method == "tsne", 180
+        )
+        print(f"map finished: {done}", flush=True)
+        window.grid.select_rows([3, 4])
+        wait_until(app, lambda: False, 1.0)
+        window.grab().save(str(OUT / "workspace.png"))
+        panels.docks["training"].raise_()
+        wait_until(app, lambda: False, 0.5)
+        panels.training.grab().save(str(OUT / "training.png"))
+        panels.docks["map"].setFloating(True)
+        panels.docks["map"].resize(820, 640)
+        wait_until(app, lambda: False, 1.0)
+        embedding._set_hover(int(np.argmin(embedding.class_ids)))  # an unlabeled point, as a user would hover
+        wait_until(app, lambda: False, 0.5)
+        embedding.grab().save(str(OUT / "embedding.png"))
+        window.close()
+    print(f"saved {', '.join(p.name for p in sorted(OUT.glob('*.png')))} in {OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
