@@ -93,7 +93,7 @@ def main(argv: list[str]) -> int:
         app = QApplication.instance() or QApplication(sys.argv[:1])
         from gui.insight import install_insight_panels
         from gui.main_window import MainWindow
-        from PySide6.QtCore import QSettings
+        from PySide6.QtCore import QPointF, QSettings
 
         settings = QSettings(str(Path(tmp) / "settings.ini"), QSettings.Format.IniFormat)
         window = MainWindow(settings=settings)
@@ -116,7 +116,15 @@ def main(argv: list[str]) -> int:
         panels.docks["map"].setFloating(True)
         panels.docks["map"].resize(820, 640)
         wait_until(app, lambda: False, 1.0)
-        embedding._set_hover(int(np.argmin(embedding.class_ids)))  # an unlabeled point, as a user would hover
+        embedding.fit()
+        wait_until(app, lambda: False, 0.5)
+        # Hover an unlabeled point near the middle, as a user would (the popup follows the mouse).
+        unlabeled = np.flatnonzero(embedding.class_ids < 0)
+        center = embedding.coords.mean(axis=0)
+        index = int(unlabeled[np.argmin(np.linalg.norm(embedding.coords[unlabeled] - center, axis=1))])
+        x, y = (float(v) for v in embedding.coords[index])
+        embedding._hover_pos = embedding.viewbox.mapViewToScene(QPointF(x, y))
+        embedding._set_hover(index)
         wait_until(app, lambda: False, 0.5)
         embedding.grab().save(str(OUT / "embedding.png"))
         window.close()
