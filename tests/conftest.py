@@ -28,3 +28,14 @@ def project(tmp_path):
     opened = create_project(tmp_path / "test.sortlab")
     yield opened
     opened.close()
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory):
+    """ONNX copies go to the session's temp folder, shared by every module that uses this fixture
+    (autouse there), so each backbone is exported once per test session."""
+    folder = tmp_path_factory.getbasetemp() / "sortlab-cache"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SORTLAB_CACHE_DIR", str(folder))
+        patch.delenv("SORTLAB_RUNTIME", raising=False)
+        yield folder

@@ -31,15 +31,6 @@ def lite0():
     return spec, spec.load_model()
 
 
-@pytest.fixture(scope="module")
-def onnx_cache(tmp_path_factory):
-    """ONNX copies go to the session's temp folder (shared with test_features: exported once)."""
-    folder = tmp_path_factory.getbasetemp() / "sortlab-cache"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SORTLAB_CACHE_DIR", str(folder))
-        yield folder
-
-
 @pytest.fixture
 def isolated_hub(tmp_path, monkeypatch):
     """An empty torch hub cache, and any attempt to download fails the test."""

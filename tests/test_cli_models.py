@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ import pytest
 from PIL import Image
 
 import main
+from helpers.cli import cli, cli_json
 from storage import modelstore
 from storage.project import open_project
 
@@ -20,13 +20,9 @@ COLOURS = {"red": (210, 40, 40), "blue": (40, 50, 210)}
 
 
 @pytest.fixture(scope="module", autouse=True)
-def onnx_cache(tmp_path_factory):
-    """ONNX copies go to the session's temp folder (shared with the other feature tests: exported once)."""
-    folder = tmp_path_factory.getbasetemp() / "sortlab-cache"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SORTLAB_CACHE_DIR", str(folder))
-        patch.delenv("SORTLAB_RUNTIME", raising=False)
-        yield folder
+def _shared_onnx_cache(onnx_cache):
+    """Every test here uses the session-wide ONNX cache (conftest.onnx_cache)."""
+    return onnx_cache
 
 
 def write_photo(path: Path, colour, seed: int) -> Path:
@@ -40,16 +36,6 @@ def write_photo(path: Path, colour, seed: int) -> Path:
     return path
 
 
-def cli(capsys, *args) -> tuple[int, str, str]:
-    code = main.main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def cli_json(capsys, *args):
-    code, out, err = cli(capsys, *args, "--json")
-    assert code == 0, err
-    return json.loads(out)
 
 
 @pytest.fixture(scope="module")

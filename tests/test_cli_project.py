@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 import main
+from helpers.cli import cli, cli_json
 from cli import project_commands
 from engine.demo import build_demo_project
 
@@ -37,16 +38,6 @@ def photos(tmp_path) -> Path:
     return root
 
 
-def cli(capsys, *args) -> tuple[int, str, str]:
-    code = main.main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def cli_json(capsys, *args):
-    code, out, err = cli(capsys, *args, "--json")
-    assert code == 0, err
-    return json.loads(out)
 
 
 def test_import_reports_json_and_lists_failures_with_exit_0(capsys, tmp_path, photos):

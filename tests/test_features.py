@@ -30,13 +30,9 @@ LITE0 = "efficientnet_lite0"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def onnx_cache(tmp_path_factory):
-    """ONNX copies go to the session's temp folder (shared with test_backbones: exported once)."""
-    folder = tmp_path_factory.getbasetemp() / "sortlab-cache"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SORTLAB_CACHE_DIR", str(folder))
-        patch.delenv("SORTLAB_RUNTIME", raising=False)
-        yield folder
+def _shared_onnx_cache(onnx_cache):
+    """Every test here uses the session-wide ONNX cache (conftest.onnx_cache)."""
+    return onnx_cache
 
 
 def photo_bytes(seed: int, size=(320, 240)) -> bytes:

@@ -227,6 +227,17 @@ def test_huge_declared_dimensions_are_refused_quickly(project, tmp_path):
 # --- feature extraction / prediction of files ---------------------------------------------------
 
 
+def _write_examples(folder: Path, prefix: str, examples, counts: Counter) -> list[Path]:
+    """Write one Hypothesis example's damaged images to uniquely named files (counted in ``counts``)."""
+    paths = []
+    for kind, name, data in examples:
+        counts["files"] += 1
+        path = folder / f"{prefix}{counts['files']}{_extension(name, kind)}"
+        path.write_bytes(data)
+        paths.append(path)
+    return paths
+
+
 def _features_fuzz(tmp_path: Path, request, max_examples: int, label: str) -> None:
     import engine.features as features
     from engine.backbones import DEFAULT_BACKBONE
@@ -245,12 +256,7 @@ def _features_fuzz(tmp_path: Path, request, max_examples: int, label: str) -> No
               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
     @given(st.lists(damaged_images(), min_size=1, max_size=3))
     def one(examples):
-        paths = []
-        for kind, name, data in examples:
-            counts["files"] += 1
-            path = folder / f"f{counts['files']}{_extension(name, kind)}"
-            path.write_bytes(data)
-            paths.append(path)
+        paths = _write_examples(folder, "f", examples, counts)
         ok_paths, X, failed = features.features_for_files(JobContext(), paths, DEFAULT_BACKBONE, None)
         ok_set = {str(p) for p in ok_paths}
         failed_set = {str(p) for p, _ in failed}
@@ -310,12 +316,7 @@ def _predict_fuzz(tmp_path: Path, request, max_examples: int, label: str) -> Non
               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
     @given(st.lists(damaged_images(), min_size=1, max_size=4))
     def one(examples):
-        paths = []
-        for kind, name, data in examples:
-            counts["files"] += 1
-            path = folder / f"p{counts['files']}{_extension(name, kind)}"
-            path.write_bytes(data)
-            paths.append(str(path))
+        paths = [str(path) for path in _write_examples(folder, "p", examples, counts)]
         result = predicting.predict_files(JobContext(), project, paths, version)
         predicted = [p.path for p in result.predictions]
         failed = [p for p, _ in result.failed]
@@ -394,12 +395,7 @@ def _bundle_predict_fuzz(tmp_path: Path, request, max_examples: int, label: str)
               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
     @given(st.lists(damaged_images(), min_size=1, max_size=4))
     def one(examples):
-        paths = []
-        for kind, name, data in examples:
-            counts["files"] += 1
-            path = folder / f"b{counts['files']}{_extension(name, kind)}"
-            path.write_bytes(data)
-            paths.append(str(path))
+        paths = [str(path) for path in _write_examples(folder, "b", examples, counts)]
         results = list(predictor.predict_paths(paths))
         assert [r[0] for r in results] == paths, "each file: exactly one result, in order"
         for _path, class_name, probability, reason in results:
