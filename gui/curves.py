@@ -142,6 +142,7 @@ class TrainingCurves(QWidget):
                 f"{acc[-1]:.1f}% with {int(n[-1])} labeled images."
             )
         else:
+            self.history_plot.setXRange(0, 10.0, padding=0)  # whole label counts, not 0.2 ... 0.8
             self.caption.setText("Train a model to see how accuracy grows with the number of labels.")
 
 

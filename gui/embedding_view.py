@@ -303,6 +303,7 @@ class EmbeddingView(QWidget):
     image_clicked = Signal(int)
     images_selected = Signal(object)  # list[int]
     labels_changed = Signal(object)  # list[int] relabeled here
+    _follow_layout = True  # see _stop_following
 
     def __init__(
         self,
@@ -395,6 +396,9 @@ class EmbeddingView(QWidget):
         self.fit_button.setToolTip("Show the whole map")
         self.fit_button.setAutoRaise(True)
         self.fit_button.clicked.connect(self.fit)
+        # The view follows the map (streaming t-SNE steps, a dock shown or resized) until the user
+        # pans or zooms; "Fit" hands it back to the map.
+        self.viewbox.sigRangeChangedManually.connect(self._stop_following)
         self.recompute_button = QPushButton("Recompute map")
         self.recompute_button.clicked.connect(lambda: self.compute(*(self._map_key or (None, None))[:2], force=True))
         self.status = QLabel("No map yet: it appears once image features exist (after the first training).")
@@ -458,6 +462,7 @@ class EmbeddingView(QWidget):
         self.project = project
         self._thumb_cache.clear()
         self._map_key = None
+        self._follow_layout = True
         self.set_layout(np.zeros(0, np.int64), np.zeros((0, 2), np.float32))
         self._group_records.clear()
         self._selection_records.clear()
@@ -502,7 +507,7 @@ class EmbeddingView(QWidget):
             if colors is not None and np.array_equal(colors.image_ids, image_ids):
                 self.apply_colors(colors)
             self._move_points()
-        if first and len(image_ids):
+        if len(image_ids) and (first or self._follow_layout):
             self.fit()
 
     def set_attributes(self, class_ids: np.ndarray, source_codes: np.ndarray | None = None,
@@ -771,7 +776,21 @@ class EmbeddingView(QWidget):
         if not button.isChecked():
             button.setChecked(True)
 
+    def _stop_following(self, *_args) -> None:
+        self._follow_layout = False
+
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        if self._follow_layout:
+            self.fit()  # a map computed while its tab was hidden was fitted to no size at all
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        if self._follow_layout:
+            self.fit()
+
     def fit(self) -> None:
+        self._follow_layout = True
         if len(self.coords):
             lo = np.nanmin(self.coords, axis=0)
             hi = np.nanmax(self.coords, axis=0)

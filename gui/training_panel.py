@@ -273,6 +273,7 @@ class TrainingPanel(QWidget):
             runner.submit("training-options", _options_job, device is None, backbones is None,
                           on_done=self._options_known)
         self.refresh_history()
+        self._update_buttons()  # nothing to train before a project is open
 
     # -- configuration ------------------------------------------------------------------------
     def set_project(self, project) -> None:

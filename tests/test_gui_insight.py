@@ -56,6 +56,14 @@ def slow_fake_training(context, project, method, backbone, layer):
     return {"metrics": {"val_acc": 0.9}}
 
 
+def test_nothing_to_start_before_a_project_is_open(qtbot, runner, project):
+    panel = make_panel(qtbot, runner, None, slow_fake_training)
+    assert not panel.start_button.isEnabled()
+    assert panel.start() is False
+    panel.set_project(project)
+    assert panel.start_button.isEnabled()
+
+
 def test_start_then_cancel_from_the_panel(qtbot, runner, project):
     calls = []
 
@@ -624,3 +632,33 @@ def test_large_maps_cache_their_drawing_and_make_room_for_it(qtbot):
         assert QPixmapCache.cacheLimit() * 1024 >= size.width() * size.height() * 4 * (len(view._groups) + 1)
     finally:
         QPixmapCache.setCacheLimit(max(before, QPixmapCache.cacheLimit()))
+
+
+def test_map_view_follows_the_layout_until_the_user_pans(qtbot):
+    """A map computed in a hidden tab, or moved by t-SNE, stays in view; a user's pan or zoom wins."""
+    view = EmbeddingView(None, None)
+    qtbot.addWidget(view)
+    ids = np.arange(1, 201)
+    rng = np.random.default_rng(3)
+    view.set_layout(ids, rng.normal(size=(200, 2)))
+    view.resize(600, 400)
+    view.show()
+    qtbot.waitExposed(view)
+
+    def points_in_view() -> bool:
+        (x0, x1), (y0, y1) = view.viewbox.viewRange()
+        x, y = view.coords[:, 0], view.coords[:, 1]
+        return bool(np.all((x >= x0) & (x <= x1) & (y >= y0) & (y <= y1)))
+
+    view.viewbox.setRange(xRange=(5, 6), yRange=(5, 6), padding=0)  # as if fitted elsewhere
+    view.resize(700, 450)
+    qtbot.waitUntil(points_in_view, timeout=2000)
+    view.set_layout(ids, rng.normal(size=(200, 2)) * [3.0, 0.3] + [2.0, 0.0])  # a t-SNE step
+    assert points_in_view()
+
+    view.viewbox.sigRangeChangedManually.emit([True, True])  # the user zoomed in
+    view.viewbox.setRange(xRange=(0, 0.1), yRange=(0, 0.1), padding=0)
+    view.set_layout(ids, rng.normal(size=(200, 2)))
+    assert not points_in_view(), "the user's zoom is kept"
+    view.fit()
+    assert points_in_view()
