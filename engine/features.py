@@ -358,10 +358,11 @@ def ensure_features(
     unsaved: tuple[list, list] = ([], [])  # image ids, vector blocks computed but not yet committed
 
     def save() -> None:
-        if unsaved[0]:
-            stored[0] += store_vectors(project, feature_set.id, unsaved[0], np.concatenate(unsaved[1]))
+        if unsaved[0]:  # taken out first, so the ``finally`` below never retries a failed write
+            image_ids, vectors = list(unsaved[0]), np.concatenate(unsaved[1])
             unsaved[0].clear()
             unsaved[1].clear()
+            stored[0] += store_vectors(project, feature_set.id, image_ids, vectors)
 
     def consume(image_ids: list, vectors: np.ndarray) -> None:
         unsaved[0].extend(image_ids)

@@ -22,7 +22,6 @@ from storage.modelstore import (
     active_model,
     get_model,
     model_weights,
-    predictions,
     store_predictions,
 )
 from storage.project import Project
@@ -98,8 +97,10 @@ def refresh_predictions(
 
 def images_without_prediction(project: Project, model_version: int) -> list[int]:
     """Ids of the images a version has no prediction for (imported after it was trained)."""
-    predicted = set(predictions(project, model_version))
-    return [image_id for image_id in all_image_ids(project) if image_id not in predicted]
+    from engine.projection import prediction_arrays  # plain id column: no object per prediction
+
+    ids = np.asarray(all_image_ids(project), dtype=np.int64)
+    return ids[~np.isin(ids, prediction_arrays(project, model_version)[0])].tolist()
 
 
 def refresh_if_model(context: JobContext, project: Project) -> RefreshOutcome | None:

@@ -264,18 +264,13 @@ def point_attributes(project: Project, image_ids: Sequence[int] | np.ndarray) ->
     code_of = {name: i for i, name in enumerate(source_names)}
     sources = np.fromiter((code_of[r[1] or ""] for r in rows), dtype=np.int32, count=n)
     splits = np.fromiter((r[2] == "val" for r in rows), dtype=np.int8, count=n)
-    out_classes = np.full(len(image_ids), -1, np.int64)
-    out_sources = np.zeros(len(image_ids), np.int32)
-    out_splits = np.zeros(len(image_ids), np.int8)
-    if n and len(image_ids):
-        order = np.argsort(ids)
-        pos = np.clip(np.searchsorted(ids[order], image_ids), 0, n - 1)
-        take = order[pos]
-        found = ids[take] == image_ids
-        out_classes[found] = classes[take[found]]
-        out_sources[found] = sources[take[found]]
-        out_splits[found] = splits[take[found]]
-    return PointAttributes(image_ids, out_classes, out_sources, source_names, out_splits)
+    return PointAttributes(
+        image_ids,
+        align(ids, classes, image_ids, -1).astype(np.int64),
+        align(ids, sources, image_ids, 0).astype(np.int32),
+        source_names,
+        align(ids, splits, image_ids, 0).astype(np.int8),
+    )
 
 
 def _resolve_version(session, version: int | None) -> int | None:

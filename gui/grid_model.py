@@ -78,6 +78,8 @@ class ThumbnailGridModel(QAbstractListModel):
         self.endResetModel()
 
     def shutdown(self) -> None:
+        self._flush_timer.stop()
+        self._wanted.clear()
         if self._loader is not None:
             self._loader.stop()
             self._loader = None

@@ -86,9 +86,6 @@ class InsightPanels(QObject):
         """Filter the grid to exactly these images (a confusion-matrix cell)."""
         self.window.filter_grid(list(image_ids), description)
 
-    def select_image(self, image_id: int) -> None:
-        self.select_images([int(image_id)])
-
     def select_images(self, image_ids) -> None:
         """Select the map's selection in the grid too (so grid actions apply to it).
 
@@ -116,14 +113,6 @@ class InsightPanels(QObject):
         refresh = getattr(self.window, "refresh_predictions_view", None)
         if refresh is not None:
             refresh()
-            return
-        # Older main windows: re-run the filter (it reads the active version) and redraw tiles.
-        rerun = getattr(self.window, "rerun_query", None)
-        if rerun is not None:
-            rerun()
-        grid_model = getattr(self.window, "grid_model", None)
-        if grid_model is not None and hasattr(grid_model, "refresh_tiles"):
-            grid_model.refresh_tiles()
 
     def _map_labeled(self, image_ids: list[int]) -> None:
         """Labels written by the map's own command (only without make_label_command)."""

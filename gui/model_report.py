@@ -94,13 +94,10 @@ def build_report(
 
 def _class_index(class_ids: Sequence[int], values: np.ndarray) -> np.ndarray:
     """Position of each value in ``class_ids`` (-1 when absent), vectorized for 100k images."""
+    from engine.projection import align
+
     keys = np.asarray(list(class_ids), dtype=np.int64)
-    values = np.asarray(values, dtype=np.int64)
-    if keys.size == 0:
-        return np.full(len(values), -1, np.int64)
-    order = np.argsort(keys, kind="stable")
-    pos = np.clip(np.searchsorted(keys[order], values), 0, len(keys) - 1)
-    return np.where(keys[order][pos] == values, order[pos], -1).astype(np.int64)
+    return align(keys, np.arange(len(keys), dtype=np.int64), values, -1)
 
 
 def project_report(project, version: int | None = None, predictions_fn: Callable | None = None) -> Report | None:

@@ -89,7 +89,6 @@ class TileDelegate(QStyledItemDelegate):
         self._selected_fill = QColor("#3daee9")
         self._placeholder = QColor("#808080")
         self._text = QColor("#000000")
-        self._name_baseline = BAR_HEIGHT - 5
 
     def set_classes(self, classes: list[ClassInfo]) -> None:
         self.classes = {info.id: info for info in classes}
@@ -189,9 +188,9 @@ class TileDelegate(QStyledItemDelegate):
         painter.restore()
 
     # -- cached pieces --------------------------------------------------------------------------
-    def _sprite(self, cache: OrderedDict, capacity: int, key: tuple, width: int, height: int,
-                background: QColor, draw) -> QPixmap:
+    def _sprite(self, key: tuple, width: int, height: int, background: QColor, draw) -> QPixmap:
         """An opaque pixmap (``background`` then ``draw(painter, rect)``), made once per key."""
+        cache = self._sprites
         sprite = cache.get(key)
         if sprite is not None:
             cache.move_to_end(key)
@@ -205,7 +204,7 @@ class TileDelegate(QStyledItemDelegate):
         draw(painter, QRect(0, 0, width, height))
         painter.end()
         cache[key] = sprite
-        while len(cache) > capacity:
+        while len(cache) > SPRITE_CACHE_SIZE:
             cache.popitem(last=False)
         return sprite
 
@@ -236,7 +235,7 @@ class TileDelegate(QStyledItemDelegate):
                              self._bold_metrics.elidedText(text, _ELIDE_RIGHT, bar.width() - 12))
 
         key = ("tile", width, height, label.id if label is not None else None, suggestion, selected)
-        return self._sprite(self._sprites, SPRITE_CACHE_SIZE, key, width, height, self._background(selected), draw)
+        return self._sprite(key, width, height, self._background(selected), draw)
 
     def _elided_name(self, name: str) -> str:
         elided = self._metrics.elidedText(name, _ELIDE_RIGHT, NAME_WIDTH)
@@ -262,8 +261,7 @@ class TileDelegate(QStyledItemDelegate):
             painter.drawText(area, _LEFT_MIDDLE, self._small_metrics.elidedText(text, _ELIDE_RIGHT, area.width()))
 
         key = ("prediction", predicted.id, percent, disagrees, selected)
-        return self._sprite(self._sprites, SPRITE_CACHE_SIZE, key, width, LINE_HEIGHT,
-                            self._background(selected), draw)
+        return self._sprite(key, width, LINE_HEIGHT, self._background(selected), draw)
 
     def _background(self, selected: bool) -> QColor:
         return self._selected_fill if selected else self._base

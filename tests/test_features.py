@@ -156,6 +156,26 @@ def test_cancelled_run_keeps_finished_batches_and_resumes(project):
     assert (resumed.extracted, resumed.cached, resumed.images) == (4, 2, 6)
 
 
+def test_a_failed_write_is_reported_once_not_retried(project, monkeypatch):
+    """A write that fails (e.g. a full disk) ends the job with that error; the clean-up save in
+    ensure_features must not try the same vectors again and replace it with a second error."""
+    from engine import features
+
+    add_photos(project, range(40, 43))
+    calls = []
+
+    def failing_store(*args):
+        calls.append(len(args[2]))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(features, "store_vectors", failing_store)
+    monkeypatch.setattr(features, "STORE_AT_LEAST", 2)  # the write fails inside the pipeline
+    with pytest.raises(OSError) as raised:
+        ensure_features(JobContext(), project, LITE0, batch_size=2)
+    assert raised.value.__context__ is None  # the original error, not one raised while handling it
+    assert calls == [2]  # the first batch's vectors, tried once
+
+
 def test_torch_path_gives_the_same_features_as_onnx(project):
     add_photos(project, range(30, 33))
     ensure_features(JobContext(), project, LITE0, runtime="onnx")
