@@ -146,6 +146,27 @@ def test_refreshing_keeps_out_of_fold_predictions_and_fills_new_images(project):
     assert after[new_ids[0]].class_name == "c1" and after[new_ids[0]].margin == pytest.approx(0.5)
 
 
+def test_refreshing_many_predictions_writes_short_transactions(project, monkeypatch):
+    """A label written from the GUI must never wait for a whole refresh: rows go in chunks."""
+    make_feature_project(project, [15, 15], dim=8)
+    result = train(project)
+    new_ids = add_placeholder_images(project, 7, start=500)
+    monkeypatch.setattr(modelstore, "PREDICTION_CHUNK", 3)
+    transactions = []
+    real_writing = type(project).writing
+
+    def counting_writing(self):
+        transactions.append(1)
+        return real_writing(self)
+
+    monkeypatch.setattr(type(project), "writing", counting_writing)
+    fresh = np.tile(np.array([[0.6, 0.4]], dtype=np.float32), (7, 1))
+    stored = modelstore.store_predictions(project, result.model_version, modelstore.PredictionBatch(np.asarray(new_ids), fresh))
+    assert stored == 7 and len(transactions) == 3  # 3 + 3 + 1 rows
+    after = modelstore.predictions(project, result.model_version)
+    assert all(after[i].class_name == "c0" and after[i].probability == pytest.approx(0.6) for i in new_ids)
+
+
 def test_refresh_if_model_predicts_exactly_the_images_imported_after_training(project):
     from engine.predicting import RefreshOutcome, refresh_if_model
 
