@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import contextlib
 import os
 import shutil
 import sqlite3
@@ -164,14 +165,14 @@ def test_os_level_enospc_gets_the_disk_full_message():
     assert "full" in message.lower()
 
 
-@pytest.fixture
-def tiny_tmpfs(tmp_path):
-    """A real 1.5 MB file system, or a skip where this user cannot mount one."""
+@contextlib.contextmanager
+def mounted_tmpfs(name: str, options: str):
+    """A real small tmpfs mounted with ``options``, or a skip where this user cannot mount one."""
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("mounting a tmpfs needs root")
-    mount_point = Path("/tmp") / f"sortlab-full-{uuid.uuid4().hex[:8]}"
+    mount_point = Path("/tmp") / f"sortlab-{name}-{uuid.uuid4().hex[:8]}"
     mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1536k", "tmpfs", str(mount_point)],
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)],
                             capture_output=True, text=True)
     if result.returncode != 0:
         mount_point.rmdir()
@@ -181,6 +182,13 @@ def tiny_tmpfs(tmp_path):
     finally:
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
         mount_point.rmdir()
+
+
+@pytest.fixture
+def tiny_tmpfs():
+    """A real 1.5 MB file system."""
+    with mounted_tmpfs("full", "size=1536k") as mount_point:
+        yield mount_point
 
 
 def test_real_full_file_system_gives_clear_message_and_keeps_saved_work(tiny_tmpfs, tmp_path):
@@ -331,16 +339,7 @@ def test_cli_dataset_export_on_a_full_disk_prints_one_line(small_project, tmp_pa
 
 def test_cli_into_a_read_only_folder_prints_one_line(small_project, tmp_path, capsys):
     """A real read-only file system (a tmpfs mounted ro; skipped where mounting is not allowed)."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a read-only tmpfs needs root")
-    mount_point = Path("/tmp") / f"sortlab-ro-{uuid.uuid4().hex[:8]}"
-    mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,ro", "tmpfs", str(mount_point)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        mount_point.rmdir()
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with mounted_tmpfs("ro", "size=256k,ro") as mount_point:
         code, out, err = _cli(capsys, "dataset-export", small_project, mount_point / "out")
         _assert_one_error_line(code, err, "read-only", str(mount_point / "out"))
         _write_images(tmp_path / "new", 2, seed=7)
@@ -349,9 +348,6 @@ def test_cli_into_a_read_only_folder_prints_one_line(small_project, tmp_path, ca
         code, out, err = _cli(capsys, "predict", small_project, "--watch", tmp_path / "new", "--csv",
                               mount_point / "watch.csv")
         _assert_one_error_line(code, err)  # no model yet: refused before touching the read-only folder
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
-        mount_point.rmdir()
 
 
 def test_cli_permission_error_prints_one_line(small_project, tmp_path, capsys, monkeypatch):

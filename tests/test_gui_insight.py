@@ -478,9 +478,7 @@ def test_stale_map_partials_are_ignored_and_project_change_cancels(qtbot, runner
     old_layout, new_layout = np.c_[np.arange(6.0), np.zeros(6)], np.c_[np.zeros(6), np.arange(6.0) ** 2]
     sent, stopped = threading.Event(), threading.Event()
 
-    def old_job(context, project_arg, backbone, layer):
-        context.partial({"kind": "embedding", "coords": old_layout, "iteration": 0, "method": "pca", "image_ids": ids})
-        sent.set()
+    def run_until_cancelled(context):
         while True:  # a long t-SNE, stopped only by cancelling
             try:
                 context.check_cancelled()
@@ -489,15 +487,14 @@ def test_stale_map_partials_are_ignored_and_project_change_cancels(qtbot, runner
                 raise
             time.sleep(0.005)
 
+    def old_job(context, project_arg, backbone, layer):
+        context.partial({"kind": "embedding", "coords": old_layout, "iteration": 0, "method": "pca", "image_ids": ids})
+        sent.set()
+        run_until_cancelled(context)
+
     def new_job(context, project_arg, backbone, layer):
         context.partial({"kind": "embedding", "coords": new_layout, "iteration": 0, "method": "pca", "image_ids": ids})
-        while True:
-            try:
-                context.check_cancelled()
-            except Exception:
-                stopped.set()
-                raise
-            time.sleep(0.005)
+        run_until_cancelled(context)
 
     view = EmbeddingView(runner, project)
     qtbot.addWidget(view)
