@@ -9,15 +9,6 @@ import os
 import sys
 
 
-def app_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("sortlab")
-    except Exception:
-        return "0+source"
-
-
 class SortlabArgumentParser(argparse.ArgumentParser):
     """Usage errors as one line ``sortlab: error: ...`` (exit 2) instead of argparse's usage block.
     Sub-command parsers inherit this class (argparse creates them with the parent's type)."""
@@ -31,7 +22,7 @@ class SortlabArgumentParser(argparse.ArgumentParser):
 
 def os_error_line(exc: OSError) -> str:
     """One line for a failed file operation: the disk-full sentence, or 'reason: path'."""
-    from engine.jobs import user_message
+    from engine.runtime.jobs import user_message
 
     if getattr(exc, "errno", None) == errno.ENOSPC:
         return user_message(exc)
@@ -41,7 +32,8 @@ def os_error_line(exc: OSError) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cli import feature_commands, model_commands, project_commands, ship_commands
+    from cli import feature_commands, model_commands, next_commands, project_commands, review_commands, ship_commands
+    from storage.project import app_version
 
     parser = SortlabArgumentParser(
         prog="sortlab",
@@ -50,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"Sortlab {app_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (project_commands, feature_commands, model_commands, ship_commands):
+    for module in (project_commands, feature_commands, model_commands, ship_commands, review_commands, next_commands):
         module.register(subparsers)
     return parser
 

@@ -48,7 +48,7 @@ def layout(n: int, seed: int, k: int = 12) -> np.ndarray:
 
 
 def colors(ids: np.ndarray, classes: list, seed: int):
-    from engine.projection import MapColors
+    from engine.insight.projection import MapColors
 
     rng = np.random.default_rng(seed)
     n = len(ids)
@@ -79,7 +79,7 @@ def measure(app: QApplication, n: int, tag: str) -> dict:
 
     palette = ["#4E79A7", "#F28E2B", "#59A14F", "#E15759", "#B07AA1"]
     classes = [ClassInfo(i + 1, f"class {i + 1}", palette[i], i, str(i + 1)) for i in range(5)]
-    view = EmbeddingView(None, None, thumbnail_fn=lambda image_id: None)
+    view = EmbeddingView(None, None)  # no project: hovering shows captions without thumbnails
     view.resize(900, 700)
     view.show()
     app.processEvents()
@@ -105,12 +105,12 @@ def measure(app: QApplication, n: int, tag: str) -> dict:
 
     def hover(index: int) -> None:
         x, y = view.coords[index]
-        view._hover_pos = view.viewbox.mapViewToScene(QPointF(float(x), float(y)))
-        view._update_hover()
+        view.hover.scene_pos = view.viewbox.mapViewToScene(QPointF(float(x), float(y)))
+        view.hover.update()
 
     targets = rng.integers(0, n, REPEATS)
     result[f"hover_{tag}_ms"] = median_ms(app, view, [lambda i=i: hover(int(i)) for i in targets])
-    assert view._hover_index >= 0, "the hover found no point"
+    assert view.hover.index >= 0, "the hover found no point"
 
     # Lasso: a wobbly 200-vertex loop around about a quarter of the map.
     lo, hi = view.coords.min(axis=0), view.coords.max(axis=0)

@@ -35,12 +35,13 @@ from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from engine.backbones import DEFAULT_BACKBONE, get_backbone  # noqa: E402
-from engine.features import ensure_features, get_runner  # noqa: E402
-from engine.importing import import_paths  # noqa: E402
-from engine.jobs import JobContext  # noqa: E402
-from engine.onnx_backend import OnnxFeatureRunner, default_threads  # noqa: E402
-from engine.preprocess import preprocess_bytes  # noqa: E402
+from engine.features.backbones import DEFAULT_BACKBONE, get_backbone  # noqa: E402
+from engine.features.extraction import ensure_features, get_runner  # noqa: E402
+from engine.images.importing import import_paths  # noqa: E402
+from engine.runtime.jobs import JobContext  # noqa: E402
+from engine.features.onnx_backend import OnnxFeatureRunner, default_threads  # noqa: E402
+from engine.features.preprocess import preprocess_bytes  # noqa: E402
+from engine.torch.networks import load_backbone  # noqa: E402
 from storage.featurestore import delete_feature_set  # noqa: E402
 from storage.images import image_ids, read_image_bytes  # noqa: E402
 from storage.project import create_project  # noqa: E402
@@ -99,7 +100,7 @@ def naive_images_per_second(files: list[Path], spec) -> float:
         transforms.ToTensor(),
         transforms.Normalize(spec.mean, spec.std),
     ])
-    model = spec.load_model().eval()
+    model = load_backbone(spec)
     with torch.no_grad():
         model(torch.zeros(1, 3, spec.input_size, spec.input_size))  # warm-up
         started = time.perf_counter()

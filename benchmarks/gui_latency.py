@@ -203,12 +203,11 @@ def build_window(project, workdir: Path):
     settings = QSettings(str(workdir / "settings.ini"), QSettings.Format.IniFormat)
     window = MainWindow(project, settings=settings, data_dir=workdir, projects_dir=workdir)
     panels = install_insight_panels(window)
-    window.suggestions.enabled = False  # as gui.app does: the training panel retrains instead
     return window, panels
 
 
 def main() -> int:
-    from engine.importing import import_paths
+    from engine.images.importing import import_paths
     from storage.project import create_project
 
     app = QApplication.instance() or QApplication(sys.argv)

@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from engine.importing import import_paths  # noqa: E402
-from engine.jobs import JobContext  # noqa: E402
+from engine.images.importing import import_paths  # noqa: E402
+from engine.runtime.jobs import JobContext  # noqa: E402
 from storage.images import image_count  # noqa: E402
 from storage.project import create_project  # noqa: E402
 

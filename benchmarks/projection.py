@@ -19,8 +19,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.jobs import JobContext  # noqa: E402
-from engine.projection import compute_embedding  # noqa: E402
+from engine.runtime.jobs import JobContext  # noqa: E402
+from engine.insight.projection import compute_embedding  # noqa: E402
 
 
 def features(n: int, dim: int = 1280, k: int = 10, seed: int = 0) -> np.ndarray:

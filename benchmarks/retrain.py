@@ -22,9 +22,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.backbones import DEFAULT_BACKBONE, get_backbone  # noqa: E402
-from engine.jobs import JobContext  # noqa: E402
-from engine.training import train_model  # noqa: E402
+from engine.features.backbones import DEFAULT_BACKBONE, get_backbone  # noqa: E402
+from engine.models.training import train_model  # noqa: E402
+from engine.runtime.jobs import JobContext  # noqa: E402
 from storage import catalog  # noqa: E402
 from storage.featurestore import ensure_feature_set, store_vectors  # noqa: E402
 from storage.project import create_project  # noqa: E402
@@ -77,7 +77,7 @@ def main() -> int:
         first = train_model(context, project)
         initial_s = time.perf_counter() - started
         print(f"initial training (C searched by CV): {initial_s:.2f} s, C={first.params['C']}, "
-              f"{first.metrics['evaluation']} accuracy {first.metrics['accuracy']:.3f}")
+              f"{first.metrics.evaluation} accuracy {first.metrics.accuracy:.3f}")
         runs = []
         for r in range(RETRAINS):
             image = r * 97
@@ -87,7 +87,7 @@ def main() -> int:
             runs.append((time.perf_counter() - started, result))
             print(f"retrain {r + 1}: {runs[-1][0]:.3f} s (train {result.timings['train_s']:.3f} s, predict+store "
                   f"{result.timings['predict_store_s']:.3f} s), version {result.model_version}, "
-                  f"accuracy {result.metrics['accuracy']:.3f}")
+                  f"accuracy {result.metrics.accuracy:.3f}")
         project.close()
     median = statistics.median(seconds for seconds, _ in runs)
     _, typical = min(runs, key=lambda run: abs(run[0] - median))

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.jobs import JobContext
+from engine.runtime.jobs import JobContext, PartialCallback
 from storage.errors import ProjectError
 from storage.project import Project, open_project
+
+
+EXIT_CANCELLED = 130  # the shell's status for a command stopped by Ctrl+C
 
 
 class CliError(Exception):
@@ -53,8 +58,9 @@ def open_or_create_project(path: str) -> Project:
         raise CliError(str(exc)) from exc
 
 
-def stderr_progress_context(quiet: bool = False) -> JobContext:
-    """A job context that draws a one-line progress indicator on stderr (at most ~10 times a second)."""
+def stderr_progress_context(quiet: bool = False, on_partial: PartialCallback | None = None) -> JobContext:
+    """A job context that draws a one-line progress indicator on stderr (at most ~10 times a second)
+    and hands the job's partial results to ``on_partial``."""
     last_print = [0.0]
     interactive = sys.stderr.isatty()
 
@@ -72,7 +78,36 @@ def stderr_progress_context(quiet: bool = False) -> JobContext:
             sys.stderr.write(line + "\n")
         sys.stderr.flush()
 
-    return JobContext(on_progress)
+    return JobContext(on_progress, on_partial)
+
+
+class CancelOnSignals:
+    """Turns Ctrl+C (SIGINT), and SIGTERM when asked, into a cancel of a long command's job context:
+    the job stops at its next safe point (after the batch in progress) and ends with JobCancelled, so
+    what it wrote is complete. A second Ctrl+C interrupts at once. ``received`` names the signal that
+    stopped the job. Outside the main thread (where signals cannot be caught) it does nothing."""
+
+    def __init__(self, context: JobContext, signals: tuple[signal.Signals, ...] = (signal.SIGINT,)):
+        self.context = context
+        self.signals = signals
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.context.cancelled and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+        self.context.cancel()
+
+    def __enter__(self) -> CancelOnSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.signals:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 def emit(result: CommandResult, as_json: bool) -> None:

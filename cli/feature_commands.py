@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from cli.common import CliError, CommandResult, add_json_flag, open_existing_project, stderr_progress_context
-from engine.backbones import DEFAULT_BACKBONE, BackboneUnavailable, get_backbone, list_backbones
-from engine.features import device_name, ensure_features
-from engine.jobs import JobCancelled
-
-EXIT_CANCELLED = 130
+from cli.common import (
+    EXIT_CANCELLED,
+    CancelOnSignals,
+    CliError,
+    CommandResult,
+    add_json_flag,
+    open_existing_project,
+    stderr_progress_context,
+)
+from engine.features.backbones import DEFAULT_BACKBONE, BackboneUnavailable, get_backbone, list_backbones
+from engine.features.extraction import device_name, ensure_features
+from engine.runtime.jobs import JobCancelled
 
 
 def register(subparsers) -> None:
@@ -45,15 +51,14 @@ def _resolve(backbone: str, layer: str | None):
 
 def run_extract(args: argparse.Namespace) -> CommandResult:
     spec, layer_spec = _resolve(args.backbone, args.layer)
-    project = open_existing_project(args.project)
-    try:
-        info = ensure_features(stderr_progress_context(), project, spec.name, layer_spec.name)
-    except JobCancelled:
-        return CommandResult({"cancelled": True}, "Cancelled; finished batches are saved.", EXIT_CANCELLED)
-    except BackboneUnavailable as exc:
-        raise CliError(str(exc)) from exc
-    finally:
-        project.close()
+    context = stderr_progress_context()
+    with open_existing_project(args.project) as project, CancelOnSignals(context):
+        try:
+            info = ensure_features(context, project, spec.name, layer_spec.name)
+        except JobCancelled:  # Ctrl+C: the batch in progress is finished and saved first
+            return CommandResult({"cancelled": True}, "Cancelled; finished batches are saved.", EXIT_CANCELLED)
+        except BackboneUnavailable as exc:
+            raise CliError(str(exc)) from exc
     data = info.to_dict()
     text = (f"{spec.title} / {layer_spec.name}: {info.extracted} images extracted, {info.cached} already cached "
             f"({info.dim} values each) in {info.seconds:.1f} s on {info.device}")

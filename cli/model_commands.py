@@ -12,14 +12,31 @@ import csv
 import io
 import sys
 
-from cli.common import CliError, CommandResult, add_json_flag, open_existing_project, stderr_progress_context
-from engine.backbones import DEFAULT_BACKBONE
-from engine.predicting import FilePredictions, predict_files
-from engine.training import DEFAULT_METHOD, METHODS, train_model
+from cli.common import (
+    EXIT_CANCELLED,
+    CancelOnSignals,
+    CliError,
+    CommandResult,
+    add_json_flag,
+    open_existing_project,
+    stderr_progress_context,
+)
+from engine.features.backbones import DEFAULT_BACKBONE
+from engine.models.methods import DEFAULT_METHOD, METHODS
+from engine.models.metrics import Metrics
+from engine.models.predicting import FilePredictions, predict_files
+from engine.models.training import train_model
+from engine.runtime.jobs import JobCancelled
+from engine.ship.csv_rows import PREDICTIONS_CSV_HEADER, prediction_csv_row
 from storage.errors import ProjectError
 from storage.modelstore import ModelInfo, list_models, set_active_model
 
-CSV_HEADER = ("path", "class", "probability")
+
+def _method_help() -> str:
+    """--method's help, from the registry: each name with the title users see in the app."""
+    words = [f"{m.name}: {m.title}" + (" (default)" if m.name == DEFAULT_METHOD else "")
+             + (", slow without a GPU" if m.fine_tunes else "") for m in METHODS.values()]
+    return "training method; " + "; ".join(words)
 
 
 def register(subparsers) -> None:
@@ -31,9 +48,7 @@ def register(subparsers) -> None:
         "and make it the active model.",
     )
     train.add_argument("project")
-    train.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
-                       help="logreg (default, quick), svm, probe (linear probe with augmentation) or "
-                       "finetune (whole network; slow without a GPU)")
+    train.add_argument("--method", choices=list(METHODS), default=DEFAULT_METHOD, help=_method_help())
     train.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"feature network (default {DEFAULT_BACKBONE})")
     train.add_argument("--layer", default=None, help="feature layer (default: the backbone's pooled last layer)")
     train.add_argument("--seed", type=int, default=0, help="random seed (same seed, same model)")
@@ -74,19 +89,22 @@ def _fmt(value) -> str:
 
 
 def run_train(args: argparse.Namespace) -> CommandResult:
-    with open_existing_project(args.project) as project:
+    context = stderr_progress_context()
+    with open_existing_project(args.project) as project, CancelOnSignals(context):
         try:
-            result = train_model(stderr_progress_context(), project, method=args.method, backbone=args.backbone,
+            result = train_model(context, project, method=args.method, backbone=args.backbone,
                                  layer=args.layer, seed=args.seed)
+        except JobCancelled:  # Ctrl+C: features extracted so far are kept, the run is recorded as cancelled
+            return CommandResult({"cancelled": True}, "Cancelled: no new model version was stored.", EXIT_CANCELLED)
         except ProjectError as exc:
             raise CliError(str(exc)) from exc
     m = result.metrics
     data = {"model": result.model_version, "method": result.method, "backbone": result.backbone,
-            "layer": result.layer, "n_labeled": result.n_labeled, "metrics": m}
+            "layer": result.layer, "n_labeled": result.n_labeled, "metrics": m.to_json()}
     text = (
         f"Model version {result.model_version} ({result.method}, {result.backbone}/{result.layer}) is now active.\n"
-        f"Accuracy {_fmt(m.get('accuracy'))}, balanced accuracy {_fmt(m.get('balanced_accuracy'))} "
-        f"({m.get('evaluation', 'not evaluated')}, {result.n_labeled} labeled images)."
+        f"Accuracy {_fmt(m.accuracy)}, balanced accuracy {_fmt(m.balanced_accuracy)} "
+        f"({m.evaluation}, {result.n_labeled} labeled images)."
     )
     return CommandResult(data, text)
 
@@ -94,9 +112,9 @@ def run_train(args: argparse.Namespace) -> CommandResult:
 def _csv(result: FilePredictions) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_HEADER)
+    writer.writerow(PREDICTIONS_CSV_HEADER)
     for row in result.predictions:
-        writer.writerow((row.path, row.class_name, f"{row.probability:.6f}"))
+        writer.writerow(prediction_csv_row(row.path, row.class_name, row.probability))
     return buffer.getvalue()
 
 
@@ -139,6 +157,7 @@ def run_predict(args: argparse.Namespace) -> CommandResult:
 
 
 def _model_row(info: ModelInfo) -> dict:
+    """A version as ``models --json`` prints it: its metrics exactly as the project stores them."""
     return {"version": info.version, "active": info.is_active, "method": info.method, "backbone": info.backbone,
             "layer": info.layer, "created_at": info.created_at.isoformat(timespec="seconds"),
             "n_labeled": info.n_labeled, "classes": info.class_names, "metrics": info.metrics}
@@ -158,9 +177,9 @@ def run_models(args: argparse.Namespace) -> CommandResult:
     lines = [f"{'':1} {'version':>7}  {'method':8}  {'backbone':20}  {'labeled':>7}  {'accuracy':>8}  "
              f"{'balanced':>8}  evaluation"]
     for r in rows:
-        m = r["metrics"]
+        m = Metrics.from_json(r["metrics"])
         lines.append(f"{'*' if r['active'] else ' ':1} {r['version']:>7}  {r['method']:8}  {r['backbone']:20}  "
-                     f"{r['n_labeled']:>7}  {_fmt(m.get('accuracy')):>8}  {_fmt(m.get('balanced_accuracy')):>8}  "
-                     f"{m.get('evaluation', '')}")
+                     f"{r['n_labeled']:>7}  {_fmt(m.accuracy):>8}  {_fmt(m.balanced_accuracy):>8}  "
+                     f"{m.evaluation}")
     active = next((r["version"] for r in rows if r["active"]), None)
     return CommandResult({"models": rows, "active": active}, "\n".join(lines))

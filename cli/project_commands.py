@@ -1,4 +1,4 @@
-"""CLI: import, info, classes, label, demo.
+"""CLI: import, info, classes, sources, label, demo.
 
 Each command prints human-readable text, or with ``--json`` one JSON document on stdout;
 progress goes to stderr. User errors raise CliError (one line, exit status 2).
@@ -7,14 +7,12 @@ progress goes to stderr. User errors raise CliError (one line, exit status 2).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import signal
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 from cli.common import (
+    EXIT_CANCELLED,
+    CancelOnSignals,
     CliError,
     CommandResult,
     add_json_flag,
@@ -22,19 +20,17 @@ from cli.common import (
     open_or_create_project,
     stderr_progress_context,
 )
-from engine.demo import build_demo_project
-from engine.importing import ImportReport, import_paths
-from engine.jobs import JobCancelled, JobContext, user_message
+from engine.images.demo import build_demo_project
+from engine.images.importing import ImportReport, import_paths
+from engine.runtime.jobs import JobCancelled, JobContext, user_message
 from storage import catalog
 from storage.errors import ProjectError
-from storage.images import project_summary
+from storage.images import project_summary, rename_source
 from storage.project import SUFFIX
-
-EXIT_CANCELLED = 130
 
 
 def register(subparsers) -> None:
-    """Adds import, info, classes, label and demo."""
+    """Adds import, info, classes, sources, label and demo."""
     importer = subparsers.add_parser(
         "import", help="import image files and folders into a project (created if missing)",
         description="Import image files and folders (recursively). Identical images are skipped; "
@@ -45,7 +41,8 @@ def register(subparsers) -> None:
     importer.add_argument("--labels-from-folders", action="store_true",
                           help="use each file's folder name as its class")
     importer.add_argument("--source", metavar="NAME",
-                          help="source tag for every imported image (default: the sub-folder or folder name)")
+                          help="source tag for every imported image (default: \"import DATE TIME (folder 'NAME')\" "
+                          "per imported sub-folder; rename it later with `sources PROJECT --rename`)")
     add_json_flag(importer)
     importer.set_defaults(handler=run_import)
 
@@ -72,6 +69,15 @@ def register(subparsers) -> None:
         action_parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                                    help="print one JSON document on stdout")
 
+    sources = subparsers.add_parser("sources", help="list the image sources (cameras, batches) or rename one",
+                                    description="A source tells where images came from: a camera, a day, a batch. "
+                                    "Imports name them after the folder and the time of the import.")
+    sources.add_argument("project")
+    sources.add_argument("--rename", nargs=2, metavar=("OLD", "NEW"), help="rename source OLD to NEW "
+                         "(if NEW exists, the two become one source)")
+    add_json_flag(sources)
+    sources.set_defaults(handler=run_sources)
+
     label = subparsers.add_parser("label", help="label images (by id) with a class, or clear their labels")
     label.add_argument("project")
     target = label.add_mutually_exclusive_group(required=True)
@@ -87,34 +93,21 @@ def register(subparsers) -> None:
     demo.set_defaults(handler=run_demo)
 
 
-@contextlib.contextmanager
-def _cancel_on_interrupt(context: JobContext) -> Iterator[None]:
-    """First Ctrl-C finishes the current batch and stops cleanly; a second one interrupts at once."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def on_interrupt(signum, frame):
-        if context.cancelled:
-            raise KeyboardInterrupt
-        context.cancel()
-
-    previous = signal.signal(signal.SIGINT, on_interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _report_text(report: ImportReport) -> str:
+def _report_text(report: ImportReport, cancelled: bool) -> str:
     lines = [f"Imported {report.imported} images ({report.duplicates} duplicates skipped, "
              f"{report.skipped} non-image files skipped, {len(report.failed)} failed)."]
     if report.classes:
         lines.append("Labeled: " + ", ".join(f"{name} {count}" for name, count in report.classes.items()))
+    if report.labeled_duplicates:
+        lines.append(f"{report.labeled_duplicates} of the duplicates had no label and got their folder's label.")
+    if report.conflicts:
+        lines.append(f"{len(report.conflicts)} duplicates are labeled otherwise than their folder says "
+                     "(their label was kept):")
+        lines.extend(f"  {c.path}: labeled '{c.label}', folder '{c.folder_label}'" for c in report.conflicts)
     if report.failed:
         lines.append("Could not import:")
         lines.extend(f"  {failure.path}: {failure.reason}" for failure in report.failed)
-    if report.cancelled:
+    if cancelled:
         lines.append("Cancelled: the images imported so far are saved.")
     return "\n".join(lines)
 
@@ -123,17 +116,24 @@ def run_import(args: argparse.Namespace) -> CommandResult:
     missing = [p for p in args.paths if not os.path.lexists(p)]
     if missing:
         raise CliError(f"No such file or folder: {missing[0]}")
-    context = stderr_progress_context(quiet=False)
-    with open_or_create_project(args.project) as project, _cancel_on_interrupt(context):
-        report = import_paths(context, project, args.paths,
-                              labels_from_folders=args.labels_from_folders, source=args.source)
-        refreshed = None if report.cancelled else _predict_new_images(context, project)
-    data = {**report.to_dict(), "predictions": refreshed}
-    text = _report_text(report)
+    imported_so_far: list[ImportReport] = []  # a cancelled import's partial result
+    context = stderr_progress_context(on_partial=imported_so_far.append)
+    refreshed = None
+    with open_or_create_project(args.project) as project, CancelOnSignals(context):
+        try:
+            report = import_paths(context, project, args.paths,
+                                  labels_from_folders=args.labels_from_folders, source=args.source)
+        except JobCancelled:
+            report, cancelled = imported_so_far[-1], True
+        else:
+            cancelled = False
+            refreshed = _predict_new_images(context, project)
+    data = {**report.to_dict(), "cancelled": cancelled, "predictions": refreshed}
+    text = _report_text(report, cancelled)
     if refreshed is not None:
         text += "\n" + (refreshed["error"] if "error" in refreshed else
                         f"Model version {refreshed['model']} predicted {refreshed['predicted']} new images.")
-    return CommandResult(data, text, exit_code=EXIT_CANCELLED if report.cancelled else 0)
+    return CommandResult(data, text, exit_code=EXIT_CANCELLED if cancelled else 0)
 
 
 def _predict_new_images(context: JobContext, project) -> dict | None:
@@ -143,7 +143,7 @@ def _predict_new_images(context: JobContext, project) -> dict | None:
 
     if active_model(project) is None:  # the usual case for a new project: skip loading sklearn (~1.5 s)
         return None
-    from engine.predicting import refresh_if_model
+    from engine.models.predicting import refresh_if_model
 
     try:
         outcome = refresh_if_model(context, project)
@@ -195,6 +195,24 @@ def run_classes(args: argparse.Namespace) -> CommandResult:
             raise CliError(str(exc)) from exc
 
 
+def run_sources(args: argparse.Namespace) -> CommandResult:
+    message = ""
+    with open_existing_project(args.project) as project:
+        if args.rename is not None:
+            old, new = args.rename
+            try:
+                renamed = rename_source(project, old, new)
+            except ProjectError as exc:
+                raise CliError(str(exc)) from exc
+            message = f"Renamed source '{old}' to '{' '.join(new.split())}' ({renamed} images)."
+        counts = project_summary(project).sources
+    lines = [message] if message else []
+    lines.extend(f"{name or '(none)'}  ({count} images)" for name, count in counts.items())
+    if not counts:
+        lines.append("No images yet.")
+    return CommandResult({"sources": counts}, "\n".join(lines))
+
+
 def run_label(args: argparse.Namespace) -> CommandResult:
     with open_existing_project(args.project) as project:
         try:
@@ -215,13 +233,18 @@ def run_demo(args: argparse.Namespace) -> CommandResult:
         raise CliError(f"New project files must end in {SUFFIX}: {args.project}")
     if path.exists():
         raise CliError(f"{args.project} already exists; choose a new file name for the demo project.")
-    context = stderr_progress_context()
+    imported_so_far: list[ImportReport] = []  # a cancelled build's partial result
+    context = stderr_progress_context(on_partial=imported_so_far.append)
     try:
-        with _cancel_on_interrupt(context):
+        with CancelOnSignals(context):
             report = build_demo_project(context, path)
+    except JobCancelled:
+        report = imported_so_far[-1]
+        text = f"Cancelled: the demo project {path.name} holds the {report.imported} digits imported so far."
+        return CommandResult({**report.to_dict(), "cancelled": True}, text, exit_code=EXIT_CANCELLED)
     except ProjectError as exc:
         raise CliError(str(exc)) from exc
     text = (f"Created demo project {path.name}: {report.imported} handwritten digits, "
             f"{report.labeled} labeled in {len(report.classes)} classes.\n"
             f"Open it with: python main.py {args.project}")
-    return CommandResult(report.to_dict(), text, exit_code=EXIT_CANCELLED if report.cancelled else 0)
+    return CommandResult({**report.to_dict(), "cancelled": False}, text)

@@ -2,7 +2,8 @@
 
 ``predict PROJECT --watch FOLDER --csv OUT.csv`` (alias: ``watch PROJECT FOLDER --csv OUT.csv``)
 predicts images as they appear in FOLDER and appends ``path,class,probability`` rows to OUT.csv
-until Ctrl+C (or SIGTERM), which stops cleanly after the batch in progress.
+until Ctrl+C (or SIGTERM), which cancels the watch job cleanly after the batch in progress.
+Ctrl+C during export or dataset-export likewise cancels the job (exit status 130).
 """
 
 from __future__ import annotations
@@ -10,14 +11,28 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import threading
 from pathlib import Path
 
-from cli.common import CliError, CommandResult, add_json_flag, open_existing_project, stderr_progress_context
-from engine.dataset_export import export_dataset
-from engine.export import ExportVerificationFailed, export_bundle
-from engine.jobs import JobCancelled, JobContext
-from engine.watch import FailedPrediction, PredictBatchResult, PredictedRow, watch_folder
+from cli.common import (
+    EXIT_CANCELLED,
+    CancelOnSignals,
+    CliError,
+    CommandResult,
+    add_json_flag,
+    open_existing_project,
+    stderr_progress_context,
+)
+from engine.runtime.jobs import JobCancelled, JobContext
+from engine.ship.dataset_export import DatasetExportReport, export_dataset
+from engine.ship.export import ExportVerificationFailed, export_bundle
+from engine.ship.watch import (
+    FailedPrediction,
+    PredictBatchResult,
+    PredictedRow,
+    WatchBatch,
+    WatchReport,
+    watch_folder,
+)
 from storage.errors import ProjectError
 from storage.modelstore import get_model
 
@@ -33,7 +48,7 @@ def register(subparsers) -> None:
         "export fails (exit status 3) and the folder is renamed NAME-FAILED.",
     )
     export.add_argument("project")
-    export.add_argument("out_dir", metavar="OUT_DIR", help="new folder for the bundle")
+    export.add_argument("out_dir", metavar="OUT_DIR", help="new folder for the bundle (missing parent folders are made)")
     export.add_argument("--model", type=int, metavar="VERSION", help="model version (default: the active one)")
     export.add_argument("--zip", action="store_true", help="write OUT_DIR.zip instead of a folder")
     add_json_flag(export)
@@ -67,7 +82,7 @@ def register(subparsers) -> None:
 
 def run_export(args: argparse.Namespace) -> CommandResult:
     context = stderr_progress_context()
-    with open_existing_project(args.project) as project:
+    with open_existing_project(args.project) as project, CancelOnSignals(context):
         try:
             report = export_bundle(context, project, args.out_dir, model_version=args.model, make_zip=args.zip)
         except ExportVerificationFailed as exc:
@@ -75,31 +90,41 @@ def run_export(args: argparse.Namespace) -> CommandResult:
             data = {"error": str(exc), "failed_path": str(exc.failed_path), "verification": exc.verification.to_dict()}
             return CommandResult(data, "", exit_code=EXIT_EXPORT_CHECK_FAILED)
         except JobCancelled:
-            raise CliError("Export cancelled; nothing was written.") from None
+            return CommandResult({"cancelled": True}, "Export cancelled; nothing was written.",
+                                 exit_code=EXIT_CANCELLED)
         except ProjectError as exc:
             raise CliError(str(exc)) from exc
     text = (f"Exported model version {report.model_version} ({', '.join(report.classes)}) to {report.path}\n"
             f"{report.verification.summary()}.")
+    if report.created_folder is not None:
+        text = f"Created the folder {report.created_folder} (it did not exist).\n{text}"
     return CommandResult(report.to_dict(), text)
 
 
 def run_dataset_export(args: argparse.Namespace) -> CommandResult:
-    context = stderr_progress_context()
-    with open_existing_project(args.project) as project:
+    written_so_far: list[DatasetExportReport] = []  # a cancelled export's partial result
+    context = stderr_progress_context(on_partial=written_so_far.append)
+    with open_existing_project(args.project) as project, CancelOnSignals(context):
         try:
             report = export_dataset(context, project, args.out_dir, include_unlabeled=args.unlabeled)
+        except JobCancelled:
+            report, cancelled = written_so_far[-1], True
         except ProjectError as exc:
             raise CliError(str(exc)) from exc
+        else:
+            cancelled = False
     counts = ", ".join(f"{name} {count}" for name, count in report.per_class.items())
     text = f"Exported {report.images} images to {report.out_dir} ({counts}); list in dataset.csv."
+    if cancelled:
+        text = f"Cancelled: {text}"
     data = {"out_dir": report.out_dir, "images": report.images, "per_class": report.per_class,
-            "folders": report.folders, "prediction_model": report.prediction_model}
-    return CommandResult(data, text)
+            "folders": report.folders, "prediction_model": report.prediction_model, "cancelled": cancelled}
+    return CommandResult(data, text, exit_code=EXIT_CANCELLED if cancelled else 0)
 
 
 def sortlab_predict_function(project, model_version: int):
     """A watch predict function backed by Sortlab's own predict_files (same numbers as `predict --csv`)."""
-    from engine.predicting import predict_files
+    from engine.models.predicting import predict_files
 
     def predict(paths):
         result = predict_files(JobContext(), project, list(paths), model_version=model_version)
@@ -117,67 +142,46 @@ def run_watch(args: argparse.Namespace) -> CommandResult:
                          interval=args.interval)
 
 
-class _StopOnSignals:
-    """Ctrl+C (SIGINT) and SIGTERM ask the watch loop to stop after the image batch in progress, so the
-    CSV is always complete; a second Ctrl+C interrupts at once. Restores the old handlers on exit."""
-
-    def __init__(self, stop: threading.Event):
-        self.stop = stop
-        self.signal_name: str | None = None
-        self._previous: dict[int, object] = {}
-
-    def _handle(self, signum, frame) -> None:
-        if self.stop.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signal_name = signal.Signals(signum).name
-        self.stop.set()
-
-    def __enter__(self) -> _StopOnSignals:
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-
 def watch_command(project_path: str, folder_arg: str, csv_out: str | None, *, model_version: int | None = None,
                   only_new: bool = False, interval: float = 1.0) -> CommandResult:
     """Watch FOLDER and append predictions to ``csv_out`` (or print CSV on stdout when it is None)
-    until Ctrl+C or SIGTERM. Paths are written as ``predict --csv`` writes them (see engine.watch)."""
+    until Ctrl+C or SIGTERM cancels the watch job after the batch in progress. Paths are written as
+    ``predict --csv`` writes them (see engine.ship.watch)."""
     folder = Path(folder_arg)
     if not folder.is_dir():
         raise CliError(f"{folder_arg} is not a folder.")
     if interval <= 0:
         raise CliError("--interval must be a positive number of seconds.")
-    stop = threading.Event()
+    seen = WatchReport()
 
-    def on_rows(rows) -> None:
-        for row in rows:
+    def show(batch: WatchBatch) -> None:
+        for row in batch.rows:
             print(f"{row.path}: {row.class_name} ({row.probability * 100:.1f}%)", file=sys.stderr)
+        for failure in batch.failed:
+            print(f"sortlab: cannot read {failure.path}: {failure.reason}", file=sys.stderr)
+        seen.predicted += len(batch.rows)
+        seen.failed.extend(batch.failed)
 
-    def on_failed(failure) -> None:
-        print(f"sortlab: cannot read {failure.path}: {failure.reason}", file=sys.stderr)
-
+    context = JobContext(on_partial=show)
     target = csv_out if csv_out is not None else "standard output"
     with open_existing_project(project_path) as project:
         try:
             info = get_model(project, model_version)
         except ProjectError as exc:
             raise CliError(str(exc)) from exc
-        with _StopOnSignals(stop) as signals:
+        with CancelOnSignals(context, (signal.SIGINT, signal.SIGTERM)) as stopper:
             print(f"Watching {folder_arg} with model version {info.version}; appending to {target}. "
                   "Press Ctrl+C to stop.", file=sys.stderr, flush=True)
-            report = watch_folder(folder, csv_out, sortlab_predict_function(project, info.version),
-                                  poll_seconds=interval, only_new=only_new, stop_event=stop,
-                                  on_rows=on_rows, on_failed=on_failed)
-    how = {"SIGINT": "Interrupted (Ctrl+C)", "SIGTERM": "Stopped (SIGTERM)"}.get(signals.signal_name, "Stopped")
-    text = (f"{how}: {report.predicted} images predicted, {len(report.failed)} unreadable; "
+            try:  # the watch job runs until a signal cancels it
+                watch_folder(context, folder, csv_out, sortlab_predict_function(project, info.version),
+                             poll_seconds=interval, only_new=only_new)
+            except JobCancelled:
+                pass
+    how = {"SIGINT": "Interrupted (Ctrl+C)", "SIGTERM": "Stopped (SIGTERM)"}.get(stopper.received, "Stopped")
+    text = (f"{how}: {seen.predicted} images predicted, {len(seen.failed)} unreadable; "
             f"{target} is complete up to the last one.")
-    data = {"predicted": report.predicted, "failed": len(report.failed), "csv": csv_out,
-            "model_version": info.version, "stopped_by": signals.signal_name}
+    data = {"predicted": seen.predicted, "failed": len(seen.failed), "csv": csv_out,
+            "model_version": info.version, "stopped_by": stopper.received}
     if csv_out is None:  # stdout carries the CSV: the summary goes to stderr
         print(text, file=sys.stderr)
         return CommandResult(data, "", raw="")

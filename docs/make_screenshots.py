@@ -29,19 +29,19 @@ def build_project(path: Path, folder: Path | None):
     """A project with two thirds of its images labeled and one model version per labeling step."""
     import numpy as np
 
-    from engine.jobs import JobContext
-    from engine.training import train_model
+    from engine.runtime.jobs import JobContext
+    from engine.models.training import train_model
     from storage import catalog
     from storage.project import open_project
 
     context = JobContext()
     if folder is None:
-        from engine.demo import build_demo_project
+        from engine.images.demo import build_demo_project
 
         build_demo_project(context, path)
         project = open_project(path)
     else:
-        from engine.importing import import_paths
+        from engine.images.importing import import_paths
 
         project = open_project(path, create=True)
         import_paths(context, project, [folder], labels_from_folders=True)
@@ -91,13 +91,12 @@ def main(argv: list[str]) -> int:
         build_project(project_path, folder).close()
 
         app = QApplication.instance() or QApplication(sys.argv[:1])
-        from gui.insight import install_insight_panels
-        from gui.main_window import MainWindow
+        from gui.app import create_main_window
         from PySide6.QtCore import QPointF, QSettings
 
         settings = QSettings(str(Path(tmp) / "settings.ini"), QSettings.Format.IniFormat)
-        window = MainWindow(settings=settings)
-        panels = install_insight_panels(window)
+        window = create_main_window(settings=settings, data_dir=Path(tmp), projects_dir=Path(tmp))
+        panels = window.insight  # the training panel, map and report, docked as the app docks them
         window.resize(1500, 880)
         window.show()
         window.open_project_file(project_path)

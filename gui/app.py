@@ -13,31 +13,18 @@ from PySide6.QtWidgets import QApplication
 from gui import project_files
 
 
-def _install_insight_panels(window) -> None:
-    """Dock the training panel, curves, map and model report; the workspace works without them."""
-    try:
-        from gui.insight import install_insight_panels
-
-        panels = install_insight_panels(window)
-    except Exception as exc:  # a missing optional panel must never keep the labeling window from opening
-        print(f"sortlab: the training and insight panels are unavailable ({exc})", file=sys.stderr)
-        return
-    training = getattr(panels, "training", None)
-    if training is not None and hasattr(training, "auto_retrain"):
-        # The training panel already retrains after labeling, with visible progress: one is enough.
-        window.suggestions.enabled = False
-
-
 def create_main_window(insight: bool = True, **kwargs):
-    """The main window as users get it: the workspace plus (``insight``) the docked insight panels.
+    """The main window as users get it: the workspace plus (``insight``) the docked training panel,
+    map and model report (the training panel keeps the suggestions fresh while the user labels).
 
     Keyword arguments go to MainWindow (settings, data_dir, projects_dir); benchmarks and tests
     build the window here so they measure exactly what the app shows."""
+    from gui.insight import install_insight_panels
     from gui.main_window import MainWindow
 
     window = MainWindow(**kwargs)
     if insight:
-        _install_insight_panels(window)
+        install_insight_panels(window)
     return window
 
 

@@ -11,12 +11,14 @@ from PySide6.QtGui import QColor, QIcon, QPainter, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QColorDialog,
-    QHBoxLayout,
+    QDialog,
+    QGridLayout,
     QInputDialog,
     QLabel,
     QListWidget,
     QListWidgetItem,
     QMessageBox,
+    QSizePolicy,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -58,6 +60,23 @@ class ClassListWidget(QListWidget):
 
 
 _FAILED = object()  # what _edit returns when a change was refused (None is a valid result)
+QUESTION_MIN_WIDTH = 380  # QInputDialog.getText sizes itself to its label and clips its title
+
+
+def name_dialog(parent, title: str, label: str, text: str = "") -> QInputDialog:
+    """A one-line question wide enough for its title."""
+    dialog = QInputDialog(parent)
+    dialog.setWindowTitle(title)
+    dialog.setLabelText(label)
+    dialog.setTextValue(text)
+    dialog.setMinimumWidth(max(QUESTION_MIN_WIDTH, dialog.fontMetrics().horizontalAdvance(title) + 160))
+    return dialog
+
+
+def ask_name(parent, title: str, label: str, text: str = "") -> str | None:
+    """The name the user typed, or None when they cancelled."""
+    dialog = name_dialog(parent, title, label, text)
+    return dialog.textValue() if dialog.exec() == QDialog.DialogCode.Accepted else None
 
 
 class ClassesPanel(QWidget):
@@ -82,28 +101,28 @@ class ClassesPanel(QWidget):
         self.hint.setStyleSheet("color: palette(placeholder-text);")
 
         self.buttons: dict[str, QToolButton] = {}
-        row = QHBoxLayout()
-        row.setSpacing(2)
-        for key, text, tip, slot in (
-            ("add", "Add", "Add a class", self.add_class_interactively),
-            ("rename", "Rename", "Rename the chosen class", self.rename_current),
-            ("color", "Colour", "Change the chosen class's colour", self.recolor_current),
+        grid = QGridLayout()  # two rows of three: the panel stays narrow beside the grid
+        grid.setSpacing(2)
+        for position, (key, text, tip, slot) in enumerate((
+            ("add", "Add…", "Add a class (Ctrl+K)", self.add_class_interactively),
+            ("rename", "Rename…", "Rename the chosen class", self.rename_current),
+            ("color", "Colour…", "Change the chosen class's colour", self.recolor_current),
             ("up", "▲", "Move up (its key number changes too)", lambda: self.move_current(-1)),
-            ("down", "▼", "Move down", lambda: self.move_current(1)),
-            ("delete", "Delete", "Delete the chosen class", self.delete_current),
-        ):
+            ("down", "▼", "Move down (its key number changes too)", lambda: self.move_current(1)),
+            ("delete", "Delete…", "Delete the chosen class", self.delete_current),
+        )):
             button = QToolButton()
             button.setText(text)
             button.setToolTip(tip)
+            button.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
             button.clicked.connect(slot)
             self.buttons[key] = button
-            row.addWidget(button)
-        row.addStretch(1)
+            grid.addWidget(button, position // 3, position % 3)
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
         layout.addWidget(self.list, 1)
-        layout.addLayout(row)
+        layout.addLayout(grid)
         layout.addWidget(self.hint)
         self._update_buttons()
 
@@ -121,8 +140,10 @@ class ClassesPanel(QWidget):
             key = info.shortcut or " "
             item = QListWidgetItem(color_swatch(info.color), f"{key}   {info.name}   ({info.count})")
             item.setData(CLASS_ID_ROLE, info.id)
-            item.setToolTip(f"Press {info.shortcut} to label the selected images '{info.name}'."
-                            if info.shortcut else f"'{info.name}' has no number key (only the first nine do).")
+            item.setToolTip(f"Press {info.shortcut} (or double-click here) to label the selected images "
+                            f"'{info.name}'." if info.shortcut else
+                            f"'{info.name}' has no number key (only the first ten do): double-click it to label "
+                            "the selected images.")
             self.list.addItem(item)
             if info.id == current:
                 self.list.setCurrentItem(item)
@@ -132,8 +153,8 @@ class ClassesPanel(QWidget):
             self.hint.setText("No classes yet. Add one for each kind of image you want to sort, e.g. "
                               "“cans”, “bottles”, “paper”.")
         else:
-            self.hint.setText("Keys 1–9 label the selected images; 0 removes the label. "
-                              "Drag classes to reorder them.")
+            self.hint.setText("Keys 1–9 and 0 (or a double-click on a class) label the selected images; "
+                              "Backspace removes the label. Drag classes to reorder them.")
         self._update_buttons()
 
     def current_class_id(self) -> int | None:
@@ -160,8 +181,8 @@ class ClassesPanel(QWidget):
         return None if info is _FAILED else info
 
     def add_class_interactively(self) -> None:
-        name, ok = QInputDialog.getText(self, "Add a class", "Name of the new class:")
-        if ok and name.strip():
+        name = ask_name(self, "Add a class", "Name of the new class:")
+        if name is not None and name.strip():
             info = self.add_class(name)
             if info is not None:
                 self.select_class(info.id)
@@ -170,8 +191,8 @@ class ClassesPanel(QWidget):
         info = self._current_info()
         if info is None:
             return
-        name, ok = QInputDialog.getText(self, "Rename class", f"New name for “{info.name}”:", text=info.name)
-        if ok and name.strip() and name != info.name:
+        name = ask_name(self, "Rename a class", f"New name for “{info.name}”:", text=info.name)
+        if name is not None and name.strip() and name != info.name:
             self._edit(lambda: catalog.rename_class(self.project, info.id, name))
 
     def recolor_current(self) -> None:

@@ -1,19 +1,23 @@
 """Training curves (pyqtgraph): loss and accuracy per epoch while fine-tuning, and, for quick
 training, validation accuracy against the number of labeled images over the project's history.
 
-Plain data in: ``add_epoch(partial)`` takes the engine's per-epoch partial dict as is, and
-``set_history(n_labeled, val_acc)`` takes two sequences. Curves are updated with array setData.
+Plain data in: ``add_epoch(epoch)`` takes the engine's per-epoch partial as is (an
+engine.models.results.EpochResult), and ``set_history(n_labeled, accuracy)`` takes two sequences
+(engine.insight.history.AccuracyHistory). Accuracies are fractions (0..1), shown as percentages.
+Curves are updated with array setData.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QStackedWidget, QVBoxLayout, QWidget
+
+from engine.models.results import EpochResult
 
 TRAIN_COLOR = "#0072B2"
 VAL_COLOR = "#D55E00"
@@ -94,32 +98,37 @@ class TrainingCurves(QWidget):
             values.clear()
         for curve in (*self.loss_curves.values(), *self.acc_curves.values()):
             curve.setData([], [])
-        self.stack.setCurrentIndex(0)
+        self.show_epochs_view()
         self.caption.setText("Waiting for the first epoch…")
 
-    def add_epoch(self, partial: Mapping) -> None:
-        """Append one epoch from the engine's partial ``{"kind": "epoch", "epoch": i, ...}``."""
-        if self.stack.currentIndex() != 0:
-            self.stack.setCurrentIndex(0)
-        epoch = partial.get("epoch")
-        self._epochs["epoch"].append(float(epoch if epoch is not None else len(self._epochs["epoch"]) + 1))
-        for key in EPOCH_KEYS:
-            value = partial.get(key)
+    def add_epoch(self, epoch: EpochResult) -> None:
+        """Append one epoch of a running network training."""
+        self.show_epochs_view()
+        values = {"epoch": epoch.epoch, "train_loss": epoch.train_loss, "val_loss": epoch.val_loss,
+                  "train_acc": epoch.train_acc, "val_acc": epoch.val_acc}
+        for key, value in values.items():  # no validation values without validation images: gaps
             self._epochs[key].append(np.nan if value is None else float(value))
         x = np.asarray(self._epochs["epoch"], dtype=float)
         for key, curve in self.loss_curves.items():
             curve.setData(x, np.asarray(self._epochs[key], dtype=float), connect="finite")
         for key, curve in self.acc_curves.items():
-            curve.setData(x, _percent(self._epochs[key]), connect="finite")
+            curve.setData(x, np.asarray(self._epochs[key], dtype=float) * 100, connect="finite")
         val_acc = self._epochs["val_acc"][-1]
         text = f"Epoch {int(x[-1])}"
         if np.isfinite(val_acc):
-            text += f": validation accuracy {_percent([val_acc])[0]:.1f}%"
+            text += f": validation accuracy {val_acc * 100:.1f}%"
         self.caption.setText(text)
 
     def epoch_data(self, key: str) -> np.ndarray:
         """The values plotted so far for one of 'epoch', 'train_loss', 'val_loss', 'train_acc', 'val_acc'."""
         return np.asarray(self._epochs[key], dtype=float)
+
+    def show_epochs_view(self) -> None:
+        self.stack.setCurrentIndex(0)
+
+    def showing_epochs(self) -> bool:
+        """Whether the epoch curves of a run are on screen."""
+        return self.stack.currentIndex() == 0 and bool(self._epochs["epoch"])
 
     # -- history (quick training) --------------------------------------------------------------
     def show_history_view(self) -> None:
@@ -127,12 +136,10 @@ class TrainingCurves(QWidget):
         if self.history_curve.xData is None or len(self.history_curve.xData) == 0:
             self.caption.setText("Train a model to see how accuracy grows with the number of labels.")
 
-    def set_history(self, n_labeled: Sequence[float], val_acc: Sequence[float]) -> None:
-        """One point per model version: number of labeled images vs. validation accuracy (0..1 or %)."""
+    def set_history(self, n_labeled: Sequence[float], accuracy: Sequence[float]) -> None:
+        """One point per model version: number of labeled images vs. validation accuracy (0..1)."""
         n = np.asarray(n_labeled, dtype=float)
-        acc = _percent(val_acc)
-        keep = np.isfinite(n) & np.isfinite(acc)
-        n, acc = n[keep], acc[keep]
+        acc = np.asarray(accuracy, dtype=float) * 100
         order = np.argsort(n, kind="stable")
         self.history_curve.setData(n[order], acc[order])
         if len(n):
@@ -145,11 +152,3 @@ class TrainingCurves(QWidget):
             self.history_plot.setXRange(0, 10.0, padding=0)  # whole label counts, not 0.2 ... 0.8
             self.caption.setText("Train a model to see how accuracy grows with the number of labels.")
 
-
-def _percent(values: Sequence[float]) -> np.ndarray:
-    """Accuracies as percentages, whether the engine reports fractions (0..1) or percentages."""
-    array = np.asarray(values, dtype=float)
-    finite = array[np.isfinite(array)]
-    if finite.size and finite.max() <= 1.0:
-        return array * 100.0
-    return array

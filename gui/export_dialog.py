@@ -27,20 +27,22 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.dataset_export import export_dataset
-from engine.export import export_bundle
-from engine.jobs import JobOutcome
+from engine.models.methods import method_title
+from engine.models.metrics import Metrics
+from engine.runtime.jobs import JobOutcome, JobStatus
+from engine.ship.dataset_export import DatasetExportReport, export_dataset
+from engine.ship.export import ExportReport, export_bundle
 from gui.runner import QtJobRunner
-from storage.modelstore import list_models
+from storage.modelstore import ModelInfo, list_models
 from storage.project import Project
 
 JOB_NAME = "export"
 
 
-def _model_title(info) -> str:
-    accuracy = info.metrics.get("val_accuracy", info.metrics.get("accuracy")) if info.metrics else None
-    parts = [f"Version {info.version}", info.method, f"{len(info.class_names)} classes"]
-    if isinstance(accuracy, (int, float)):
+def _model_title(info: ModelInfo) -> str:
+    accuracy = Metrics.from_json(info.metrics).accuracy
+    parts = [f"Version {info.version}", method_title(info.method), f"{len(info.class_names)} classes"]
+    if accuracy is not None:
         parts.append(f"validation accuracy {accuracy * 100:.1f}%")
     if info.is_active:
         parts.append("active")
@@ -78,6 +80,7 @@ class ExportDialog(QDialog):
         self.project = project
         self.runner = runner
         self.last_outcome: JobOutcome | None = None
+        self._written_so_far: DatasetExportReport | None = None  # a cancelled dataset export's partial
         self.setWindowTitle("Export")
         self.setMinimumWidth(560)
         base = project.path.parent
@@ -149,8 +152,10 @@ class ExportDialog(QDialog):
             self.status.setText(f"Exporting model version {version}…")
         else:
             target = self.dataset_target.path()
+            self._written_so_far = None
             self.runner.submit(JOB_NAME, export_dataset, self.project, target,
-                               include_unlabeled=self.unlabeled_check.isChecked(), on_done=self._on_done)
+                               include_unlabeled=self.unlabeled_check.isChecked(), on_done=self._on_done,
+                               on_partial=self._on_partial)
             self.status.setText("Exporting labeled images…")
         self.progress.setValue(0)
         self.progress.setVisible(True)
@@ -171,22 +176,27 @@ class ExportDialog(QDialog):
             if message:
                 self.status.setText(message)
 
+    def _on_partial(self, report: DatasetExportReport) -> None:
+        self._written_so_far = report
+
     def _on_done(self, outcome: JobOutcome) -> None:
         self.last_outcome = outcome
         self.progress.setVisible(False)
         self.export_button.setEnabled(True)
         self.tabs.setEnabled(True)
         self.cancel_button.setText("Close")
-        if outcome.status == "done":
+        if outcome.status is JobStatus.DONE:
             result = outcome.result
-            if hasattr(result, "verification"):
-                self.status.setText(f"Saved to {result.path}.\n{result.verification.summary()}.")
-            elif getattr(result, "cancelled", False):
-                self.status.setText(f"Export cancelled after {result.images} images (in {result.out_dir}).")
+            if isinstance(result, ExportReport):
+                created = (f"Created the folder {result.created_folder} (it did not exist).\n"
+                           if result.created_folder is not None else "")
+                self.status.setText(f"{created}Saved to {result.path}.\n{result.verification.summary()}.")
             else:
                 self.status.setText(f"Saved {result.images} images to {result.out_dir}.")
-        elif outcome.status == "cancelled":
-            self.status.setText("Export cancelled.")
+        elif outcome.status is JobStatus.CANCELLED:
+            written = self._written_so_far
+            self.status.setText("Export cancelled." if written is None else
+                                f"Export cancelled after {written.images} images (in {written.out_dir}).")
         else:
             self.status.setText(f"Export failed: {outcome.error}")
 
@@ -195,6 +205,6 @@ class ExportDialog(QDialog):
             self.runner.cancel(JOB_NAME)
         try:
             self.runner.progress.disconnect(self._on_progress)
-        except (RuntimeError, TypeError):
+        except RuntimeError:  # the runner was already deleted (the app is closing)
             pass
         super().done(result)

@@ -3,7 +3,7 @@ window runs as one SQL query."""
 
 from __future__ import annotations
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QToolButton, QWidget
 
 from gui.classes_panel import color_swatch
@@ -12,8 +12,11 @@ from storage.catalog import ClassInfo
 
 SORT_TITLES = {
     browse.IMPORT_ORDER: "Import order",
-    browse.CONFIDENCE: "Confidence (least sure first)",
+    browse.CONFIDENCE: "Least sure first",
     browse.NAME: "File name",
+}
+SORT_TIPS = {
+    browse.CONFIDENCE: "The images the model is least sure about come first: they are the ones worth a look.",
 }
 
 
@@ -24,12 +27,19 @@ class FilterBar(QWidget):
 
     def __init__(self, parent=None):
         super().__init__(parent)
+        # Combos sized by a few characters, never by their longest entry (a long source name must
+        # not widen the window); the open list shows whole names.
         self.filter_combo = QComboBox()
-        self.filter_combo.setMinimumContentsLength(22)
+        self.filter_combo.setMinimumContentsLength(14)
         self.filter_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.filter_combo.view().setMinimumWidth(360)
         self.sort_combo = QComboBox()
+        self.sort_combo.setMinimumContentsLength(10)
+        self.sort_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         for key, title in SORT_TITLES.items():
             self.sort_combo.addItem(title, key)
+            if key in SORT_TIPS:
+                self.sort_combo.setItemData(self.sort_combo.count() - 1, SORT_TIPS[key], Qt.ItemDataRole.ToolTipRole)
         self.count_label = QLabel()
         self.refresh_button = QToolButton()
         self.refresh_button.setText("Refresh")
@@ -42,10 +52,10 @@ class FilterBar(QWidget):
         layout = QHBoxLayout(self)
         layout.setContentsMargins(8, 6, 8, 6)
         layout.addWidget(QLabel("Show:"))
-        layout.addWidget(self.filter_combo)
-        layout.addSpacing(12)
-        layout.addWidget(QLabel("Sort by:"))
-        layout.addWidget(self.sort_combo)
+        layout.addWidget(self.filter_combo, 2)
+        layout.addSpacing(8)
+        layout.addWidget(QLabel("Sort:"))
+        layout.addWidget(self.sort_combo, 1)
         layout.addWidget(self.refresh_button)
         layout.addStretch(1)
         layout.addWidget(self.count_label)
@@ -103,6 +113,17 @@ class FilterBar(QWidget):
         self._select(query)
         self._filling = False
         self._emit()
+
+    def reset(self) -> None:
+        """Back to all images in import order, without a "chosen images" entry (another project)."""
+        self._chosen = None
+        self._chosen_title = ""
+        self.set_choices([], [], has_model=False)
+        self._filling = True
+        self.filter_combo.setCurrentIndex(0)
+        self.sort_combo.setCurrentIndex(0)
+        self.count_label.setText("")
+        self._filling = False
 
     def show_chosen(self, image_ids, title: str) -> None:
         """Add (or replace) the "chosen images" entry, select it and emit."""

@@ -9,14 +9,13 @@ once per event-loop turn (one lock and one wake-up per frame, not one per tile).
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import numpy as np
 from PySide6.QtCore import QAbstractListModel, QModelIndex, QPersistentModelIndex, Qt, QTimer, Signal
 from PySide6.QtGui import QGuiApplication, QPixmap
 
-from gui.thumbnails import THUMB_SIDE, PixmapCache, ThumbnailLoader
-from storage import browse
+from gui.lru_cache import LruCache
+from gui.thumbnails import THUMB_SIDE, THUMBNAIL_CACHE_SIZE, ThumbnailLoader
+from storage import browse, modelstore
 
 IMAGE_ID_ROLE = Qt.ItemDataRole.UserRole + 1
 TILE_ROLE = Qt.ItemDataRole.UserRole + 2
@@ -39,8 +38,8 @@ class ThumbnailGridModel(QAbstractListModel):
         self.model_version: int | None = None
         self._ids = np.zeros(0, dtype=np.int64)
         self._row_of: dict[int, int] | None = None
-        self._pages: OrderedDict[int, dict[int, browse.TileInfo]] = OrderedDict()
-        self._pixmaps = PixmapCache()
+        self._pages: LruCache[int, dict[int, browse.TileInfo]] = LruCache(MAX_PAGES)
+        self._pixmaps: LruCache[int, QPixmap] = LruCache(THUMBNAIL_CACHE_SIZE)
         self._loader: ThumbnailLoader | None = None
         self._wanted: dict[int, None] = {}  # thumbnails asked for since the last flush, in order
         self._flush_timer = QTimer(self)
@@ -63,7 +62,7 @@ class ThumbnailGridModel(QAbstractListModel):
             side = round(THUMB_SIDE * self.device_pixel_ratio)
             self._loader = ThumbnailLoader(project, max_side=side, parent=self)
             self._loader.loaded.connect(self._thumbnails_loaded)
-            self.model_version = browse.active_model_version(project)
+            self.model_version = modelstore.active_version(project)
         self.set_ids(np.zeros(0, dtype=np.int64))
 
     def set_ids(self, ids: np.ndarray) -> None:
@@ -102,8 +101,6 @@ class ThumbnailGridModel(QAbstractListModel):
         page = self._pages.get(page_number)
         if page is None:
             page = self._load_page(page_number)
-        else:
-            self._pages.move_to_end(page_number)
         return page.get(int(self._ids[row]))
 
     def pixmap(self, image_id: int) -> QPixmap | None:
@@ -166,7 +163,7 @@ class ThumbnailGridModel(QAbstractListModel):
         dataChanged row by row (on 100,000 rows, a second of Python rowCount calls), while the
         view only needs to repaint what is on screen, which re-reads its tile facts."""
         if self.project is not None:
-            self.model_version = browse.active_model_version(self.project)
+            self.model_version = modelstore.active_version(self.project)
         self._pages.clear()
         if not len(self._ids):
             return
@@ -183,10 +180,7 @@ class ThumbnailGridModel(QAbstractListModel):
         start = page_number * PAGE_ROWS
         ids = self._ids[start : start + PAGE_ROWS].tolist()
         page = browse.tile_infos(self.project, ids, self.model_version) if self.project is not None else {}
-        self._pages[page_number] = page
-        while len(self._pages) > MAX_PAGES:
-            self._pages.popitem(last=False)
-        return page
+        return self._pages.put(page_number, page)
 
     def _flush_requests(self) -> None:
         if self._wanted and self._loader is not None:

@@ -1,5 +1,6 @@
 """The import dialog: choose files or folders, import them in the background with a progress bar
-and Cancel, then report what was imported, which duplicates were skipped and why files failed."""
+and Cancel, then report what was imported, which duplicates were skipped (and which of them got
+their folder's label, or keep another one), and why files failed."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
 )
 
-from engine.jobs import JobOutcome
+from engine.images.importing import ImportReport, import_paths
+from engine.runtime.jobs import JobOutcome, JobStatus
 from gui.runner import QtJobRunner
 
 JOB_NAME = "import"
@@ -45,7 +47,8 @@ class ImportDialog(QDialog):
         self.setWindowTitle(f"Import images into {project.name}")
         self.project = project
         self.runner = runner
-        self.report = None
+        self.report: ImportReport | None = None
+        self._imported_so_far: ImportReport | None = None  # a cancelled import's partial result
         self.running = False
 
         intro = QLabel("Add image files or folders (folders are searched with all their sub-folders). "
@@ -69,8 +72,8 @@ class ImportDialog(QDialog):
         self.progress.setRange(0, 1000)
         self.status = QLabel("Choose what to import.")
         self.status.setWordWrap(True)
-        self.failures = QTreeWidget()
-        self.failures.setHeaderLabels(["File that could not be imported", "Reason"])
+        self.failures = QTreeWidget()  # files that failed, and duplicates whose label differs from their folder
+        self.failures.setHeaderLabels(["File", "What happened"])
         self.failures.setColumnWidth(0, 380)
         self.failures.setVisible(False)
 
@@ -145,13 +148,12 @@ class ImportDialog(QDialog):
         """Submit the import job; the dialog stays open and responsive until it finishes."""
         if self.running or not self.paths():
             return False
-        from engine.importing import import_paths
-
         self.running = True
         self.progress.setValue(0)
         self.status.setText("Starting…")
         self.runner.submit(JOB_NAME, import_paths, self.project, self.paths(),
-                           labels_from_folders=self.folders_are_classes.isChecked(), on_done=self._on_done)
+                           labels_from_folders=self.folders_are_classes.isChecked(), on_done=self._on_done,
+                           on_partial=self._on_partial)
         self._update_buttons()
         return True
 
@@ -166,41 +168,53 @@ class ImportDialog(QDialog):
             if message:
                 self.status.setText(message)
 
+    def _on_partial(self, report: ImportReport) -> None:
+        self._imported_so_far = report
+
     def _on_done(self, outcome: JobOutcome) -> None:
         self.running = False
-        if outcome.status == "failed":
+        if outcome.status is JobStatus.FAILED:
             self.status.setText(f"The import stopped: {outcome.error}")
             self.status.setStyleSheet("color: #b00020;")
-        elif outcome.status == "cancelled" and outcome.result is None:
+        elif outcome.status is JobStatus.CANCELLED and self._imported_so_far is None:
             self.status.setText("Import cancelled before it began. Nothing was imported.")
         else:
-            self.report = outcome.result
+            cancelled = outcome.status is JobStatus.CANCELLED
+            self.report = self._imported_so_far if cancelled else outcome.result
             self.progress.setValue(1000)
-            self._show_report(self.report)
+            self._show_report(self.report, cancelled)
         self._update_buttons()
         self.finished_import.emit(self.report)
 
-    def _show_report(self, report) -> None:
+    def _show_report(self, report: ImportReport, cancelled: bool) -> None:
         lines = [f"<b>{report.imported} image{'s' if report.imported != 1 else ''} imported</b>"]
         if report.labeled:
             classes = ", ".join(f"{name} ({count})" for name, count in report.classes.items())
             lines.append(f"{report.labeled} labeled from folder names: {classes}")
         lines.append(f"{report.duplicates} duplicate{'s' if report.duplicates != 1 else ''} skipped "
                      "(already in the project)")
+        if report.labeled_duplicates:
+            lines.append(f"{report.labeled_duplicates} of them had no label and got their folder's label")
+        if report.conflicts:
+            lines.append(f"{len(report.conflicts)} of them {'is' if len(report.conflicts) == 1 else 'are'} labeled "
+                         "otherwise than their folder says: their label was kept — see below")
         if report.skipped:
             lines.append(f"{report.skipped} non-image file{'s' if report.skipped != 1 else ''} ignored")
         lines.append(f"{len(report.failed)} file{'s' if len(report.failed) != 1 else ''} failed"
                      + (" — see below" if report.failed else ""))
-        if report.cancelled:
+        if cancelled:
             lines.insert(0, "<b>Cancelled.</b> Everything imported before that is kept.")
         self.status.setText("<br>".join(lines))
         self.failures.clear()
-        for failed in report.failed:
-            item = QTreeWidgetItem([failed.path, failed.reason])
-            item.setToolTip(0, failed.path)
-            item.setToolTip(1, failed.reason)
+        rows = [(failed.path, failed.reason) for failed in report.failed]
+        rows.extend((c.path, f"kept its label “{c.label}”; its folder says “{c.folder_label}”")
+                    for c in report.conflicts)
+        for path, what in rows:
+            item = QTreeWidgetItem([path, what])
+            item.setToolTip(0, path)
+            item.setToolTip(1, what)
             self.failures.addTopLevelItem(item)
-        self.failures.setVisible(bool(report.failed))
+        self.failures.setVisible(bool(rows))
 
     def reject(self) -> None:
         """Esc or the close box while importing means cancel, not leaving a job behind unseen."""

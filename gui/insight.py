@@ -3,8 +3,8 @@ wires them to it and to each other.
 
 ``install_insight_panels(main_window)`` uses the main window's panel interface (gui/main_window.py):
 ``project``, ``runner``, ``undo_stack``, ``add_dock``, the ``labels_changed`` and
-``project_changed`` signals, ``filter_grid``, ``select_images`` (or ``select_image``),
-``make_label_command`` and ``refresh_predictions_view`` (when there is one).
+``project_changed`` signals, ``filter_grid``, ``select_images``, ``make_label_command`` and
+``refresh_predictions_view``.
 
 Threads: training, importing and labeling jobs run on the window's runner; the map's layout
 (PCA, then a t-SNE of up to a minute) on ``map_runner``; and the reads that follow each labeling
@@ -14,16 +14,15 @@ burst or model change (every label and prediction, for the map's colors and the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from PySide6.QtCore import QEvent, QObject, Qt, QTimer
 from PySide6.QtWidgets import QMainWindow
 
-from engine.jobs import JobOutcome
+from engine.runtime.jobs import JobOutcome, JobStatus
 from gui.embedding_view import EmbeddingView
 from gui.model_report import ModelReport
 from gui.runner import QtJobRunner
 from gui.training_panel import TrainingPanel
+from storage.modelstore import active_model
 
 
 class InsightPanels(QObject):
@@ -43,9 +42,11 @@ class InsightPanels(QObject):
         self._pending_selection: list[int] | None = None
 
         self.training = TrainingPanel(self.runner, project)
+        # The map labels through the workspace's own command: grid and map share one undo
+        # history and one labels-changed notification.
         self.embedding = EmbeddingView(
             self.map_runner, project, undo_stack=undo_stack,
-            label_command_factory=self._label_command_factory(), reader=self.read_runner,
+            label_command_factory=main_window.make_label_command, reader=self.read_runner,
         )
         self.report = ModelReport(project, runner=self.read_runner)
 
@@ -65,23 +66,13 @@ class InsightPanels(QObject):
         self.report.active_changed.connect(self._active_model_changed)
         # A click selects one image and a lasso many: both arrive as images_selected.
         self.embedding.images_selected.connect(self.select_images)
-        self.embedding.labels_changed.connect(self._map_labeled)
         main_window.labels_changed.connect(self.labels_changed)
-        if hasattr(main_window, "project_changed"):
-            main_window.project_changed.connect(self.set_project)
+        main_window.project_changed.connect(self.set_project)
         main_window.installEventFilter(self)
         if project is not None:
             QTimer.singleShot(0, self._show_existing_map)
 
     # -- the main window's side -----------------------------------------------------------------
-    def _label_command_factory(self) -> Callable | None:
-        """The workspace's own label command, so grid and map share one undo history and one
-        labels-changed notification; the map's own command when the window has none."""
-        make = getattr(self.window, "make_label_command", None)
-        if make is None:
-            return None
-        return lambda ids, class_id, text: make(ids, class_id, text)
-
     def show_images(self, image_ids: list[int], description: str = "") -> None:
         """Filter the grid to exactly these images (a confusion-matrix cell)."""
         self.window.filter_grid(list(image_ids), description)
@@ -99,28 +90,13 @@ class InsightPanels(QObject):
 
     def _send_selection(self) -> None:
         ids, self._pending_selection = self._pending_selection, None
-        if ids is None or self.closed:
-            return
-        select = getattr(self.window, "select_images", None)
-        if select is not None:
-            select(ids)
-        elif ids:
-            self.window.select_image(ids[0])
+        if ids is not None and not self.closed:
+            self.window.select_images(ids)
 
     def _active_model_changed(self, _version: int) -> None:
         """Another model version is in use: the grid's suggestions and the map's colors follow."""
         self.embedding.refresh_attributes()
-        refresh = getattr(self.window, "refresh_predictions_view", None)
-        if refresh is not None:
-            refresh()
-
-    def _map_labeled(self, image_ids: list[int]) -> None:
-        """Labels written by the map's own command (only without make_label_command)."""
-        notify = getattr(self.window, "notify_labels_changed", None)
-        if notify is not None:
-            notify(image_ids)
-        else:
-            self.labels_changed(image_ids)
+        self.window.refresh_predictions_view()
 
     # -- reactions ------------------------------------------------------------------------------
     def set_project(self, project=None) -> None:
@@ -149,7 +125,7 @@ class InsightPanels(QObject):
         self.report.refresh()
 
     def _training_finished(self, outcome: JobOutcome) -> None:
-        if outcome.status != "done" or self.closed:
+        if outcome.status is not JobStatus.DONE or self.closed:
             return
         self.report.refresh()
         # Features exist now: draw the map (or only recolor it when the images are the same).
@@ -160,14 +136,9 @@ class InsightPanels(QObject):
         project = self.training.project
         if project is None or self.closed:
             return
-        try:
-            from storage.modelstore import active_model
-        except ImportError:
-            return
         model = active_model(project)
         if model is not None:
-            self.embedding.compute(getattr(model, "backbone", None), getattr(model, "layer", None))
-
+            self.embedding.compute(model.backbone, model.layer)
 
     # -- closing --------------------------------------------------------------------------------
     def eventFilter(self, obj, event) -> bool:

@@ -1,5 +1,8 @@
 """Undoable label changes. Each command writes to the project the moment it is pushed (redo) and
-on undo puts back exactly the labels the images had, so nothing is lost if the app is killed."""
+on undo puts back exactly the labels the images had, so nothing is lost if the app is killed.
+
+The words of the undo history live here too (``label_text``, ``accept_text``), so the grid, the
+viewer and the map, which push the same commands, read alike in Edit > Undo."""
 
 from __future__ import annotations
 
@@ -10,6 +13,22 @@ from PySide6.QtGui import QUndoCommand
 from storage.catalog import LabelState, label_states, restore_labels, set_labels, set_labels_by_class
 
 ChangedCallback = Callable[[list[int]], None]
+
+
+def count_text(count: int, noun: str) -> str:
+    """Counts as the status bar and the undo history say them: 1 image, 3 images."""
+    return f"{count:,} {noun}{'s' if count != 1 else ''}"
+
+
+def label_text(count: int, class_name: str | None) -> str:
+    """The undo history's words for labeling ``count`` images (class_name None: removing labels)."""
+    if class_name is None:
+        return f"Remove the label of {count_text(count, 'image')}"
+    return f"Label {count_text(count, 'image')} as “{class_name}”"
+
+
+def accept_text(count: int) -> str:
+    return f"Accept {count_text(count, 'suggestion')}"
 
 
 class SetLabelCommand(QUndoCommand):

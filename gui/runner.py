@@ -1,5 +1,5 @@
 """The GUI's only door to the engine: submits jobs to the single-worker JobRunner and turns their
-progress, partial results and outcomes into Qt signals (delivered on the GUI thread)."""
+progress, partial results and outcomes (by their JobStatus) into Qt signals on the GUI thread."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal
 
-from engine.jobs import JobHandle, JobOutcome, JobRunner
+from engine.runtime.jobs import JobHandle, JobOutcome, JobRunner, JobStatus
 
 
 class QtJobRunner(QObject):
-    """Qt face of engine.jobs.JobRunner. Signals carry the job name first so views can filter.
+    """Qt face of engine.runtime.jobs.JobRunner. Signals carry the job name first so views can filter.
 
     Signals are emitted from the worker thread; Qt queues them to receivers living on the GUI
     thread, so slots run on the GUI thread and engine work never does.
@@ -21,7 +21,8 @@ class QtJobRunner(QObject):
 
     progress = Signal(str, float, str)  # job name, fraction 0..1, message
     partial = Signal(str, object)  # job name, partial result (plain data)
-    finished = Signal(str, object)  # job name, JobOutcome
+    finished = Signal(str, object)  # job name, JobOutcome: every ending, whatever its status
+    succeeded = Signal(str, object)  # job name, the job's typed result: JobStatus.DONE only
     busy_changed = Signal(bool)
     _job_ended = Signal(int, str, object)  # internal: token, name, outcome
     _job_partial = Signal(int, object)  # internal: token, partial result (for per-job on_partial)
@@ -113,6 +114,8 @@ class QtJobRunner(QObject):
         self._on_partial.pop(token, None)
         callback = self._on_done.pop(token, None)
         self.finished.emit(name, outcome)
+        if outcome.status is JobStatus.DONE:
+            self.succeeded.emit(name, outcome.result)
         if callback is not None:
             callback(outcome)
         if not self._handles:

@@ -3,10 +3,10 @@
 A single daemon thread serves requests newest-first (what the user scrolled to last is what they
 look at), reads JPEG bytes in small batches with ``storage.images.read_thumbnails`` (reads only, no
 engine work) and decodes them into QImages already scaled to the tile's display size, which are
-safe to build outside the GUI thread; painting a tile is then a plain 1:1 copy. The GUI thread
-turns them into QPixmaps and keeps a bounded LRU cache, so memory stays flat however far the user
-scrolls. Requests for tiles the user has scrolled past are dropped (``retain``), so a fast scroll
-through 100,000 images decodes only what ends up on screen.
+safe to build outside the GUI thread; painting a tile is then a plain 1:1 copy. The grid model
+turns them into QPixmaps on the GUI thread and keeps them in a bounded LRU cache, so memory stays
+flat however far the user scrolls. Requests for tiles the user has scrolled past are dropped
+(``retain``), so a fast scroll through 100,000 images decodes only what ends up on screen.
 """
 
 from __future__ import annotations
@@ -15,43 +15,14 @@ import threading
 from collections import OrderedDict
 
 from PySide6.QtCore import QObject, Qt, Signal
-from PySide6.QtGui import QImage, QPixmap
+from PySide6.QtGui import QImage
 
 from storage.images import read_thumbnails
 
 THUMB_SIDE = 150  # the side of the square a grid tile shows its thumbnail in (logical pixels)
 BATCH = 48
 MAX_PENDING = 4000
-CACHE_SIZE = 1000  # pixmaps; at 150x113 32-bit about 68 KB each, so ~70 MB at most
-
-
-class PixmapCache:
-    """Least-recently-used pixmaps by image id."""
-
-    def __init__(self, capacity: int = CACHE_SIZE):
-        self.capacity = capacity
-        self._items: OrderedDict[int, QPixmap] = OrderedDict()
-
-    def get(self, image_id: int) -> QPixmap | None:
-        pixmap = self._items.get(image_id)
-        if pixmap is not None:
-            self._items.move_to_end(image_id)
-        return pixmap
-
-    def put(self, image_id: int, pixmap: QPixmap) -> None:
-        self._items[image_id] = pixmap
-        self._items.move_to_end(image_id)
-        while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
-
-    def __contains__(self, image_id: int) -> bool:
-        return image_id in self._items
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def clear(self) -> None:
-        self._items.clear()
+THUMBNAIL_CACHE_SIZE = 1000  # pixmaps the grid keeps; at 150x113 32-bit about 68 KB each, so ~70 MB at most
 
 
 class ThumbnailLoader(QObject):

@@ -15,13 +15,12 @@ copy too. A tile is then two or three copies, plus the file name for unlabeled i
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 from PySide6.QtCore import QRect, QRectF, QSize, Qt
 from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter, QPalette, QPen, QPixmap
 from PySide6.QtWidgets import QStyle, QStyledItemDelegate, QStyleOptionViewItem
 
 from gui.grid_model import TILE_ROLE
+from gui.lru_cache import LruCache
 from gui.thumbnails import THUMB_SIDE
 from storage.catalog import ClassInfo
 
@@ -73,8 +72,8 @@ class TileDelegate(QStyledItemDelegate):
         self.show_predictions = True
         self.prepared_by_view = False
         self._colors: dict[int, QColor] = {}
-        self._sprites: OrderedDict[tuple, QPixmap] = OrderedDict()
-        self._names: OrderedDict[str, str] = OrderedDict()  # file name -> elided to fit the bar
+        self._sprites: LruCache[tuple, QPixmap] = LruCache(SPRITE_CACHE_SIZE)
+        self._names: LruCache[str, str] = LruCache(NAME_CACHE_SIZE)  # file name -> elided to fit the bar
         self._style_key: tuple | None = None
         self._ratio = 1.0
         self._font = QFont()
@@ -190,10 +189,8 @@ class TileDelegate(QStyledItemDelegate):
     # -- cached pieces --------------------------------------------------------------------------
     def _sprite(self, key: tuple, width: int, height: int, background: QColor, draw) -> QPixmap:
         """An opaque pixmap (``background`` then ``draw(painter, rect)``), made once per key."""
-        cache = self._sprites
-        sprite = cache.get(key)
+        sprite = self._sprites.get(key)
         if sprite is not None:
-            cache.move_to_end(key)
             return sprite
         ratio = self._ratio
         sprite = QPixmap(round(width * ratio), round(height * ratio))
@@ -203,10 +200,7 @@ class TileDelegate(QStyledItemDelegate):
         painter.setRenderHint(_ANTIALIASING, True)
         draw(painter, QRect(0, 0, width, height))
         painter.end()
-        cache[key] = sprite
-        while len(cache) > SPRITE_CACHE_SIZE:
-            cache.popitem(last=False)
-        return sprite
+        return self._sprites.put(key, sprite)
 
     def _tile_sprite(self, width: int, height: int, label: ClassInfo | None, suggestion: bool,
                      selected: bool) -> QPixmap:
@@ -238,11 +232,7 @@ class TileDelegate(QStyledItemDelegate):
         return self._sprite(key, width, height, self._background(selected), draw)
 
     def _elided_name(self, name: str) -> str:
-        elided = self._metrics.elidedText(name, _ELIDE_RIGHT, NAME_WIDTH)
-        self._names[name] = elided
-        while len(self._names) > NAME_CACHE_SIZE:
-            self._names.popitem(last=False)
-        return elided
+        return self._names.put(name, self._metrics.elidedText(name, _ELIDE_RIGHT, NAME_WIDTH))
 
     def _prediction_sprite(self, predicted: ClassInfo, percent: int | None, disagrees: bool,
                            selected: bool) -> QPixmap:

@@ -1,12 +1,14 @@
 """The large image viewer: one image big, with its label, the suggestion and every class's
-probability. Left/Right walk through the grid's current filter; number keys label in place."""
+probability. Left/Right walk through the grid's current filter; the grid's labeling keys label the
+image shown and move on to the next one, as in the grid; Ctrl+Z / Ctrl+Shift+Z undo and redo on
+the workspace's one undo stack."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QKeyEvent, QPixmap
+from PySide6.QtGui import QKeyEvent, QKeySequence, QPixmap, QUndoStack
 from PySide6.QtWidgets import (
     QDialog,
     QHBoxLayout,
@@ -23,15 +25,18 @@ from storage.catalog import ClassInfo
 from storage.images import read_image_bytes
 
 LabelKeyHandler = Callable[[list[int], str], bool]
+HELP_TEXT = ("← → previous / next\n1–9, 0 label (then the next image)\nBackspace remove the label\n"
+             "A or Enter accept the suggestion\nCtrl+Z undo   Ctrl+Shift+Z redo\nSpace or Esc close")
 
 
 class ImageViewer(QDialog):
-    """Shows grid row ``row`` of ``model``; ``label_key(ids, key)`` applies a labeling key."""
+    """Shows grid row ``row`` of ``model``; ``label_key(ids, key)`` applies a labeling key (True
+    when it labeled), ``undo_stack`` is the workspace's."""
 
     row_changed = Signal(int)
 
     def __init__(self, model: ThumbnailGridModel, row: int, classes: Callable[[], list[ClassInfo]],
-                 label_key: LabelKeyHandler, parent=None):
+                 label_key: LabelKeyHandler, undo_stack: QUndoStack, parent=None):
         super().__init__(parent)
         self.setWindowTitle("Image")
         self.model = model
@@ -53,8 +58,7 @@ class ImageViewer(QDialog):
         self.prediction_label.setWordWrap(True)
         self.bars = QVBoxLayout()
         self.bars.setSpacing(4)
-        help_label = QLabel("← → previous / next\n1–9 label   0 remove label\nA or Enter accept suggestion\n"
-                            "Space or Esc close")
+        help_label = QLabel(HELP_TEXT)
         help_label.setStyleSheet("color: palette(placeholder-text);")
 
         side = QWidget()
@@ -71,7 +75,13 @@ class ImageViewer(QDialog):
         layout = QHBoxLayout(self)
         layout.addWidget(self.image_label, 1)
         layout.addWidget(side)
-        self.resize(1100, 760)
+        # The viewer is a window of its own: the main window's Ctrl+Z does not reach it.
+        self.undo_action = undo_stack.createUndoAction(self, "Undo")
+        self.undo_action.setShortcuts([QKeySequence.StandardKey.Undo])
+        self.redo_action = undo_stack.createRedoAction(self, "Redo")
+        self.redo_action.setShortcuts([QKeySequence("Ctrl+Shift+Z"), QKeySequence("Ctrl+Y")])
+        self.addActions([self.undo_action, self.redo_action])
+        self.resize(1100, 700)
         self.show_row(row)
 
     @property
@@ -149,14 +159,21 @@ class ImageViewer(QDialog):
         elif key in (Qt.Key.Key_Space, Qt.Key.Key_Escape):
             self.accept()
         elif event.text() and self.label_key([self.image_id], self._key_name(event)):
-            self.refresh_facts()
+            self._move_on()
         else:
             super().keyPressEvent(event)
+
+    def _move_on(self) -> None:
+        """After labeling, show the next image (the last one stays, with its new label)."""
+        if self.row + 1 < self.model.rowCount():
+            self.show_row(self.row + 1)
+        else:
+            self.refresh_facts()
 
     @staticmethod
     def _key_name(event: QKeyEvent) -> str:
         if event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter):
             return "accept"
-        if event.key() == Qt.Key.Key_Backspace:
-            return "0"
+        if event.key() in (Qt.Key.Key_Backspace, Qt.Key.Key_Delete):
+            return "clear"
         return event.text().lower()

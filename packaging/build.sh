@@ -5,7 +5,7 @@
 #   EDITION=full packaging/build.sh     # full edition: PyTorch with its CUDA libraries
 #
 # Both editions ship verified ONNX copies of the EfficientNet-Lite backbones, made here from the
-# development venv's torch (python -m engine.onnx_backend ship build/onnx_models); the CPU edition
+# development venv's torch (python -m engine.features.onnx_backend ship build/onnx_models); the CPU edition
 # computes features with them and never imports torch.
 # Prints the bundle size and the build time at the end and writes them to dist/sortlab-build.txt.
 set -euo pipefail
@@ -34,7 +34,7 @@ echo "== installing PyInstaller (the 'package' extra)"
 
 echo "== verified ONNX copies of the bundled backbones -> $ONNX_MODELS"
 # Made with the venv's torch and checked against it (max abs difference <= 1e-3); reused when present.
-"$PYTHON" -m engine.onnx_backend ship "$ONNX_MODELS"
+"$PYTHON" -m engine.features.onnx_backend ship "$ONNX_MODELS"
 
 echo "== building the $EDITION edition (this takes several minutes)"
 rm -rf "$DIST/sortlab" build/pyinstaller

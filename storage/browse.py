@@ -2,7 +2,8 @@
 
 The grid holds only ids (a compact int array) and asks for tile facts a page at a time, so every
 query here is one SQL statement that SQLite answers from indexes; nothing loads all rows as objects.
-Predictions are those of the active model version (``model_versions.is_active``).
+Predictions are those of the model version the caller passes: the grid asks for the active one
+(``storage.modelstore.active_version``).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import text
 
+from storage.chunks import in_list_chunks
 from storage.project import Project
 
 # Filter kinds (GridQuery.kind).
@@ -36,7 +37,6 @@ NAME = "name"
 SORT_ORDERS = (IMPORT_ORDER, CONFIDENCE, NAME)
 
 LOW_CONFIDENCE_THRESHOLD = 0.6
-_IN_CHUNK = 900
 
 
 @dataclass(frozen=True)
@@ -77,14 +77,6 @@ class ImageDetail:
     predicted_class_id: int | None
     probability: float | None
     probabilities: dict[int, float]  # class id -> probability, highest first
-
-
-def active_model_version(project: Project) -> int | None:
-    """The id of the model whose suggestions the grid shows, or None before any training."""
-    with project.session() as session:
-        return session.execute(
-            text("SELECT id FROM model_versions WHERE is_active ORDER BY id DESC LIMIT 1")
-        ).scalar()
 
 
 def filtered_image_ids(project: Project, query: GridQuery, model_version: int | None = None) -> np.ndarray:
@@ -134,10 +126,8 @@ def tile_infos(project: Project, image_ids: Sequence[int], model_version: int | 
     """Tile facts for these images (unknown ids are left out); one query per 900 ids."""
     version = model_version if model_version is not None else -1
     found: dict[int, TileInfo] = {}
-    ids = [int(i) for i in image_ids]
     with project.engine.connect() as connection:
-        for start in range(0, len(ids), _IN_CHUNK):
-            chunk = ids[start : start + _IN_CHUNK]
+        for chunk in in_list_chunks(int(i) for i in image_ids):
             marks = ",".join("?" * len(chunk))
             rows = connection.exec_driver_sql(
                 "SELECT i.id, i.original_name, l.class_id, l.origin, p.class_id, p.probability FROM images i "
@@ -194,11 +184,9 @@ def image_and_label_counts(project: Project) -> tuple[int, int]:
 
 def predicted_classes(project: Project, image_ids: Iterable[int], model_version: int) -> dict[int, int]:
     """{image_id: predicted class id} for these images (images without a usable prediction left out)."""
-    ids = [int(i) for i in image_ids]
     found: dict[int, int] = {}
     with project.engine.connect() as connection:
-        for start in range(0, len(ids), _IN_CHUNK):
-            chunk = ids[start : start + _IN_CHUNK]
+        for chunk in in_list_chunks(int(i) for i in image_ids):
             marks = ",".join("?" * len(chunk))
             rows = connection.exec_driver_sql(
                 "SELECT image_id, class_id FROM predictions "

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import delete, func, select, update
 
+from storage.chunks import in_list_chunks
 from storage.errors import ProjectError
 from storage.models import Image, ImageClass, Label, utcnow
 from storage.project import Project
@@ -21,7 +22,7 @@ DEFAULT_COLORS = [
     "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7",
     "#4E79A7", "#F28E2B", "#59A14F", "#B07AA1", "#9C755F", "#EDC948", "#76B7B2",
 ]
-SHORTCUT_KEYS = "123456789"
+SHORTCUT_KEYS = "1234567890"  # the keyboard's number row, left to right: the tenth class gets 0
 LABEL_ORIGINS = ("manual", "suggestion", "import")
 
 
@@ -67,6 +68,16 @@ def list_classes(project: Project) -> list[ClassInfo]:
             ClassInfo(row.id, row.name, row.color, row.position, row.shortcut, counts.get(row.id, 0))
             for row in rows
         ]
+
+
+def labeled_class_count(project: Project, at_most: int | None = None) -> int:
+    """How many classes have labeled images, counting no further than ``at_most`` (whether training
+    can succeed needs two: a couple of index look-ups, quick at 100k labels)."""
+    query = select(Label.class_id).distinct()
+    if at_most is not None:
+        query = query.limit(at_most)
+    with project.session() as session:
+        return len(session.scalars(query).all())
 
 
 def find_class(project: Project, name: str) -> ClassInfo:
@@ -125,7 +136,7 @@ def recolor_class(project: Project, class_id: int, color: str) -> None:
 
 
 def reorder_classes(project: Project, ordered_ids: Sequence[int]) -> None:
-    """Set display order; shortcut keys 1-9 follow the new order."""
+    """Set display order; shortcut keys (1-9, then 0) follow the new order."""
     with project.writing() as session:
         rows = {row.id: row for row in session.scalars(select(ImageClass))}
         if set(ordered_ids) != set(rows):
@@ -154,7 +165,7 @@ def label_states(project: Project, image_ids: Iterable[int]) -> list[LabelState]
     with project.session() as session:
         rows = {
             row.image_id: row
-            for chunk in _chunks(image_ids)
+            for chunk in in_list_chunks(image_ids)
             for row in session.scalars(select(Label).where(Label.image_id.in_(chunk)))
         }
     return [
@@ -178,12 +189,12 @@ def set_labels(
         if class_id is not None and session.get(ImageClass, class_id) is None:
             raise UnknownClassError(f"No class with id {class_id}.")
         existing_images = set()
-        for chunk in _chunks(image_ids):
+        for chunk in in_list_chunks(image_ids):
             existing_images.update(session.scalars(select(Image.id).where(Image.id.in_(chunk))))
         missing = [i for i in image_ids if i not in existing_images]
         if missing:
             raise ProjectError(f"No image with id {', '.join(map(str, missing[:5]))}.")
-        for chunk in _chunks(image_ids):
+        for chunk in in_list_chunks(image_ids):
             session.execute(delete(Label).where(Label.image_id.in_(chunk)))
         if class_id is not None:
             session.add_all(Label(image_id=i, class_id=class_id, origin=origin, labeled_at=now) for i in image_ids)
@@ -195,7 +206,7 @@ def restore_labels(project: Project, states: Iterable[LabelState]) -> None:
     states = list(states)
     with project.writing() as session:
         ids = [s.image_id for s in states]
-        for chunk in _chunks(ids):
+        for chunk in in_list_chunks(ids):
             session.execute(delete(Label).where(Label.image_id.in_(chunk)))
         session.add_all(
             Label(image_id=s.image_id, class_id=s.class_id, origin=s.origin or "manual", labeled_at=s.labeled_at or utcnow())
@@ -210,7 +221,7 @@ def set_labels_by_class(project: Project, assignments: dict[int, int], origin: s
     now = utcnow()
     with project.writing() as session:
         ids = list(assignments)
-        for chunk in _chunks(ids):
+        for chunk in in_list_chunks(ids):
             session.execute(delete(Label).where(Label.image_id.in_(chunk)))
         session.add_all(
             Label(image_id=i, class_id=c, origin=origin, labeled_at=now) for i, c in assignments.items()
@@ -224,12 +235,5 @@ def set_split(project: Project, image_ids: Iterable[int], split: str, pinned: bo
         raise ProjectError("The split must be 'train' or 'val'.")
     ids = list(image_ids)
     with project.writing() as session:
-        for chunk in _chunks(ids):
+        for chunk in in_list_chunks(ids):
             session.execute(update(Image).where(Image.id.in_(chunk)).values(split=split, split_pinned=pinned))
-
-
-def _chunks(items: Sequence[int], size: int = 900) -> Iterable[Sequence[int]]:
-    """SQLite limits bound parameters per statement; keep IN (...) lists under that."""
-    items = list(items)
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 from sqlalchemy import delete, func, insert, select
 
+from storage.chunks import in_list_chunks
 from storage.models import Feature, FeatureSet, Image, utcnow
 from storage.project import Project
 
-_IN_CHUNK = 900  # stay under SQLite's bound-parameter limit
 _VECTOR_DTYPE = np.dtype("<f4")
 
 
@@ -113,8 +113,8 @@ def store_vectors(project: Project, feature_set_id: int, image_ids: Sequence[int
         if dim != rows.shape[1]:
             raise ValueError(f"feature set {feature_set_id} holds {dim}-d vectors, not {rows.shape[1]}-d")
         present: set[int] = set()
-        for start in range(0, len(ids), _IN_CHUNK):
-            present.update(session.scalars(select(Image.id).where(Image.id.in_(ids[start : start + _IN_CHUNK]))))
+        for chunk in in_list_chunks(ids):
+            present.update(session.scalars(select(Image.id).where(Image.id.in_(chunk))))
         values = [
             {"feature_set_id": feature_set_id, "image_id": image_id, "vector": rows[index].tobytes()}
             for index, image_id in enumerate(ids)
@@ -151,10 +151,8 @@ def load_vectors(
         else:
             wanted = sorted({int(i) for i in image_ids})
             rows = []
-            for start in range(0, len(wanted), _IN_CHUNK):
-                rows.extend(
-                    session.execute(query.where(Feature.image_id.in_(wanted[start : start + _IN_CHUNK]))).all()
-                )
+            for chunk in in_list_chunks(wanted):
+                rows.extend(session.execute(query.where(Feature.image_id.in_(chunk))).all())
             rows.sort(key=lambda row: row[0])
     ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
     return ids, _decode([row[1] for row in rows], dim)

@@ -10,13 +10,12 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
+from storage.chunks import in_list_chunks
+from storage.errors import ProjectError
 from storage.models import Image, ImageClass, Label, utcnow
 from storage.project import Project
-
-# SQLite limits bound parameters per statement; keep IN (...) lists under that.
-_IN_CHUNK = 900
 
 
 @dataclass(frozen=True)
@@ -68,11 +67,6 @@ class ProjectSummary:
     sources: dict[str, int]
 
 
-def _chunks(items: Sequence, size: int = _IN_CHUNK) -> Iterable[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def add_images(project: Project, rows: Sequence[NewImage]) -> list[int]:
     """Insert images and their labels in ONE write transaction; returns each row's image id.
 
@@ -87,7 +81,7 @@ def add_images(project: Project, rows: Sequence[NewImage]) -> list[int]:
     with project.writing() as session:
         hashes = list({row.content_hash for row in rows})
         ids_by_hash: dict[str, int] = {}
-        for chunk in _chunks(hashes):
+        for chunk in in_list_chunks(hashes):
             ids_by_hash.update(
                 session.execute(select(Image.content_hash, Image.id).where(Image.content_hash.in_(chunk))).all()
             )
@@ -121,13 +115,63 @@ def add_images(project: Project, rows: Sequence[NewImage]) -> list[int]:
     return [ids_by_hash[row.content_hash] for row in rows]
 
 
+@dataclass(frozen=True)
+class KnownImageLabels:
+    """What ``label_known_images`` did, by content hash: the images it labeled (hash -> image id),
+    and those that keep the other label they already had (hash -> that class id)."""
+
+    labeled: dict[str, int]
+    kept: dict[str, int]
+
+
+def label_known_images(project: Project, class_by_hash: dict[str, int], origin: str = "import") -> KnownImageLabels:
+    """Label images already in the project (found by content hash) that have no label yet, in one
+    transaction: a re-import with folder labels labels the duplicates it skips. An image labeled
+    with another class keeps that label (the caller reports the conflict)."""
+    labeled: dict[str, int] = {}
+    kept: dict[str, int] = {}
+    now = utcnow()
+    with project.writing() as session:
+        for chunk in in_list_chunks(list(class_by_hash)):
+            rows = session.execute(
+                select(Image.content_hash, Image.id, Label.class_id)
+                .outerjoin(Label, Label.image_id == Image.id)
+                .where(Image.content_hash.in_(chunk))
+            ).all()
+            for content_hash, image_id, class_id in rows:
+                if class_id is None:
+                    labeled[content_hash] = image_id
+                elif class_id != class_by_hash[content_hash]:
+                    kept[content_hash] = class_id
+        session.add_all(
+            Label(image_id=image_id, class_id=class_by_hash[content_hash], origin=origin, labeled_at=now)
+            for content_hash, image_id in labeled.items()
+        )
+    return KnownImageLabels(labeled, kept)
+
+
+def rename_source(project: Project, old: str, new: str) -> int:
+    """Give every image of source ``old`` the source ``new`` (a source is a camera or a batch the
+    user names); an existing ``new`` absorbs them. Returns how many images were renamed."""
+    cleaned = " ".join(str(new).split())
+    if not cleaned:
+        raise ProjectError("A source name cannot be empty.")
+    if len(cleaned) > 255:
+        raise ProjectError("A source name can have at most 255 characters.")
+    with project.writing() as session:
+        renamed = session.execute(update(Image).where(Image.source == old).values(source=cleaned)).rowcount
+    if not renamed:
+        raise ProjectError(f"No source named '{old}'.")
+    return renamed
+
+
 def existing_hashes(project: Project, hashes: Iterable[str] | None = None) -> set[str]:
     """Content hashes already stored: all of them, or those among ``hashes``."""
     with project.session() as session:
         if hashes is None:
             return set(session.scalars(select(Image.content_hash)))
         found: set[str] = set()
-        for chunk in _chunks(list(set(hashes))):
+        for chunk in in_list_chunks(set(hashes)):
             found.update(session.scalars(select(Image.content_hash).where(Image.content_hash.in_(chunk))))
         return found
 
@@ -151,7 +195,7 @@ def list_images(project: Project, ids: Iterable[int] | None = None) -> list[Imag
             results = session.execute(query).all()
         else:
             results = []
-            for chunk in _chunks(list(ids)):
+            for chunk in in_list_chunks(ids):
                 results.extend(session.execute(query.where(Image.id.in_(chunk))).all())
             results.sort(key=lambda pair: pair[0].id)
         return [
@@ -164,10 +208,9 @@ def list_images(project: Project, ids: Iterable[int] | None = None) -> list[Imag
 
 
 def _read_column(project: Project, column, ids: Iterable[int]) -> dict[int, bytes]:
-    ids = list(ids)
     found: dict[int, bytes] = {}
     with project.session() as session:
-        for chunk in _chunks(ids):
+        for chunk in in_list_chunks(ids):
             found.update(session.execute(select(Image.id, column).where(Image.id.in_(chunk))).all())
     return found
 

@@ -182,9 +182,25 @@ def list_models(project: Project) -> list[ModelInfo]:
         return [_info(row) for row in session.scalars(select(ModelVersion).order_by(ModelVersion.id))]
 
 
-def active_model(project: Project) -> ModelInfo | None:
+# "Which model is active" is answered here and nowhere else (the grid, the map, the dataset export and
+# prediction refreshes all ask these two): the newest row flagged is_active. save_model_version and
+# set_active_model keep the flag exclusive; newest-first keeps the answer unique even if it were not.
+
+
+def _newest_active(*columns):
+    return select(*columns).where(ModelVersion.is_active).order_by(ModelVersion.id.desc()).limit(1)
+
+
+def active_version(project: Project) -> int | None:
+    """The active model version's id, None before any training: one indexed lookup, nothing else loaded."""
     with project.session() as session:
-        row = session.scalars(select(ModelVersion).where(ModelVersion.is_active).order_by(ModelVersion.id.desc())).first()
+        return session.scalar(_newest_active(ModelVersion.id))
+
+
+def active_model(project: Project) -> ModelInfo | None:
+    """The active model version (without its weights), None before any training."""
+    with project.session() as session:
+        row = session.scalars(_newest_active(ModelVersion)).first()
         return None if row is None else _info(row)
 
 
@@ -222,7 +238,7 @@ def delete_model(project: Project, version: int) -> None:
     """Remove a version and its predictions (cascade); the newest remaining one becomes active if needed."""
     with project.writing() as session:
         session.execute(delete(ModelVersion).where(ModelVersion.id == int(version)))
-        if session.scalar(select(ModelVersion.id).where(ModelVersion.is_active)) is None:
+        if session.scalar(_newest_active(ModelVersion.id)) is None:
             newest = session.scalar(select(ModelVersion.id).order_by(ModelVersion.id.desc()))
             if newest is not None:
                 session.execute(update(ModelVersion).where(ModelVersion.id == newest).values(is_active=True))

@@ -194,7 +194,7 @@ def create_project(path: str | os.PathLike, *, revision: str = "head") -> Projec
         with engine.begin() as connection:
             connection.exec_driver_sql(
                 "INSERT INTO project_meta (key, value) VALUES ('app', ?), ('created_by_version', ?)",
-                (APP_MARKER, _app_version()),
+                (APP_MARKER, app_version()),
             )
     except Exception:
         engine.dispose()
@@ -268,11 +268,12 @@ def project_meta(project: Project) -> dict[str, str]:
         return {row.key: row.value for row in session.scalars(select(ProjectMeta))}
 
 
-def _app_version() -> str:
-    try:
-        from importlib.metadata import version
+def app_version() -> str:
+    """Sortlab's version (one lookup for the project marker, ``--version`` and exported model cards)."""
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
         return version("sortlab")
-    except Exception:  # running from a source tree that was never installed
+    except PackageNotFoundError:  # running from a source tree that was never installed
         return "0+source"
 

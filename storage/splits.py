@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select, update
 
+from storage.chunks import in_list_chunks
 from storage.models import Image, ImageClass, Label, ProjectMeta
 from storage.project import Project
 
@@ -61,10 +62,9 @@ def write_splits(project: Project, sides: Mapping[int, str], assigned_at: dt.dat
         by_side[side].append(int(image_id))
     with project.writing() as session:
         for side, ids in by_side.items():
-            for start in range(0, len(ids), 900):
+            for chunk in in_list_chunks(ids):
                 session.execute(
-                    update(Image).where(Image.id.in_(ids[start:start + 900]), Image.split_pinned.is_(False))
-                    .values(split=side)
+                    update(Image).where(Image.id.in_(chunk), Image.split_pinned.is_(False)).values(split=side)
                 )
         row = session.get(ProjectMeta, ASSIGNED_AT_KEY)
         if row is None:

@@ -11,16 +11,10 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from engine.backbones import (
-    DEFAULT_BACKBONE,
-    BackboneUnavailable,
-    classifier_head,
-    feature_extractor,
-    get_backbone,
-    install_weights_file,
-    list_backbones,
-)
-from engine.preprocess import decode_for_model, preprocess_pil, resize_and_crop
+from engine.features.backbones import DEFAULT_BACKBONE, BackboneUnavailable, get_backbone, list_backbones
+from engine.features.preprocess import decode_for_model, preprocess_pil, resize_and_crop
+from engine.torch.extractors import classifier_head, feature_extractor
+from engine.torch.networks import install_weights_file, load_backbone
 
 ANT, BEE = 310, 309
 
@@ -28,7 +22,7 @@ ANT, BEE = 310, 309
 @pytest.fixture(scope="module")
 def lite0():
     spec = get_backbone(DEFAULT_BACKBONE)
-    return spec, spec.load_model()
+    return spec, load_backbone(spec)
 
 
 @pytest.fixture
@@ -131,7 +125,7 @@ def test_torchvision_backbone_without_weights_is_unavailable_and_never_downloads
     assert not spec.available
     assert "resnet18-f37072fd.pth" in spec.unavailable_reason and "never downloads" in spec.unavailable_reason
     with pytest.raises(BackboneUnavailable, match="resnet18"):
-        spec.load_model()
+        load_backbone(spec)
 
 
 def test_user_picked_weights_file_makes_a_torchvision_backbone_available(isolated_hub, tmp_path):
@@ -148,7 +142,7 @@ def test_user_picked_weights_file_makes_a_torchvision_backbone_available(isolate
     assert installed.parent == isolated_hub and installed.name == "resnet18-f37072fd.pth"
     spec = get_backbone("resnet18")
     assert spec.available
-    model = spec.load_model()
+    model = load_backbone(spec)
     x = torch.zeros(1, 3, 224, 224)
     with torch.no_grad():
         assert feature_extractor(model, "pooled")(x).shape == (1, 512)
@@ -158,8 +152,8 @@ def test_user_picked_weights_file_makes_a_torchvision_backbone_available(isolate
 
 def test_lite0_imagenet_head_recognizes_ants_and_bees(hymenoptera_dir, lite0, onnx_cache):
     """>= 80 % of the validation images must come out as ImageNet 'ant' or 'bee' (0.83-0.86 expected)."""
-    from engine.features import features_for_files
-    from engine.jobs import JobContext
+    from engine.features.extraction import features_for_files
+    from engine.runtime.jobs import JobContext
 
     spec, model = lite0
     files = sorted(p for p in (hymenoptera_dir / "val").rglob("*.jpg"))
@@ -204,8 +198,8 @@ def test_lite0_imagenet_head_names_generated_images_and_notices_wrong_preprocess
     usual mistakes (torchvision's ImageNet normalization instead of the Lite one, BGR instead of RGB)."""
     import dataclasses
 
-    from engine.backbones import IMAGENET_MEAN, IMAGENET_STD
-    from engine.features import get_runner
+    from engine.features.backbones import IMAGENET_MEAN, IMAGENET_STD
+    from engine.features.extraction import get_runner
 
     spec, model = lite0
     grid = imagenet_probabilities(model, spec, grid_image())
@@ -235,11 +229,11 @@ def test_lite0_imagenet_head_names_generated_images_and_notices_wrong_preprocess
     pytest.param("efficientnet_lite2", 260, marks=pytest.mark.slow),
 ])
 def test_lite1_and_lite2_load_strictly_and_their_onnx_copies_agree_with_torch(name, size, onnx_cache):
-    from engine import onnx_backend
+    from engine.features import onnx_backend
 
     spec = get_backbone(name)
     assert (spec.input_size, spec.available) == (size, True)
-    model = spec.load_model()  # strict=True: every weight in the wheel's file fits the network exactly
+    model = load_backbone(spec)  # strict=True: every weight in the wheel's file fits the network exactly
     assert not model.training
     pixels = np.stack([preprocess_pil(image, spec) for image in (grid_image(), ball_image())])
     assert pixels.shape == (2, 3, size, size)

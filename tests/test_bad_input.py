@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.imaging import ImageDecodeError, load_stored_image, normalize_image, open_image_file
-from engine.importing import import_paths
-from engine.jobs import JobContext
+from engine.images.imaging import ImageDecodeError, load_stored_image, normalize_image, open_image_file
+from engine.images.importing import import_paths
+from engine.runtime.jobs import JobContext
 from storage.images import list_images, read_image_bytes
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)

@@ -1,4 +1,4 @@
-"""Linear feature classifiers: sklearn conventions, seeds, tiny data, and exact safetensors round trips."""
+"""Linear feature classifiers: sklearn conventions, seeds, tiny data, and lossless safetensors round trips."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
-from engine.classifiers import (
+from engine.models.classifiers import (
     LinearPredictor,
     LinearSVMClassifier,
     LogisticClassifier,
@@ -47,14 +47,36 @@ def test_fit_predict_follow_sklearn_conventions(cls, k):
 
 @pytest.mark.parametrize("cls", [LogisticClassifier, LinearSVMClassifier])
 @pytest.mark.parametrize("k", [2, 3])
-def test_saved_and_loaded_model_gives_identical_probabilities(cls, k):
+def test_fitted_and_loaded_predictors_hold_identical_arrays(cls, k):
+    """The fitted model predicts through exactly what is saved: same values, dtype, shape and C order
+    (a Fortran-ordered coef made AVX-512 BLAS round the fitted model's products differently)."""
     X, y = blobs(60, k, seed=1)
     model = cls(random_state=3).fit(X, y)
     data = model.to_bytes()
     assert data[8:9] == b"{"  # a safetensors header, not a pickle
-    loaded = LinearPredictor.from_bytes(data)
+    fitted, loaded = model.predictor_.arrays(), LinearPredictor.from_bytes(data).arrays()
+    assert fitted.keys() == loaded.keys()
+    assert ("calib_a" in fitted) == (cls is LinearSVMClassifier)
+    for name, array in fitted.items():
+        assert array.dtype == loaded[name].dtype == (np.int64 if name == "classes" else np.float64), name
+        assert array.flags.c_contiguous and loaded[name].flags.c_contiguous, name
+        assert not array.flags.writeable and not loaded[name].flags.writeable, name
+        assert array.shape == loaded[name].shape, name
+        assert np.array_equal(array, loaded[name]), name  # a storage round trip, not a computation: bit-exact
+
+
+@pytest.mark.parametrize("cls", [LogisticClassifier, LinearSVMClassifier])
+@pytest.mark.parametrize("k", [2, 3])
+def test_saved_and_loaded_model_gives_the_same_probabilities(cls, k):
+    X, y = blobs(60, k, seed=1)
+    model = cls(random_state=3).fit(X, y)
+    loaded = LinearPredictor.from_bytes(model.to_bytes())
     X_new, _ = blobs(30, k, seed=2)
-    assert np.array_equal(loaded.predict_proba(X_new), model.predict_proba(X_new))
+    # Same arrays, same layout: equal in practice; the tolerance only allows for BLAS rounding.
+    np.testing.assert_allclose(loaded.predict_proba(X_new), model.predict_proba(X_new), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(loaded.predict_proba(np.asfortranarray(X_new)), model.predict_proba(X_new),
+                               rtol=1e-12, atol=1e-12)
+    assert np.array_equal(loaded.predict(X_new), model.predict(X_new))
     assert np.array_equal(loaded.classes, model.classes_)
 
 

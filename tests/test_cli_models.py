@@ -72,7 +72,7 @@ def test_train_json_has_the_documented_keys(trained, capsys):
     assert listing["active"] == result["model"]
     row = listing["models"][-1]
     assert (row["version"], row["active"], row["method"], row["n_labeled"]) == (result["model"], True, "logreg", 16)
-    assert row["metrics"]["accuracy"] == metrics["accuracy"] and sorted(row["classes"]) == ["blue", "red"]
+    assert row["metrics"] == metrics and sorted(row["classes"]) == ["blue", "red"]  # what the project stores
     code, text, _ = cli(capsys, "models", project)
     assert code == 0 and "logreg" in text and f"{metrics['accuracy']:.3f}" in text
 
@@ -86,6 +86,29 @@ def test_train_json_keeps_accuracy_keys_as_null_when_not_evaluated(tmp_path, cap
     metrics = cli_json(capsys, "train", project)["metrics"]
     assert metrics["accuracy"] is None and metrics["balanced_accuracy"] is None
     assert metrics["evaluation"] == "not evaluated"
+
+
+def test_ctrl_c_cancels_training_cleanly(tmp_path, capsys, monkeypatch):
+    """Ctrl+C during `train` cancels the job (exit 130, a clear line), it does not kill it mid-write."""
+    import os
+    import signal
+
+    from cli import model_commands
+    from storage.project import create_project
+
+    create_project(tmp_path / "p.sortlab").close()
+    seen = []
+
+    def interrupted_training(context, project, **options):
+        os.kill(os.getpid(), signal.SIGINT)  # handled at once, in this (main) thread
+        seen.append(context.cancelled)
+        context.check_cancelled()
+
+    monkeypatch.setattr(model_commands, "train_model", interrupted_training)
+    before = signal.getsignal(signal.SIGINT)
+    code, out, _ = cli(capsys, "train", tmp_path / "p.sortlab")
+    assert (code, seen) == (130, [True]) and "Cancelled" in out
+    assert signal.getsignal(signal.SIGINT) is before  # the usual Ctrl+C is back afterwards
 
 
 def test_predict_json_and_csv_list_bad_files_as_failed(trained, capsys, tmp_path):

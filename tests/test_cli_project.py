@@ -1,8 +1,10 @@
-"""CLI: import, info, classes, label, demo; JSON documents on stdout, one-line user errors."""
+"""CLI: import, info, classes, sources, label, demo; JSON documents on stdout, one-line user errors."""
 
 from __future__ import annotations
 
 import json
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +16,7 @@ from PIL import Image
 import main
 from helpers.cli import cli, cli_json
 from cli import project_commands
-from engine.demo import build_demo_project
+from engine.images.demo import build_demo_project
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,6 +56,21 @@ def test_import_reports_json_and_lists_failures_with_exit_0(capsys, tmp_path, ph
     assert (again["imported"], again["duplicates"]) == (0, 3)
 
 
+def test_reimport_with_folder_labels_labels_the_duplicates_and_says_so(capsys, tmp_path, photos):
+    project = tmp_path / "pets.sortlab"
+    first = cli_json(capsys, "import", project, photos)  # no folder labels the first time
+    assert (first["imported"], first["labeled"]) == (5, 0)
+    ids = first["image_ids"]
+    cli_json(capsys, "classes", project, "add", "dogs")
+    cli_json(capsys, "label", project, "--class", "dogs", ids[0])  # c0.jpg, a cat, labeled "dogs"
+    code, out, _ = cli(capsys, "import", project, photos, "--labels-from-folders")
+    assert code == 0 and "Imported 0 images (5 duplicates skipped" in out
+    assert "4 of the duplicates had no label and got their folder's label." in out
+    assert "1 duplicates are labeled otherwise than their folder says (their label was kept):" in out
+    assert f"{photos / 'cats' / 'c0.jpg'}: labeled 'dogs', folder 'cats'" in out
+    assert cli_json(capsys, "info", project)["classes"] == {"dogs": 3, "cats": 2}
+
+
 def test_import_text_output_and_progress_on_stderr(capsys, tmp_path, photos):
     code, out, err = cli(capsys, "import", tmp_path / "p.sortlab", photos)
     assert code == 0
@@ -61,15 +78,83 @@ def test_import_text_output_and_progress_on_stderr(capsys, tmp_path, photos):
     assert "%]" in err and "{" not in out
 
 
+def test_ctrl_c_cancels_an_import_after_the_batch_in_progress(capsys, tmp_path, monkeypatch):
+    """The first Ctrl+C cancels the import job: whole batches stay, the JSON says so, exit status 130."""
+    from engine.images import importing
+
+    for seed in range(6):
+        write_jpeg(tmp_path / "many" / f"{seed}.jpg", seed)
+    monkeypatch.setattr(importing, "BATCH_SIZE", 2)
+    real_commit = importing._commit_batch
+
+    def commit_then_ctrl_c(*args):
+        real_commit(*args)
+        signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(importing, "_commit_batch", commit_then_ctrl_c)
+    code, out, err = cli(capsys, "import", tmp_path / "p.sortlab", tmp_path / "many", "--json")
+    assert code == 130, err
+    report = json.loads(out)
+    assert report["cancelled"] is True and report["imported"] == 2 and len(report["image_ids"]) == 2
+    assert cli_json(capsys, "info", tmp_path / "p.sortlab")["images"] == 2
+
+
+def test_ctrl_c_during_the_demo_keeps_the_digits_imported_so_far(capsys, tmp_path, monkeypatch):
+    from engine.images import importing
+
+    monkeypatch.setattr(project_commands, "build_demo_project",
+                        lambda context, path: build_demo_project(context, path, n_images=20))
+    monkeypatch.setattr(importing, "BATCH_SIZE", 8)
+    real_commit = importing._commit_batch
+
+    def commit_then_ctrl_c(*args):
+        real_commit(*args)
+        signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(importing, "_commit_batch", commit_then_ctrl_c)
+    code, out, err = cli(capsys, "demo", tmp_path / "digits.sortlab", "--json")
+    assert code == 130, err
+    report = json.loads(out)
+    assert report["cancelled"] is True and report["imported"] == 8
+    assert cli_json(capsys, "info", tmp_path / "digits.sortlab")["images"] == 8
+
+
+def test_a_second_ctrl_c_interrupts_at_once_and_handlers_are_restored():
+    from cli.common import CancelOnSignals
+    from engine.runtime.jobs import JobContext
+
+    previous = signal.getsignal(signal.SIGINT)
+    context = JobContext()
+    with CancelOnSignals(context) as stopper:
+        signal.raise_signal(signal.SIGINT)
+        assert context.cancelled and stopper.received == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is previous
+
+
 def test_info_counts_labels_classes_and_sources(capsys, tmp_path, photos):
     project = tmp_path / "pets.sortlab"
     cli_json(capsys, "import", project, photos / "cats", "--labels-from-folders")
     cli_json(capsys, "import", project, photos / "dogs", "--source", "phone")
     info = cli_json(capsys, "info", project)
+    imported = next(name for name in info["sources"] if name != "phone")
+    assert re.fullmatch(r"import \d{4}-\d\d-\d\d \d\d:\d\d \(folder 'photos'\)", imported)
     assert info == {"images": 5, "labeled": 3, "unlabeled": 2, "classes": {"cats": 3},
-                    "sources": {"phone": 2, "photos": 3}}
+                    "sources": {"phone": 2, imported: 3}}
     code, out, _ = cli(capsys, "info", project)
     assert code == 0 and "5 images, 3 labeled, 2 unlabeled" in out and "cats (3)" in out
+
+
+def test_sources_are_listed_and_renamed(capsys, tmp_path, photos):
+    project = tmp_path / "pets.sortlab"
+    cli_json(capsys, "import", project, photos / "cats", "--source", "batch 1")
+    cli_json(capsys, "import", project, photos / "dogs", "--source", "phone")
+    assert cli_json(capsys, "sources", project) == {"sources": {"batch 1": 3, "phone": 2}}
+    code, out, _ = cli(capsys, "sources", project, "--rename", "batch 1", "kitchen camera")
+    assert code == 0 and "Renamed source 'batch 1' to 'kitchen camera' (3 images)." in out
+    assert "phone  (2 images)" in out
+    assert cli_json(capsys, "info", project)["sources"] == {"kitchen camera": 3, "phone": 2}
 
 
 def test_classes_add_rename_remove_and_list(capsys, tmp_path, photos):
@@ -108,6 +193,7 @@ def test_label_and_clear_by_image_id(capsys, tmp_path, photos):
         (["label", "{tmp}/p.sortlab", "--clear", "12345"], "No image with id 12345"),
         (["classes", "{tmp}/p.sortlab", "rename", "ghost", "spirit"], "No class named 'ghost'"),
         (["classes", "{tmp}/p.sortlab", "add", "   "], "cannot be empty"),
+        (["sources", "{tmp}/p.sortlab", "--rename", "nowhere", "x"], "No source named 'nowhere'"),
         (["demo", "{tmp}/p.sortlab"], "already exists"),
     ],
 )
@@ -128,7 +214,7 @@ def test_demo_command_builds_a_partly_labeled_project(capsys, tmp_path, monkeypa
     report = cli_json(capsys, "demo", tmp_path / "digits.sortlab")
     assert report["imported"] == 40 and 0 < report["labeled"] < 40
     info = cli_json(capsys, "info", tmp_path / "digits.sortlab")
-    assert list(info["classes"]) == [str(d) for d in range(10)]
+    assert list(info["classes"]) == ["1", "2", "3", "4", "5", "6", "7", "8", "9", "0"]  # the number row's order
 
 
 def test_as_a_process_exit_codes_and_no_tracebacks(tmp_path, photos):
@@ -152,6 +238,6 @@ def test_hymenoptera_train_imports_245_labeled_images_once(capsys, tmp_path, hym
     assert (first["imported"], first["labeled"], first["failed"]) == (245, 245, [])
     assert sorted(first["classes"]) == ["ants", "bees"]
     again = cli_json(capsys, "import", project, hymenoptera_dir / "train", "--labels-from-folders")
-    assert (again["imported"], again["duplicates"]) == (0, 245)
+    assert (again["imported"], again["duplicates"], again["labeled_duplicates"]) == (0, 245, 0)
     info = cli_json(capsys, "info", project)
     assert (info["images"], info["labeled"], len(info["classes"])) == (245, 245, 2)

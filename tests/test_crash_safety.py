@@ -7,10 +7,12 @@ one write that was in flight when the kill came), hold every reported imported i
 open and accept a new label.
 
 The fast variant (8 kills, import + labeling) runs in ``make test``; the slow one (36 kills, a third
-of them while a training thread fits models and extracts features) in ``make test-slow``. The child
-marks ``training-started`` / ``features-started``; a training round's kill comes 0-12 s after its first
-``training-started`` (not after ``ready``: importing torch alone can take longer than a short random
-delay), and kills are counted by what the training thread was doing (fit or feature extraction).
+of them while a training thread fits models and extracts features) in ``make test-slow``. Each kill
+comes a random moment after the round's first committed work (its first import batch, else its first
+saved label), never after a fixed time from the start: a child still importing modules on a busy
+machine would be killed before doing anything and prove nothing. The child marks ``training-started``
+/ ``features-started``; a training round's kill comes 0-12 s after its first ``training-started``,
+and kills are counted by what the training thread was doing (fit or feature extraction).
 A kill during a fit leaves that run's row at status 'running' (checked: never more rows than such kills).
 """
 
@@ -36,7 +38,7 @@ from helpers.proof import REPO_ROOT, incomplete_image_rows, max_image_id, report
 
 WORKER = REPO_ROOT / "tests" / "helpers" / "crash_worker.py"
 CLASSES = ["ant", "bee", "wasp"]
-READY_TIMEOUT_S = 180  # a training child imports torch first, slow on a busy machine
+WORK_STARTED_TIMEOUT_S = 180  # a training child imports torch first, slow on a busy machine
 
 
 def _write_images(folder: Path, count: int, rng: random.Random) -> None:
@@ -177,7 +179,7 @@ def _check_engine_rows(path: Path, ledger: CrashLedger) -> None:
         connection.close()
     assert bad_vectors == 0, f"{bad_vectors} feature vectors have the wrong length"
     if models:
-        from engine.classifiers import LinearPredictor
+        from engine.models.classifiers import LinearPredictor
 
         for model_id, weights, _active in models:
             assert weights, f"model version {model_id} has no weights"
@@ -194,7 +196,7 @@ def _check_engine_rows(path: Path, ledger: CrashLedger) -> None:
 
 
 def _run_child_and_kill(path: Path, folder: Path, seed: int, tasks: str, delay: float, log_dir: Path,
-                        start_marker: bytes = b"ready\n") -> list[str]:
+                        start_marker: bytes) -> list[str]:
     """Start the child, wait for ``start_marker`` in its output, wait ``delay`` more, SIGKILL it."""
     out_path = log_dir / f"child-{seed}.out"
     err_path = log_dir / f"child-{seed}.err"
@@ -205,7 +207,7 @@ def _run_child_and_kill(path: Path, folder: Path, seed: int, tasks: str, delay: 
             stdout=out, stderr=err, env=env, cwd=str(REPO_ROOT),
         )
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
+        deadline = time.monotonic() + WORK_STARTED_TIMEOUT_S
         while start_marker not in out_path.read_bytes():
             if child.poll() is not None:
                 pytest.fail(f"the child exited before {start_marker!r}: {err_path.read_text()[-2000:]}")
@@ -226,8 +228,8 @@ def _run_child_and_kill(path: Path, folder: Path, seed: int, tasks: str, delay: 
 
 def _crash_campaign(tmp_path: Path, request, *, kills: int, seed: int, images_per_round: int,
                     max_delay: float, with_training: bool) -> Counter:
-    from engine.importing import import_paths
-    from engine.jobs import JobContext
+    from engine.images.importing import import_paths
+    from engine.runtime.jobs import JobContext
     from storage import catalog
     from storage.project import create_project
 
@@ -244,7 +246,7 @@ def _crash_campaign(tmp_path: Path, request, *, kills: int, seed: int, images_pe
         report = import_paths(JobContext(), project, [seed_folder], labels_from_folders=True)
         assert report.imported == 30 and not report.failed
         if with_training:  # so the child's first training has features to train on
-            from engine.features import ensure_features
+            from engine.features.extraction import ensure_features
 
             ensure_features(JobContext(), project)
     finally:
@@ -258,12 +260,11 @@ def _crash_campaign(tmp_path: Path, request, *, kills: int, seed: int, images_pe
         folder = tmp_path / f"round-{round_index}"
         _write_images(folder, images_per_round, rng)
         tasks = task_menu[round_index % len(task_menu)]
-        # Training rounds: the child must import torch and load the network first (seconds, more on a
-        # busy machine), so the random delay starts at its first 'training-started', not at 'ready'.
+        # The random delay starts once the round's work is under way (see the module docstring).
         if "train" in tasks:
             delay, marker = rng.uniform(0.0, 12.0), b"training-started\n"
         else:
-            delay, marker = rng.uniform(0.02, max_delay), b"ready\n"
+            delay, marker = rng.uniform(0.02, max_delay), b"\nimages " if "import" in tasks else b"\nsaved "
         lines = _run_child_and_kill(path, folder, seed * 1000 + round_index, tasks, delay, log_dir, marker)
         in_flight = ledger.absorb(lines)
         ledger.counts["kills"] += 1
@@ -291,8 +292,8 @@ def test_sigkill_during_import_and_labeling_loses_nothing(tmp_path, request):
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_sigkill_30_times_during_import_labeling_and_training(tmp_path, request):
-    import engine.features  # noqa: F401  (a broken engine must fail this test, not drop the training rounds)
-    import engine.training  # noqa: F401
+    import engine.features.extraction  # noqa: F401  (a broken engine must fail this test, not drop the training rounds)
+    import engine.models.training  # noqa: F401
 
     counts = _crash_campaign(tmp_path, request, kills=36, seed=2024, images_per_round=150, max_delay=1.5,
                              with_training=True)

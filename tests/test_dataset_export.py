@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.dataset_export import (
+from engine.ship.dataset_export import (
     CSV_COLUMNS,
     DatasetExportError,
     class_folder_names,
     export_dataset,
     safe_name,
 )
-from engine.jobs import JobContext
+from engine.runtime.jobs import JobContext
 from storage import catalog
 from storage.images import NewImage, add_images
 from storage.models import ModelVersion, Prediction
@@ -134,3 +134,61 @@ def test_spreadsheet_formulas_in_names_are_neutralized(project, tmp_path):
     assert sorted(r["label"] for r in rows) == ["'-rf", "'=HYPERLINK(\"http://x\")"]
     assert sorted(r["source"] for r in rows) == ["'+1", "'@cam"]
     assert all((tmp_path / "export" / r["file"]).is_file() for r in rows)
+
+
+def test_cancelled_export_keeps_what_it_wrote_and_ends_cancelled(project, tmp_path, monkeypatch):
+    import engine.ship.dataset_export as dataset_export
+    from engine.runtime.jobs import JobStatus, run_job
+
+    monkeypatch.setattr(dataset_export, "BATCH", 2)
+    red = catalog.add_class(project, "red")
+    add_images(project, [_new_image(f"r{i}.jpg", (255, 10 * i, 0), red.id) for i in range(5)])
+    partials = []
+    context = JobContext(lambda fraction, message: context.cancel() if 0 < fraction < 1 else None, partials.append)
+
+    outcome = run_job(export_dataset, context, project, tmp_path / "export")
+
+    assert outcome.status is JobStatus.CANCELLED and outcome.result is None
+    [report] = partials
+    assert report.images == 2 and report.per_class == {"red": 2}
+    with open(tmp_path / "export" / "dataset.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 2 and all((tmp_path / "export" / row["file"]).is_file() for row in rows)
+
+
+@pytest.mark.gui
+def test_export_dialog_says_how_many_images_a_cancelled_export_wrote(project, tmp_path, qtbot, monkeypatch):
+    import threading
+
+    import engine.ship.dataset_export as dataset_export
+    from gui.export_dialog import ExportDialog
+    from gui.runner import QtJobRunner
+
+    monkeypatch.setattr(dataset_export, "BATCH", 1)
+    red = catalog.add_class(project, "red")
+    add_images(project, [_new_image(f"r{i}.jpg", (255, 10 * i, 0), red.id) for i in range(4)])
+    second_batch, reads = threading.Event(), []
+    real_read = dataset_export.read_image_bytes
+
+    def read_waiting_on_the_second_batch(project_, ids):
+        reads.append(ids)
+        if len(reads) == 2:
+            second_batch.wait(30)
+        return real_read(project_, ids)
+
+    monkeypatch.setattr(dataset_export, "read_image_bytes", read_waiting_on_the_second_batch)
+    runner = QtJobRunner()
+    dialog = ExportDialog(project, runner)
+    qtbot.addWidget(dialog)
+    assert dialog.tabs.currentIndex() == 1  # no model yet: the labeled-images tab
+    dialog.dataset_target.edit.setText(str(tmp_path / "dataset"))
+    dialog.export_button.click()
+    qtbot.waitUntil(lambda: len(reads) == 2, timeout=10_000)
+    with qtbot.waitSignal(runner.finished, timeout=10_000):
+        dialog.cancel_button.click()  # cancels; the batch in progress still finishes
+        second_batch.set()
+    qtbot.waitUntil(lambda: dialog.last_outcome is not None, timeout=5_000)
+    assert dialog.last_outcome.status == "cancelled"
+    assert f"Export cancelled after 2 images (in {(tmp_path / 'dataset').resolve()})" in dialog.status.text()
+    dialog.close()
+    runner.shutdown()

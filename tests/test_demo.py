@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.demo import DEMO_CAMERAS, DEMO_IMAGE_SIDE, build_demo_project, demo_items
-from engine.jobs import JobContext
+from engine.images.demo import DEMO_CAMERAS, DEMO_IMAGE_SIDE, build_demo_project, demo_items
+from engine.runtime.jobs import JobContext
 from storage import catalog
 from storage.images import list_images, project_summary, read_image_bytes
 from storage.project import open_project
@@ -18,10 +18,12 @@ from storage.project import open_project
 def test_demo_project_has_ten_classes_two_sources_and_about_30_percent_labeled(tmp_path):
     path = tmp_path / "digits.sortlab"
     report = build_demo_project(JobContext(), path, n_images=120, labeled_fraction=0.3)
-    assert report.imported == 120 and report.failed == [] and not report.cancelled
+    assert report.imported == 120 and report.failed == []
     with open_project(path) as project:
         summary = project_summary(project)
-        assert [c.name for c in catalog.list_classes(project)] == [str(d) for d in range(10)]
+        classes = catalog.list_classes(project)
+        assert [c.name for c in classes] == ["1", "2", "3", "4", "5", "6", "7", "8", "9", "0"]
+        assert all(c.shortcut == c.name for c in classes)  # each digit is labeled by its own key
         assert summary.images == 120
         assert 0.25 <= summary.labeled / summary.images <= 0.4
         assert all(count > 0 for count in summary.classes.values())

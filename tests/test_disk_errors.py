@@ -11,9 +11,9 @@ Three ways to fill the disk:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
-import contextlib
 import os
 import shutil
 import sqlite3
@@ -26,8 +26,9 @@ import pytest
 from PIL import Image
 from sqlalchemy import event
 
-from engine.importing import import_paths
-from engine.jobs import JobContext, run_job, user_message
+from engine.images.importing import import_paths
+from engine.runtime.jobs import JobContext, JobStatus, run_job, user_message
+from helpers.cli import cli
 from helpers.proof import incomplete_image_rows
 from storage import catalog
 from storage.errors import DiskFullError, ProjectError, ReadOnlyProjectError
@@ -114,7 +115,7 @@ def test_full_database_gives_clear_message_and_keeps_saved_work(tmp_path):
 
     _write_images(tmp_path / "more", 120, seed=2)
     outcome = run_job(import_paths, JobContext(), project, [tmp_path / "more"], labels_from_folders=True)
-    assert outcome.status == "failed"
+    assert outcome.status is JobStatus.FAILED
     _assert_clear(outcome.error)
     assert "full" in outcome.error.lower()
 
@@ -151,7 +152,7 @@ def test_disk_full_in_the_middle_of_an_import_batch_leaves_no_half_batch(tmp_pat
 
     _write_images(tmp_path / "more", 20, seed=3)
     outcome = run_job(import_paths, JobContext(), project, [tmp_path / "more"], labels_from_folders=True)
-    assert outcome.status == "failed", outcome
+    assert outcome.status is JobStatus.FAILED, outcome
     _assert_clear(outcome.error)
     assert "full" in outcome.error.lower()
     event.remove(project.engine, "before_cursor_execute", _fill_disk)
@@ -198,7 +199,7 @@ def test_real_full_file_system_gives_clear_message_and_keeps_saved_work(tiny_tmp
 
     _write_images(tmp_path / "more", 200, seed=4)  # ~2.5 MB of PNG: more than the disk holds
     outcome = run_job(import_paths, JobContext(), project, [tmp_path / "more"], labels_from_folders=True)
-    assert outcome.status == "failed", "the import should have filled the 1.5 MB disk"
+    assert outcome.status is JobStatus.FAILED, "the import should have filled the 1.5 MB disk"
     _assert_clear(outcome.error)
     assert "full" in outcome.error.lower()
 
@@ -238,7 +239,7 @@ def test_read_only_project_file_is_refused_clearly_and_left_untouched(tmp_path):
         _assert_clear(str(caught.value))
         assert "read-only" in str(caught.value)
         outcome = run_job(lambda _context: open_project(path), JobContext())
-        assert outcome.status == "failed" and outcome.error == str(caught.value)
+        assert outcome.status is JobStatus.FAILED and outcome.error == str(caught.value)
         assert path.read_bytes() == raw, "refusing to open must not write to the file"
     finally:
         path.chmod(0o644)
@@ -264,7 +265,7 @@ def test_project_that_becomes_read_only_while_open_refuses_writes_clearly(tmp_pa
         catalog.add_class(project, "wasp")
     _write_images(tmp_path / "more", 5, seed=5)
     outcome = run_job(import_paths, JobContext(), project, [tmp_path / "more"])
-    assert outcome.status == "failed"
+    assert outcome.status is JobStatus.FAILED
     _assert_clear(outcome.error)
     project.close()
     assert _snapshot(tmp_path / "p.sortlab") == snapshot
@@ -291,15 +292,6 @@ def test_labeling_on_a_full_disk_is_refused_clearly_and_keeps_earlier_labels(tmp
 
 
 # ------------------------------------------------------------------------------------ the CLI
-
-
-def _cli(capsys, *args) -> tuple[int, str, str]:
-    from main import run_cli
-
-    capsys.readouterr()
-    code = run_cli([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def _assert_one_error_line(code: int, err: str, *words: str) -> None:
@@ -330,7 +322,7 @@ def test_cli_dataset_export_on_a_full_disk_prints_one_line(small_project, tmp_pa
         return real_write_bytes(self, data)
 
     monkeypatch.setattr(RealPath, "write_bytes", fill_after_three)
-    code, out, err = _cli(capsys, "dataset-export", small_project, tmp_path / "out")
+    code, out, err = cli(capsys, "dataset-export", small_project, tmp_path / "out")
     monkeypatch.undo()
     _assert_one_error_line(code, err, "disk is full")
     assert out == "" and len(written) == 3
@@ -340,31 +332,31 @@ def test_cli_dataset_export_on_a_full_disk_prints_one_line(small_project, tmp_pa
 def test_cli_into_a_read_only_folder_prints_one_line(small_project, tmp_path, capsys):
     """A real read-only file system (a tmpfs mounted ro; skipped where mounting is not allowed)."""
     with mounted_tmpfs("ro", "size=256k,ro") as mount_point:
-        code, out, err = _cli(capsys, "dataset-export", small_project, mount_point / "out")
+        code, out, err = cli(capsys, "dataset-export", small_project, mount_point / "out")
         _assert_one_error_line(code, err, "read-only", str(mount_point / "out"))
         _write_images(tmp_path / "new", 2, seed=7)
-        code, out, err = _cli(capsys, "import", mount_point / "new.sortlab", tmp_path / "new")
+        code, out, err = cli(capsys, "import", mount_point / "new.sortlab", tmp_path / "new")
         _assert_one_error_line(code, err)
-        code, out, err = _cli(capsys, "predict", small_project, "--watch", tmp_path / "new", "--csv",
+        code, out, err = cli(capsys, "predict", small_project, "--watch", tmp_path / "new", "--csv",
                               mount_point / "watch.csv")
         _assert_one_error_line(code, err)  # no model yet: refused before touching the read-only folder
 
 
 def test_cli_permission_error_prints_one_line(small_project, tmp_path, capsys, monkeypatch):
     """Runs everywhere (root ignores chmod): a PermissionError injected where the folder is made."""
-    import engine.dataset_export as dataset_export
+    import engine.ship.dataset_export as dataset_export
 
     def refuse(self, *args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied", str(self))
 
     monkeypatch.setattr(dataset_export.Path, "mkdir", refuse)
-    code, out, err = _cli(capsys, "dataset-export", small_project, tmp_path / "out")
+    code, out, err = cli(capsys, "dataset-export", small_project, tmp_path / "out")
     _assert_one_error_line(code, err, "Permission denied", str(tmp_path / "out"))
 
 
 def test_usage_errors_are_one_line(capsys):
     with pytest.raises(SystemExit) as caught:
-        _cli(capsys, "predict")
+        cli(capsys, "predict")
     assert caught.value.code == 2
     err = capsys.readouterr().err
     _assert_one_error_line(2, err, "predict", "required")

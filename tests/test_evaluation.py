@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 from helpers.feature_projects import add_placeholder_images, make_feature_project
 
-from engine.evaluation import (
+from engine.models.evaluation import (
     MIN_LABELED_FOR_HOLDOUT,
     assign_splits,
     classification_metrics,
     out_of_fold_probabilities,
     plan_evaluation,
 )
-from engine.jobs import JobCancelled, JobContext
+from engine.models.metrics import ConfusionMatrix, Metrics
+from engine.runtime.jobs import JobCancelled, JobContext
 from storage import catalog
 from storage.splits import labeled_images
 
@@ -88,24 +89,38 @@ def test_metrics_cover_classes_sources_and_topk():
     y_true = np.array([10, 10, 20, 20, 30, 30])
     proba = np.array([[.8, .1, .1], [.2, .7, .1], [.1, .8, .1], [.1, .8, .1], [.1, .1, .8], [.5, .2, .3]])
     m = classification_metrics(y_true, proba, classes, ["a", "b", "c"], ["x", "x", "x", "y", "y", "y"])
-    assert m["accuracy"] == pytest.approx(4 / 6)
-    assert m["balanced_accuracy"] == pytest.approx((0.5 + 1 + 0.5) / 3)
-    assert m["confusion_matrix"] == {"labels": ["a", "b", "c"], "matrix": [[1, 1, 0], [0, 2, 0], [1, 0, 1]]}
-    assert m["per_class"]["b"] == {"precision": pytest.approx(2 / 3), "recall": 1.0, "f1": pytest.approx(0.8),
-                                   "support": 2}
-    assert m["per_source"] == {"x": {"accuracy": pytest.approx(2 / 3), "n": 3},
-                               "y": {"accuracy": pytest.approx(2 / 3), "n": 3}}
-    assert "top_3_accuracy" not in m
+    assert m.accuracy == pytest.approx(4 / 6)
+    assert m.balanced_accuracy == pytest.approx((0.5 + 1 + 0.5) / 3)
+    assert m.confusion_matrix == ConfusionMatrix(["a", "b", "c"], [[1, 1, 0], [0, 2, 0], [1, 0, 1]])
+    b = m.per_class["b"]
+    assert (b.precision, b.recall, b.f1, b.support) == (pytest.approx(2 / 3), 1.0, pytest.approx(0.8), 2)
+    assert {name: (s.accuracy, s.n) for name, s in m.per_source.items()} == {
+        "x": (pytest.approx(2 / 3), 3), "y": (pytest.approx(2 / 3), 3)}
+    assert m.top_3_accuracy is None and "top_3_accuracy" not in m.to_json()
     rng = np.random.default_rng(0)
     many = np.arange(7)
     y7 = rng.integers(0, 7, 50)
     p7 = rng.dirichlet(np.ones(7), 50)
     m7 = classification_metrics(y7, p7, many, [str(c) for c in many])
-    assert 0 <= m7["accuracy"] <= m7["top_3_accuracy"] <= m7["top_5_accuracy"] <= 1
+    assert 0 <= m7.accuracy <= m7.top_3_accuracy <= m7.top_5_accuracy <= 1
+
+
+def test_metrics_survive_the_json_the_project_stores():
+    """What training stores (to_json) reads back (from_json) as the same typed metrics, JSON-safe."""
+    import json
+
+    y_true = np.array([1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6])
+    proba = np.random.default_rng(2).dirichlet(np.ones(6), 12)
+    m = classification_metrics(y_true, proba, np.arange(1, 7), list("abcdef"), ["cam"] * 12)
+    m = m.with_counts(evaluation="2-fold CV", n_labeled=12, n_train=12, n_val=12, folds=2)
+    assert Metrics.from_json(json.loads(json.dumps(m.to_json()))) == m
+    unevaluated = Metrics(n_train=3)
+    assert unevaluated.to_json()["accuracy"] is None and not unevaluated.evaluated
+    assert Metrics.from_json(unevaluated.to_json()) == unevaluated
 
 
 def test_out_of_fold_probabilities_come_from_models_that_never_saw_the_image():
-    from engine.classifiers import LogisticClassifier
+    from engine.models.classifiers import LogisticClassifier
 
     rng = np.random.default_rng(1)
     X = rng.normal(size=(40, 6)).astype(np.float32)  # pure noise: in-sample fits memorize, held out cannot

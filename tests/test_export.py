@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from engine.classifiers import LinearSVMClassifier, LogisticClassifier
+from engine.models.classifiers import LinearSVMClassifier, LogisticClassifier
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TEMPLATE = REPO_ROOT / "engine" / "bundle_template" / "predict.py"
+TEMPLATE = REPO_ROOT / "engine" / "ship" / "bundle_template" / "predict.py"
 STANDALONE_PACKAGES = ("onnxruntime", "numpy", "numpy.libs", "PIL", "pillow.libs")
 
 
@@ -134,7 +134,7 @@ def _load_template():
 def test_torch_head_computes_what_sortlab_computes(classifier, n_classes):
     import torch
 
-    from engine.torch_export import LinearProbabilityHead
+    from engine.torch.torch_export import LinearProbabilityHead
 
     rng = np.random.default_rng(n_classes)
     centers = rng.normal(0, 3, size=(n_classes, 12))
@@ -162,21 +162,13 @@ def _evil_zip(path: Path) -> Path:
     return path
 
 
-def test_crafted_zip_with_traversal_is_refused(tmp_path):
-    from engine.export import UnsafeBundleError, check_member_name, extract_bundle_zip, read_bundle_zip
-
-    evil = _evil_zip(tmp_path / "evil.zip")
-    with pytest.raises(UnsafeBundleError):
-        read_bundle_zip(evil)
-    target = tmp_path / "a" / "b"
-    with pytest.raises(UnsafeBundleError):
-        extract_bundle_zip(evil, target)
-    assert not (tmp_path / "a" / "evil").exists() and not (tmp_path / "evil").exists()
-    assert not target.exists()
-    for name in ("/etc/passwd", "C:/x", "a\\..\\b", "a/./../../b", ""):
-        with pytest.raises(UnsafeBundleError):
-            check_member_name(name)
-    assert check_member_name("bundle/model.onnx") == "bundle/model.onnx"
+def test_crafted_zip_member_names_are_refused_by_the_bundled_predict_script():
+    """Sortlab itself never reads zips; the bundle's predict.py does (``--bundle x.zip``)."""
+    module = _load_template()
+    for name in ("/etc/passwd", "C:/x", "a\\..\\b", "a/./../../b", "../evil", "bundle/../../evil2", ""):
+        with pytest.raises(module.BundleError, match="Unsafe file name"):
+            module.check_member_name(name)
+    assert module.check_member_name("bundle/model.onnx") == "bundle/model.onnx"
 
 
 def test_standalone_predict_refuses_a_crafted_zip(tmp_path):
@@ -208,9 +200,9 @@ def test_standalone_python_cannot_import_torch(tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A project of 28 generated images in two classes with a trained logistic-regression model."""
-    from engine.importing import import_paths
-    from engine.jobs import JobContext
-    from engine.training import train_model
+    from engine.images.importing import import_paths
+    from engine.runtime.jobs import JobContext
+    from engine.models.training import train_model
     from storage.project import create_project
 
     root = tmp_path_factory.mktemp("export")
@@ -241,7 +233,7 @@ def test_exported_bundle_reproduces_sortlab_predictions(trained, tmp_path, capsy
     assert report["verification"]["max_probability_difference"] < 1e-4
     assert {"model.onnx", "model.json", "predict.py", "README.md", "linear_head.npz"} <= set(os.listdir(out))
 
-    from engine.export import sortlab_version
+    from storage.project import app_version as sortlab_version
     from storage.modelstore import get_model
     from storage.project import open_project
 
@@ -257,13 +249,14 @@ def test_exported_bundle_reproduces_sortlab_predictions(trained, tmp_path, capsy
     prep = description["preprocessing"]
     assert prep["input_size"] == [224, 224] and prep["resize_shorter_side"] == 256
     assert prep["color_order"] == "RGB" and prep["exif_transpose"] is True
-    assert description["metrics"]["accuracy"] == result.metrics["accuracy"]
+    assert description["metrics"]["accuracy"] == result.metrics.accuracy
     per_class = description["metrics"]["per_class"]
     assert set(per_class) == {"red circle", "blue square"}
     assert all({"precision", "recall", "f1"} <= set(numbers) for numbers in per_class.values())
     card = (out / "README.md").read_text()
     assert "red circle" in card and "blue square" in card and "python predict.py" in card
-    assert f"**{result.metrics['accuracy'] * 100:.1f}%**" in card
+    assert f"**{result.metrics.accuracy * 100:.1f}%**" in card
+    assert "then a logistic-regression classifier." in card  # the method's words from the registry
     assert "on 28 labeled images" in card
     assert "| Class | Labeled images | Precision | Recall | F1 |" in card
     for name in ("red circle", "blue square"):
@@ -303,7 +296,7 @@ def test_exported_bundle_reproduces_sortlab_predictions(trained, tmp_path, capsy
 def test_export_that_disagrees_with_sortlab_fails_loudly(trained, tmp_path, capsys, monkeypatch):
     import torch
 
-    import engine.export as export_module
+    import engine.ship.export as export_module
 
     real_build = export_module.build_network
 
@@ -325,6 +318,21 @@ def test_export_that_disagrees_with_sortlab_fails_loudly(trained, tmp_path, caps
     assert (failed / "EXPORT_FAILED.txt").read_text().startswith("This export FAILED")
 
 
+def test_export_into_a_folder_that_does_not_exist_makes_it_and_says_so(trained, tmp_path, capsys):
+    _root, project_path, _result = trained
+    out = tmp_path / "exports" / "today" / "bundle"
+    code, stdout, stderr = _sortlab_cli(["export", str(project_path), str(out)], capsys)
+    assert code == 0, stderr
+    assert f"Created the folder {tmp_path / 'exports'} (it did not exist)." in stdout
+    assert (out / "model.onnx").is_file()
+    code, stdout, stderr = _sortlab_cli(["export", str(project_path), str(tmp_path / "exports" / "again"), "--json"],
+                                        capsys)
+    assert code == 0 and json.loads(stdout)["created_folder"] is None  # the folder exists now: nothing made
+    (tmp_path / "a file").write_text("not a folder")
+    code, _stdout, stderr = _sortlab_cli(["export", str(project_path), str(tmp_path / "a file" / "bundle")], capsys)
+    assert code == 2 and "is a file, not a folder" in stderr
+
+
 def test_export_refuses_existing_folder_and_missing_model(trained, tmp_path, capsys, project):
     _root, project_path, _result = trained
     (tmp_path / "taken").mkdir()
@@ -334,6 +342,20 @@ def test_export_refuses_existing_folder_and_missing_model(trained, tmp_path, cap
     assert (tmp_path / "taken" / "mine.txt").read_text() == "keep"
     code, _out, stderr = _sortlab_cli(["export", str(project.path), str(tmp_path / "new")], capsys)
     assert code == 2 and "no trained model" in stderr.lower()
+
+
+def test_export_of_a_method_sortlab_does_not_know_fails_before_building(project, tmp_path, capsys):
+    """A version trained by a newer Sortlab with a method missing from the registry: one clear line."""
+    from storage import catalog
+    from storage.modelstore import NewModel, save_model_version
+
+    ids = [catalog.add_class(project, name).id for name in ("a", "b")]
+    version = save_model_version(project, NewModel("mystery", "efficientnet_lite0", "pooled", ["a", "b"], ids, b""))
+    code, out, stderr = _sortlab_cli(["export", str(project.path), str(tmp_path / "out"), "--model", str(version)],
+                                     capsys)
+    assert code == 2 and out == ""
+    assert f"Cannot export model version {version}: Unknown training method 'mystery'" in stderr
+    assert not (tmp_path / "out").exists()
 
 
 def _start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
@@ -397,7 +419,7 @@ def test_fine_tuned_network_exports_and_matches_sortlab(trained, tmp_path, capsy
     import torch
     from safetensors.torch import save as save_state
 
-    from engine.finetune import build_network
+    from engine.torch.finetune import build_network
     from storage.modelstore import NewModel, list_models, save_model_version
     from storage.project import open_project
 
@@ -495,7 +517,7 @@ def test_no_code_path_unpickles():
 
 
 def test_verification_thresholds():
-    from engine.export import MAX_PROBABILITY_DIFFERENCE, MIN_AGREEMENT, VerificationResult
+    from engine.ship.verify import MAX_PROBABILITY_DIFFERENCE, MIN_AGREEMENT, VerificationResult
 
     assert MIN_AGREEMENT == 0.995
     assert VerificationResult(200, 199, 1e-6, "validation").passed  # 99.5% passes
@@ -513,7 +535,7 @@ def test_export_with_shifted_probabilities_fails_even_when_top_classes_agree(tra
     uniform. Top-1 agreement is 100%, so only the probability check can catch it."""
     import torch
 
-    import engine.export as export_module
+    import engine.ship.export as export_module
 
     real_build = export_module.build_network
 
@@ -536,7 +558,7 @@ def test_export_on_a_full_disk_prints_one_line_and_leaves_nothing_half_written(t
                                                                                 monkeypatch):
     import errno
 
-    import engine.export as export_module
+    import engine.ship.export as export_module
 
     def disk_full(source, target, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(target))
@@ -559,36 +581,19 @@ def _zip_with(path: Path, members: dict[str, bytes]) -> Path:
 
 
 def test_zip_member_names_with_colons_are_refused(tmp_path):
-    from engine.export import UnsafeBundleError, check_member_name, read_bundle_zip
-
-    for name in ("C:evil", "bundle/model.json:stream", "a:b/model.onnx"):
-        with pytest.raises(UnsafeBundleError):
-            check_member_name(name)
     module = _load_template()
+    for name in ("C:evil", "bundle/model.json:stream", "a:b/model.onnx"):
+        with pytest.raises(module.BundleError, match="Unsafe"):
+            module.check_member_name(name)
     evil = _zip_with(tmp_path / "colon.zip", {"b/model.json": b"{}", "b/model.onnx": b"x", "b/x:y": b"z"})
-    with pytest.raises(UnsafeBundleError):
-        read_bundle_zip(evil)
     with pytest.raises(module.BundleError, match="Unsafe"):
         module.read_bundle(evil)
 
 
-def test_zip_bombs_are_refused_before_inflating(tmp_path, monkeypatch):
+def test_zip_bombs_are_refused_before_inflating(tmp_path):
     """Caps on declared member sizes (lowered here so the test needs no gigabyte of zeros)."""
-    import engine.export as export_module
-
     bomb = _zip_with(tmp_path / "bomb.zip", {"b/model.json": b"{}", "b/model.onnx": b"\0" * 200_000})
     assert bomb.stat().st_size < 5_000
-    monkeypatch.setattr(export_module, "MAX_MEMBER_BYTES", 100_000)
-    with pytest.raises(export_module.UnsafeBundleError, match="too large"):
-        export_module.read_bundle_zip(bomb)
-    with pytest.raises(export_module.UnsafeBundleError, match="too large"):
-        export_module.extract_bundle_zip(bomb, tmp_path / "out")
-    assert not (tmp_path / "out").exists()
-    monkeypatch.setattr(export_module, "MAX_MEMBER_BYTES", 1_000_000)
-    monkeypatch.setattr(export_module, "MAX_BUNDLE_BYTES", 150_000)
-    with pytest.raises(export_module.UnsafeBundleError, match="unpack"):
-        export_module.read_bundle_zip(bomb)
-
     module = _load_template()
     module.MAX_MEMBER_BYTES["model.onnx"] = 100_000
     with pytest.raises(module.BundleError, match="too large"):

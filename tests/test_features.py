@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from engine import onnx_backend
-from engine.backbones import get_backbone
-from engine.features import device_name, ensure_features, features_for_files, get_runner, load_features
-from engine.jobs import JobCancelled, JobContext
+from engine.features import onnx_backend
+from engine.features.backbones import get_backbone
+from engine.features.extraction import device_name, ensure_features, features_for_files, get_runner, load_features
+from engine.runtime.jobs import JobCancelled, JobContext
 from storage.featurestore import (
     delete_feature_set,
     ensure_feature_set,
@@ -61,7 +61,7 @@ def add_photos(project, seeds) -> list[int]:
 
 def synthetic_batch(count: int, seed: int = 0) -> np.ndarray:
     spec = get_backbone(LITE0)
-    from engine.preprocess import preprocess_bytes
+    from engine.features.preprocess import preprocess_bytes
 
     return np.stack([preprocess_bytes(photo_bytes(seed + i), spec) for i in range(count)])
 
@@ -97,7 +97,7 @@ def test_onnx_runner_splitting_a_batch_over_cores_gives_the_single_call_result()
 
 @pytest.mark.parametrize("count, size, workers", [(0, 8, 2), (5, 8, 2), (17, 8, 2), (398, 8, 2), (40, 32, 1), (9, 2, 4)])
 def test_batch_plan_covers_every_key_once_in_order_and_shrinks_at_the_end(count, size, workers):
-    from engine.features import _plan_batches
+    from engine.features.extraction import _plan_batches
 
     batches = _plan_batches(list(range(count)), size, workers)
     assert [key for batch in batches for key in batch] == list(range(count))
@@ -159,7 +159,7 @@ def test_cancelled_run_keeps_finished_batches_and_resumes(project):
 def test_a_failed_write_is_reported_once_not_retried(project, monkeypatch):
     """A write that fails (e.g. a full disk) ends the job with that error; the clean-up save in
     ensure_features must not try the same vectors again and replace it with a second error."""
-    from engine import features
+    from engine.features import extraction
 
     add_photos(project, range(40, 43))
     calls = []
@@ -168,8 +168,8 @@ def test_a_failed_write_is_reported_once_not_retried(project, monkeypatch):
         calls.append(len(args[2]))
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(features, "store_vectors", failing_store)
-    monkeypatch.setattr(features, "STORE_AT_LEAST", 2)  # the write fails inside the pipeline
+    monkeypatch.setattr(extraction, "store_vectors", failing_store)
+    monkeypatch.setattr(extraction, "STORE_AT_LEAST", 2)  # the write fails inside the pipeline
     with pytest.raises(OSError) as raised:
         ensure_features(JobContext(), project, LITE0, batch_size=2)
     assert raised.value.__context__ is None  # the original error, not one raised while handling it

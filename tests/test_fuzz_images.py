@@ -3,11 +3,12 @@
 Each example takes a small valid PNG, GIF, BMP, JPEG, WEBP or TIFF and damages it: truncation,
 random byte flips, another format's header, or huge declared dimensions written into the header
 (with a valid CRC for PNG, so the decoder believes it). The file is imported with
-``engine.importing.import_paths``; the outcome must be exactly one of imported / duplicate /
-failed-with-a-reason, within the time bound (Hypothesis deadline), and every image row in the
-project must be whole afterwards (no half-written row). The same kind of files go through
-``engine.features.features_for_files``, through ``engine.predicting.predict_files`` with a trained
-model, and through an export bundle's standalone ``predict.py`` (``Predictor.predict_paths``).
+``engine.images.importing.import_paths``; the outcome must be exactly one of imported / duplicate /
+failed-with-a-reason, within the time bound (the Hypothesis deadline of the suite's profile in
+conftest.py), and every image row in the project must be whole afterwards (no half-written row).
+The same kind of files go through ``engine.features.extraction.features_for_files``, through
+``engine.models.predicting.predict_files`` with a trained model, and through an export bundle's
+standalone ``predict.py`` (``Predictor.predict_paths``).
 
 Examples (normal suite / ``make test-slow``): import 60 / 2000, feature extraction 20 / 150 lists of
 1-3 files, prediction 10 / 120 lists of 1-4 files, bundle predict.py 25 / 300 lists of 1-4 files.
@@ -23,16 +24,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from helpers.proof import incomplete_image_rows, max_image_id, report_counts
 
 HUGE_VALUES = [0, 1, 9000, 20_000, 46_341, 65_535, 2**16, 2**24, 2**31 - 1]
-IMPORT_DEADLINE_MS = 5_000
-FEATURE_DEADLINE_MS = 10_000
-_COUNTS: dict[str, Counter] = {}
 
 
 def _seed_images() -> dict[str, bytes]:
@@ -146,8 +144,8 @@ def _extension(name: str, kind: str) -> str:
 
 
 def _import_fuzz(tmp_path: Path, request, max_examples: int, label: str) -> None:
-    from engine.importing import import_paths
-    from engine.jobs import JobContext
+    from engine.images.importing import import_paths
+    from engine.runtime.jobs import JobContext
     from storage.project import create_project
 
     project = create_project(tmp_path / "fuzz.sortlab")
@@ -156,8 +154,7 @@ def _import_fuzz(tmp_path: Path, request, max_examples: int, label: str) -> None
     folder.mkdir()
     checked = {"up_to": 0}
 
-    @settings(max_examples=max_examples, deadline=IMPORT_DEADLINE_MS, derandomize=True, database=None,
-              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @settings(max_examples=max_examples)
     @given(damaged_images())
     def one(example):
         kind, name, data = example
@@ -186,7 +183,6 @@ def _import_fuzz(tmp_path: Path, request, max_examples: int, label: str) -> None
         one()
     finally:
         project.close()
-    _COUNTS[label] = counts
     report_counts(request, f"fuzz import ({label})", dict(counts))
     assert counts["examples"] >= min(max_examples, 20)
     # The fuzzer must exercise both sides, or it proves little.
@@ -205,8 +201,8 @@ def test_fuzzed_images_import_or_fail_per_file_long(tmp_path, request):
 
 def test_huge_declared_dimensions_are_refused_quickly(project, tmp_path):
     """A 2^31 x 2^31 PNG header (valid CRC) must be refused as a bomb, not allocated."""
-    from engine.importing import import_paths
-    from engine.jobs import JobContext
+    from engine.images.importing import import_paths
+    from engine.runtime.jobs import JobContext
 
     paths = []
     for fmt, data in [("png", _set_png_size(SEEDS["png-RGB-0"], 2**31 - 1, 2**31 - 1)),
@@ -239,9 +235,9 @@ def _write_examples(folder: Path, prefix: str, examples, counts: Counter) -> lis
 
 
 def _features_fuzz(tmp_path: Path, request, max_examples: int, label: str) -> None:
-    import engine.features as features
-    from engine.backbones import DEFAULT_BACKBONE
-    from engine.jobs import JobContext
+    import engine.features.extraction as features
+    from engine.features.backbones import DEFAULT_BACKBONE
+    from engine.runtime.jobs import JobContext
 
     counts: Counter = Counter()
     folder = tmp_path / "files"
@@ -252,8 +248,7 @@ def _features_fuzz(tmp_path: Path, request, max_examples: int, label: str) -> No
     ok, X, failed = features.features_for_files(JobContext(), [good], DEFAULT_BACKBONE, None)
     assert [str(p) for p in ok] == [str(good)] and not failed
 
-    @settings(max_examples=max_examples, deadline=FEATURE_DEADLINE_MS, derandomize=True, database=None,
-              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @settings(max_examples=max_examples)
     @given(st.lists(damaged_images(), min_size=1, max_size=3))
     def one(examples):
         paths = _write_examples(folder, "f", examples, counts)
@@ -284,9 +279,9 @@ def test_fuzzed_images_into_feature_extraction_long(tmp_path, request):
 
 def _trained_project(tmp_path: Path):
     """A small project with a trained logreg model (two classes of distinct colours)."""
-    from engine.importing import import_paths
-    from engine.jobs import JobContext
-    from engine.training import train_model
+    from engine.images.importing import import_paths
+    from engine.runtime.jobs import JobContext
+    from engine.models.training import train_model
     from storage.project import create_project
 
     rng = np.random.default_rng(3)
@@ -304,16 +299,15 @@ def _trained_project(tmp_path: Path):
 
 
 def _predict_fuzz(tmp_path: Path, request, max_examples: int, label: str) -> None:
-    import engine.predicting as predicting
-    from engine.jobs import JobContext
+    import engine.models.predicting as predicting
+    from engine.runtime.jobs import JobContext
 
     project, version = _trained_project(tmp_path)
     counts: Counter = Counter()
     folder = tmp_path / "files"
     folder.mkdir()
 
-    @settings(max_examples=max_examples, deadline=FEATURE_DEADLINE_MS, derandomize=True, database=None,
-              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @settings(max_examples=max_examples)
     @given(st.lists(damaged_images(), min_size=1, max_size=4))
     def one(examples):
         paths = [str(path) for path in _write_examples(folder, "p", examples, counts)]
@@ -358,8 +352,9 @@ def _tiny_bundle() -> dict[str, bytes]:
     import onnx
     from onnx import TensorProto, helper
 
-    from engine.backbones import DEFAULT_BACKBONE
-    from engine.export import INPUT_NAME, OUTPUT_NAME, preprocessing_description
+    from engine.features.backbones import DEFAULT_BACKBONE
+    from engine.ship.model_card import preprocessing_description
+    from engine.ship.network import INPUT_NAME, OUTPUT_NAME
 
     graph = helper.make_graph(
         [helper.make_node("ReduceMean", [INPUT_NAME], ["mean"], axes=[2, 3], keepdims=0),
@@ -380,7 +375,7 @@ def _bundle_predict_fuzz(tmp_path: Path, request, max_examples: int, label: str)
     from helpers.proof import REPO_ROOT
 
     spec = importlib.util.spec_from_file_location("bundle_predict_fuzz",
-                                                  REPO_ROOT / "engine" / "bundle_template" / "predict.py")
+                                                  REPO_ROOT / "engine" / "ship" / "bundle_template" / "predict.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     predictor = module.Predictor(_tiny_bundle())
@@ -391,8 +386,7 @@ def _bundle_predict_fuzz(tmp_path: Path, request, max_examples: int, label: str)
     good.write_bytes(SEEDS["png-RGB-0"])
     assert next(predictor.predict_paths([str(good)]))[3] is None
 
-    @settings(max_examples=max_examples, deadline=FEATURE_DEADLINE_MS, derandomize=True, database=None,
-              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @settings(max_examples=max_examples)
     @given(st.lists(damaged_images(), min_size=1, max_size=4))
     def one(examples):
         paths = [str(path) for path in _write_examples(folder, "b", examples, counts)]

@@ -1,24 +1,39 @@
-"""Training panel, curves, model report and embedding map, driven offscreen with fake jobs."""
+"""Training panel, curves, model report and embedding map, driven offscreen.
+
+Fakes stand only at the engine boundary (the training and layout jobs) and return the engine's
+real typed results; model versions, predictions and labels are real rows in a real project."""
 
 from __future__ import annotations
 
+import threading
 import time
-from dataclasses import dataclass
 
 import numpy as np
+import pyqtgraph as pg
 import pytest
 from PySide6.QtCore import QEvent, QPoint, QPointF, Qt
 from PySide6.QtGui import QMouseEvent
-from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication
 
-from gui.embedding_view import EmbeddingView, RecordPool, fill_scatter, move_scatter, normalize_layout, points_in_polygon
-from gui.model_report import ModelReport, build_report, project_report
+from engine.insight.history import model_history
+from engine.insight.map_geometry import normalize_layout, points_in_polygon
+from engine.insight.options import BackboneChoice, TrainingOptions
+from engine.insight.projection import MapLayout
+from engine.insight.report import build_report
+from engine.models.metrics import Metrics
+from engine.models.results import EpochResult, TrainResult
+from engine.runtime.jobs import JobCancelled, JobOutcome, JobStatus
+from gui.embedding_view import EmbeddingView
+from gui.map_scatter import RecordPool, fill_scatter, move_scatter
+from gui.model_report import ModelReport
 from gui.runner import QtJobRunner
-from gui.training_panel import BackboneChoice, TimeLeftEstimator, TrainingPanel
+from gui.training_panel import TrainingPanel
+from gui.training_status import TimeLeftEstimator, format_seconds
+from storage.catalog import add_class, label_states, set_labels
+from storage.modelstore import NewModel, PredictionBatch, active_model, save_model_version
 
 pytestmark = pytest.mark.gui
-BACKBONES = [BackboneChoice("efficientnet_lite0", "EfficientNet-Lite0", ("head", "block6"), "head")]
+BACKBONES = [BackboneChoice("efficientnet_lite0", "EfficientNet-Lite0", ("pooled", "block6"), "pooled")]
 
 
 @pytest.fixture
@@ -40,9 +55,31 @@ def add_images(project, n, sources=("phone", "camera")):
     return list(range(1, n + 1))
 
 
+def save_version(project, classes, predicted: dict[int, int], *, accuracy: float | None = None, n_labeled: int = 0,
+                 active: bool = True, out_of_fold=()) -> int:
+    """A stored model version whose prediction for each image is ``predicted[image_id]`` (a class id)."""
+    class_ids = [c.id for c in classes]
+    ids = np.asarray(sorted(predicted), dtype=np.int64)
+    proba = np.full((len(ids), len(class_ids)), 0.1 / max(len(class_ids) - 1, 1), dtype=np.float32)
+    proba[np.arange(len(ids)), [class_ids.index(predicted[i]) for i in ids]] = 0.9
+    metrics = Metrics(accuracy=accuracy, evaluation="holdout" if accuracy is not None else "not evaluated",
+                      n_labeled=n_labeled)
+    model = NewModel(method="logreg", backbone="efficientnet_lite0", layer="pooled",
+                     class_names=[c.name for c in classes], class_ids=class_ids, weights=b"",
+                     metrics=metrics.to_json(), n_labeled=n_labeled)
+    oof = np.isin(ids, list(out_of_fold))
+    return save_model_version(project, model, PredictionBatch(ids, proba, oof), activate=active)
+
+
+def train_result(version: int = 1, accuracy: float | None = 0.9, method: str = "logreg") -> TrainResult:
+    """What engine.models.training.train_model returns."""
+    return TrainResult(model_version=version, method=method, backbone="efficientnet_lite0", layer="pooled",
+                       metrics=Metrics(accuracy=accuracy, evaluation="5-fold CV", n_labeled=20, n_val=20, folds=5),
+                       n_labeled=20, training_run=version)
+
+
 def make_panel(qtbot, runner, project, train_fn, **kwargs):
-    panel = TrainingPanel(runner, project, train_fn=train_fn, backbones=BACKBONES, device="cpu",
-                          history_fn=kwargs.pop("history_fn", lambda p: ([], [])), **kwargs)
+    panel = TrainingPanel(runner, project, train_fn=train_fn, **{"backbones": BACKBONES, "device": "cpu", **kwargs})
     qtbot.addWidget(panel)
     return panel
 
@@ -52,8 +89,8 @@ def slow_fake_training(context, project, method, backbone, layer):
     for step in range(400):
         context.check_cancelled()
         context.progress(step / 400, f"Extracting features ({step}/400)")
-        time.sleep(0.01)
-    return {"metrics": {"val_acc": 0.9}}
+        time.sleep(0.01)  # the job's own pace: a slow extraction
+    return train_result()
 
 
 def test_nothing_to_start_before_a_project_is_open(qtbot, runner, project):
@@ -62,6 +99,15 @@ def test_nothing_to_start_before_a_project_is_open(qtbot, runner, project):
     assert panel.start() is False
     panel.set_project(project)
     assert panel.start_button.isEnabled()
+
+
+def test_methods_come_from_the_registry(qtbot, runner, project):
+    from engine.models.methods import panel_methods
+
+    panel = make_panel(qtbot, runner, project, slow_fake_training)
+    assert list(panel.method_buttons) == [m.name for m in panel_methods()]
+    assert panel.method.name == "logreg" and panel.method_buttons["logreg"].isChecked()
+    assert panel.method_buttons["finetune"].text().startswith("Thorough")
 
 
 def test_start_then_cancel_from_the_panel(qtbot, runner, project):
@@ -73,144 +119,181 @@ def test_start_then_cancel_from_the_panel(qtbot, runner, project):
 
     panel = make_panel(qtbot, runner, project, train)
     assert panel.start_button.isEnabled() and not panel.cancel_button.isEnabled()
-    assert not panel.advanced.isVisibleTo(panel)
-    qtbot.mouseClick(panel.start_button, Qt.MouseButton.LeftButton)
+    assert not panel.options.advanced.isVisibleTo(panel)
+    with qtbot.waitSignal(panel.training_started, timeout=2000) as started:
+        qtbot.mouseClick(panel.start_button, Qt.MouseButton.LeftButton)
+    assert started.args == ["logreg"]
     assert panel.is_running and panel.cancel_button.isEnabled() and not panel.start_button.isEnabled()
-    qtbot.waitUntil(lambda: panel.progress_bar.value() > 0, timeout=5000)
-    assert "Extracting features" in panel.step_label.text()
+    qtbot.waitUntil(lambda: panel.status.progress_bar.value() > 0, timeout=5000)
+    assert "Extracting features" in panel.status.step_label.text()
     with qtbot.waitSignal(panel.training_finished, timeout=5000) as finished:
         qtbot.mouseClick(panel.cancel_button, Qt.MouseButton.LeftButton)
-    assert finished.args[0].status == "cancelled"
-    assert calls == [("logreg", "efficientnet_lite0", "head")]
+    assert finished.args[0].status is JobStatus.CANCELLED
+    assert calls == [("logreg", "efficientnet_lite0", "pooled")]
     assert not panel.is_running and panel.start_button.isEnabled() and not panel.cancel_button.isEnabled()
-    assert "cancelled" in panel.step_label.text().lower()
+    assert "cancelled" in panel.status.step_label.text().lower()
 
 
 def test_epoch_partials_reach_the_curves(qtbot, runner, project):
-    epochs = [{"kind": "epoch", "epoch": e, "train_loss": 1.0 / e, "train_acc": 0.5 + e / 10,
-               "val_loss": 1.2 / e, "val_acc": 0.4 + e / 10} for e in (1, 2, 3)]
+    # What engine.torch.finetune streams, one per epoch.
+    epochs = [EpochResult(e, "full", train_loss=1.0 / e, train_acc=0.5 + e / 10, val_loss=1.2 / e, val_acc=0.4 + e / 10)
+              for e in (1, 2, 3)]
 
     def fine_tune(context, project_arg, method, backbone, layer):
         for epoch in epochs:
             context.partial(epoch)
-            context.progress(epoch["epoch"] / 3, f"Epoch {epoch['epoch']} of 3")
-        return {"metrics": {"val_acc": 0.7}}
+            context.progress(epoch.epoch / 3, f"Epoch {epoch.epoch} of 3")
+        return train_result(accuracy=0.7, method=method)
 
     panel = make_panel(qtbot, runner, project, fine_tune)
     panel.set_method("finetune")
     with qtbot.waitSignal(panel.training_finished, timeout=5000) as finished:
         assert panel.start()
-    assert finished.args[0].status == "done"
+    assert finished.args[0].status is JobStatus.DONE
     np.testing.assert_allclose(panel.curves.epoch_data("val_acc"), [0.5, 0.6, 0.7])
     np.testing.assert_allclose(panel.curves.epoch_data("train_loss"), [1.0, 0.5, 1 / 3])
     x, y = panel.curves.acc_curves["val_acc"].getData()
     np.testing.assert_allclose(x, [1, 2, 3])
     np.testing.assert_allclose(y, [50, 60, 70])  # fractions are shown as percentages
-    assert panel.curves.stack.currentIndex() == 0
-    assert "70.0%" in panel.step_label.text()
+    assert panel.curves.showing_epochs()
+    assert panel.status.step_label.text() == (
+        f"Model version 1 ready in {format_seconds(finished.args[0].seconds)}. Validation accuracy 70.0%.")
 
 
-def test_quick_history_curve_and_automatic_retraining(qtbot, runner, project):
-    from storage.catalog import add_class, set_labels
+def test_quick_history_curve_and_automatic_retraining(qtbot, runner, project, monkeypatch):
+    import gui.training_panel
 
     ids = add_images(project, 4)
     ants, bees = add_class(project, "ants"), add_class(project, "bees")
+    for n_labeled, accuracy in ((10, 0.6), (40, 0.9), (25, 0.8), (30, None)):  # the last was not evaluated
+        save_version(project, [ants, bees], {1: ants.id}, accuracy=accuracy, n_labeled=n_labeled)
     set_labels(project, ids[:2], ants.id)  # one class only: training cannot succeed yet
-    history = ([10, 40, 25], [0.6, 0.9, 0.8])
     runs = []
 
     def quick(context, project_arg, method, backbone, layer):
         runs.append(method)
-        return {"metrics": {"val_acc": 0.9}}
+        return train_result(version=5)
 
-    panel = make_panel(qtbot, runner, project, quick, history_fn=lambda p: history)
+    monkeypatch.setattr(gui.training_panel, "AUTO_RETRAIN_DELAY_MS", 20)
+    panel = make_panel(qtbot, runner, project, quick)
     x, y = panel.curves.history_curve.getData()
     np.testing.assert_allclose(x, [10, 25, 40])
     np.testing.assert_allclose(y, [60, 80, 90])
-    panel._retrain_timer.setInterval(50)
-    panel.labels_changed([1])
-    qtbot.wait(300)
+    with qtbot.waitSignal(panel._retrain_timer.timeout, timeout=2000):
+        panel.labels_changed([1])
     assert runs == [] and not panel.is_running  # not started, so no "Only one class" error either
-    assert "failed" not in panel.step_label.text().lower()
+    assert "failed" not in panel.status.step_label.text().lower()
 
     set_labels(project, ids[2:], bees.id)
-    for _ in range(5):  # a burst of labeling: one retraining
-        panel.labels_changed([3])
     with qtbot.waitSignal(panel.training_finished, timeout=5000):
-        pass
-    qtbot.wait(200)
+        for _ in range(5):  # a burst of labeling: one retraining
+            panel.labels_changed([3])
     assert runs == ["logreg"]
+    assert not panel._retrain_timer.isActive() and not panel.is_running  # and no second one on its way
     panel.auto_retrain.setChecked(False)
     panel.labels_changed([2])
-    qtbot.wait(200)
-    assert runs == ["logreg"]
+    assert not panel._retrain_timer.isActive() and runs == ["logreg"]
 
 
-def test_automatic_failure_is_quiet_but_start_button_failure_is_clear(qtbot, runner, project):
+def test_labels_during_a_run_retrain_once_it_ends(qtbot, runner, project, monkeypatch):
+    import gui.training_panel
+
+    ids = add_images(project, 4)
+    ants, bees = add_class(project, "ants"), add_class(project, "bees")
+    set_labels(project, ids[:2], ants.id)
+    set_labels(project, ids[2:], bees.id)
+    release, runs = threading.Event(), []
+
+    def quick(context, project_arg, method, backbone, layer):
+        runs.append(method)
+        release.wait(5)
+        return train_result(version=len(runs))
+
+    monkeypatch.setattr(gui.training_panel, "AUTO_RETRAIN_DELAY_MS", 20)
+    panel = make_panel(qtbot, runner, project, quick)
+    assert panel.start()
+    panel.labels_changed([1])  # while the first run goes on
+    assert not panel._retrain_timer.isActive()
+    with qtbot.waitSignal(panel.training_finished, timeout=5000):
+        release.set()
+    with qtbot.waitSignal(panel.training_finished, timeout=5000):
+        pass  # the rerun the labels asked for
+    assert runs == ["logreg", "logreg"]
+    assert panel.status.step_label.text().startswith("Model version 2 ready")
+
+
+def test_automatic_failure_is_quiet_but_start_button_failure_is_clear(qtbot, runner, project, monkeypatch):
+    import gui.training_panel
+
+    ids = add_images(project, 4)
+    ants, bees = add_class(project, "ants"), add_class(project, "bees")
+    set_labels(project, ids[:2], ants.id)
+    set_labels(project, ids[2:], bees.id)
+
     def refuses(context, project_arg, method, backbone, layer):
-        raise ValueError("Only one class has labeled images: label images of at least two classes.")
+        raise ValueError("Every class needs at least 2 labeled images.")
 
-    panel = make_panel(qtbot, runner, project, refuses, can_train_fn=lambda p: True)
-    panel._retrain_timer.setInterval(10)
+    monkeypatch.setattr(gui.training_panel, "AUTO_RETRAIN_DELAY_MS", 10)
+    panel = make_panel(qtbot, runner, project, refuses)
     with qtbot.waitSignal(panel.training_finished, timeout=5000) as finished:
         panel.labels_changed([1])
-    assert finished.args[0].status == "failed"
-    assert "Training failed" not in panel.step_label.text()
-    assert "b00020" not in panel.step_label.styleSheet()
-    assert "previous model is still in use" in panel.step_label.text()
+    assert finished.args[0].status is JobStatus.FAILED
+    label = panel.status.step_label
+    assert "Training failed" not in label.text() and "b00020" not in label.styleSheet()
+    assert "previous model is still in use" in label.text()
 
     with qtbot.waitSignal(panel.training_finished, timeout=5000):
         qtbot.mouseClick(panel.start_button, Qt.MouseButton.LeftButton)
-    assert panel.step_label.text().startswith("Training failed: Only one class")
-    assert "b00020" in panel.step_label.styleSheet()
-    with qtbot.waitSignal(panel.training_finished, timeout=5000):
-        panel.start()
-    assert panel.step_label.text().startswith("Training failed")
+    assert label.text() == "Training failed: Every class needs at least 2 labeled images."
+    assert "b00020" in label.styleSheet()
 
 
 def test_progress_shows_the_step_and_time_left(qtbot, runner, project):
-    import threading
-
     release = threading.Event()
 
     def waits(context, project_arg, method, backbone, layer):
         release.wait(5)
-        return {"metrics": {"val_acc": 0.8}}
+        return train_result(accuracy=0.8)
 
     panel = make_panel(qtbot, runner, project, waits)
     now = [100.0]
-    panel._estimator = TimeLeftEstimator(window_s=10, clock=lambda: now[0])
+    panel.status.estimator = TimeLeftEstimator(window_s=10, clock=lambda: now[0])
     assert panel.start()
+    step = panel.status.step_label
     runner.progress.emit("train", 0.0, "Extracting features (0/500)")
-    assert panel.step_label.text() == "Extracting features (0/500)"  # no rate yet: no guess
+    assert step.text() == "Extracting features (0/500)"  # no rate yet: no guess
     now[0] = 104.0
     runner.progress.emit("train", 0.2, "Extracting features (100/500)")
-    assert panel.progress_bar.value() == 200
-    assert panel.step_label.text() == "Extracting features (100/500) — about 16 s left"
+    assert panel.status.progress_bar.value() == 200
+    assert step.text() == "Extracting features (100/500) — about 16 s left"
     now[0] = 184.0
     runner.progress.emit("train", 0.6, "Extracting features (300/500)")
     # the first sample fell out of the 10 s window: 0.4 to go at the recent rate of 0.4 per 80 s
-    assert panel.step_label.text() == "Extracting features (300/500) — about 1 min 20 s left"
+    assert step.text() == "Extracting features (300/500) — about 1 min 20 s left"
     runner.progress.emit("other-job", 0.9, "Importing")
-    assert "Importing" not in panel.step_label.text()
+    assert "Importing" not in step.text()
     with qtbot.waitSignal(panel.training_finished, timeout=5000):
         release.set()
-    assert "80.0%" in panel.step_label.text()
+    assert step.text().endswith("Validation accuracy 80.0%.")
+    assert panel.status.progress_bar.value() == panel.status.progress_bar.maximum()
 
 
-def test_device_label_says_whether_a_gpu_is_used(qtbot, runner, project):
-    from engine.jobs import JobOutcome
-
+def test_device_and_backbones_come_from_the_options_job(qtbot, runner, project):
     panel = make_panel(qtbot, runner, project, slow_fake_training)
-    assert panel.device_label.text().startswith("No GPU found: training uses the processor")
-    panel._options_known(JobOutcome("done", {"device": "GPU: NVIDIA GeForce RTX 4090 (PyTorch CUDA)"}))
-    assert panel.device_label.text() == "GPU in use: NVIDIA GeForce RTX 4090 (PyTorch CUDA)"
-    panel._options_known(JobOutcome("done", {"device": "CPU, 8 threads (onnxruntime)"}))
-    assert panel.device_label.text().startswith("No GPU found") and "8 threads" in panel.device_label.text()
-    gpu_panel = TrainingPanel(runner, project, train_fn=slow_fake_training, backbones=BACKBONES,
-                              device="cuda:0", history_fn=lambda p: ([], []))
-    qtbot.addWidget(gpu_panel)
-    assert gpu_panel.device_label.text() == "GPU in use: cuda:0"
+    device = panel.status.device_label
+    assert device.text().startswith("No GPU found: training uses the processor")
+    panel._options_known(JobOutcome(JobStatus.DONE, TrainingOptions(device="GPU: NVIDIA GeForce RTX 4090 (PyTorch CUDA)")))
+    assert device.text() == "GPU in use: NVIDIA GeForce RTX 4090 (PyTorch CUDA)"
+    resnet = BackboneChoice("resnet50", "ResNet-50", ("pooled", "layer3"), "pooled")
+    panel._options_known(JobOutcome(JobStatus.DONE, TrainingOptions(device="CPU, 8 threads (onnxruntime)",
+                                                                    backbones=[*BACKBONES, resnet])))
+    assert device.text().startswith("No GPU found") and "8 threads" in device.text()
+    combo = panel.options.backbone_combo
+    assert [combo.itemData(i) for i in range(combo.count())] == ["efficientnet_lite0", "resnet50"]
+    combo.setCurrentIndex(1)
+    assert panel.backbone == "resnet50" and panel.layer == "pooled"
+    gpu_panel = make_panel(qtbot, runner, project, slow_fake_training, device="cuda:0")
+    assert gpu_panel.status.device_label.text() == "GPU in use: cuda:0"
 
 
 def test_time_left_follows_the_recent_rate():
@@ -225,109 +308,136 @@ def test_time_left_follows_the_recent_rate():
     assert estimator.update(0.05) is None  # a new step restarted the bar
 
 
-# -- model report -------------------------------------------------------------------------------
-@dataclass
-class FakeModel:
-    version: int
-    created_at: object
-    method: str
-    backbone: str
-    metrics: dict
-    n_labeled: int
-    is_active: bool
+# -- model history and report -------------------------------------------------------------------
+def test_model_history_reads_the_typed_metrics_of_every_evaluated_version(project):
+    ants, bees = add_class(project, "ants"), add_class(project, "bees")
+    add_images(project, 1)
+    for n_labeled, accuracy in ((8, 0.5), (12, None), (20, 0.75)):
+        save_version(project, [ants, bees], {1: ants.id}, accuracy=accuracy, n_labeled=n_labeled)
+    assert model_history(project) == ([8, 20], [0.5, 0.75])
 
 
-@dataclass
-class FakePrediction:
-    class_id: int
-    probability: float = 0.9
+def test_build_report_agrees_with_sklearn():
+    from sklearn.metrics import balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support
 
-
-def test_build_report_metrics():
-    report = build_report([1, 2, 3, 4, 5, 6], [10, 10, 10, 20, 20, 30], [10, 20, 10, 20, 20, 10],
-                          [10, 20, 30], ["a", "b", "c"], ["s1", "s1", "s2", "s2", "s2", "s1"])
-    assert report.accuracy == pytest.approx(4 / 6)
-    assert report.balanced_accuracy == pytest.approx((2 / 3 + 1 + 0) / 3)
-    np.testing.assert_allclose(report.recall, [2 / 3, 1, 0])
-    np.testing.assert_allclose(report.precision[:2], [2 / 3, 2 / 3])
-    assert report.confusion.tolist() == [[2, 1, 0], [0, 2, 0], [1, 0, 0]]
+    y_true, y_pred = [10, 10, 10, 20, 20, 30], [10, 20, 10, 20, 20, 10]
+    report = build_report([1, 2, 3, 4, 5, 6], y_true, y_pred, [10, 20, 30], ["a", "b", "c"],
+                          ["s1", "s1", "s2", "s2", "s2", "s1"], basis="test")
+    metrics = report.metrics
+    assert report.n == 6 and metrics.accuracy == pytest.approx(4 / 6)
+    assert metrics.balanced_accuracy == pytest.approx(balanced_accuracy_score(y_true, y_pred))
+    assert report.confusion.tolist() == confusion_matrix(y_true, y_pred, labels=[10, 20, 30]).tolist()
+    precision, recall, _f1, support = precision_recall_fscore_support(y_true, y_pred, labels=[10, 20, 30],
+                                                                      zero_division=np.nan)
+    np.testing.assert_allclose([metrics.per_class[n].recall for n in "abc"], recall, atol=1e-12)
+    np.testing.assert_allclose([metrics.per_class[n].precision for n in "abc"], precision, atol=1e-12)
+    assert np.isnan(metrics.per_class["c"].precision)  # never predicted: shown as a dash, not 0%
+    assert [metrics.per_class[n].support for n in "abc"] == support.tolist()
     assert report.cell_images[(0, 1)] == [2] and report.cell_images[(2, 0)] == [6]
-    assert report.sources == [("s1", pytest.approx(1 / 3), 3), ("s2", 1.0, 3)]
+    assert {k: (v.accuracy, v.n) for k, v in metrics.per_source.items()} == {"s1": (pytest.approx(1 / 3), 3),
+                                                                            "s2": (1.0, 3)}
 
 
-def test_confusion_cell_click_shows_exactly_those_images(qtbot, project):
-    import datetime as dt
-
-    from storage.catalog import add_class, set_labels
-
+def test_report_of_the_stored_predictions_and_clicking_a_cell(qtbot, project):
     ids = add_images(project, 12)
     ants, bees = add_class(project, "ants"), add_class(project, "bees")
     set_labels(project, ids[:6], ants.id)
     set_labels(project, ids[6:10], bees.id)  # 11 and 12 stay unlabeled
-    predicted = {i: FakePrediction(ants.id if i in (1, 2, 3, 4, 7, 11) else bees.id) for i in ids}
-    models = [FakeModel(1, dt.datetime(2024, 5, 1, 9, 30), "logreg", "efficientnet_lite0", {"val_acc": 0.7}, 8, False),
-              FakeModel(2, dt.datetime(2024, 5, 2, 9, 30), "logreg", "efficientnet_lite0", {"val_acc": 0.8}, 10, True)]
-    activated = []
-    report_widget = ModelReport(
-        project, list_models_fn=lambda p: models, set_active_fn=lambda p, v: activated.append(v),
-        report_fn=lambda p, v: project_report(p, v, predictions_fn=lambda p2, v2: predicted),
-    )
-    qtbot.addWidget(report_widget)
-    report_widget.resize(700, 700)
-    report_widget.show()
-    assert report_widget.selected_version() == 2  # the active one is shown
-    report = report_widget.report
-    assert report.n == 10 and report.accuracy == pytest.approx(7 / 10)
-    assert report_widget.matrix.item(1, 0).text() == "1"
+    older = save_version(project, [ants, bees], {i: ants.id for i in ids}, accuracy=0.7, n_labeled=8)
+    newer = save_version(project, [ants, bees], {i: ants.id if i in (1, 2, 3, 4, 7, 11) else bees.id for i in ids},
+                         accuracy=0.8, n_labeled=10)
+    widget = ModelReport(project)
+    qtbot.addWidget(widget)
+    widget.resize(700, 700)
+    widget.show()
+    assert widget.selected_version() == newer  # the active one is shown
+    assert [widget.versions_table.item(1, c).text() for c in (0, 2, 4, 5, 6)] == [str(newer), "Quick", "10",
+                                                                                   "80.0%", "✓ in use"]
+    report = widget.report
+    assert report.n == 10 and report.metrics.accuracy == pytest.approx(7 / 10)
+    assert report.basis.startswith("all labeled images")
+    matrix = widget.view.matrix
+    assert matrix.item(1, 0).text() == "1"
 
-    matrix = report_widget.matrix
     rect = matrix.visualItemRect(matrix.item(0, 1))  # true ants, said bees
-    with qtbot.waitSignal(report_widget.show_images, timeout=2000) as shown:
+    with qtbot.waitSignal(widget.show_images, timeout=2000) as shown:
         qtbot.mouseClick(matrix.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
-    assert shown.args[0] == [5, 6]
-    assert "ants taken for bees" in shown.args[1]
+    assert shown.args == [[5, 6], "ants taken for bees"]
     rect = matrix.visualItemRect(matrix.item(1, 0))
-    with qtbot.waitSignal(report_widget.show_images, timeout=2000) as shown:
+    with qtbot.waitSignal(widget.show_images, timeout=2000) as shown:
         qtbot.mouseClick(matrix.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
     assert shown.args[0] == [7]
 
-    report_widget.versions_table.selectRow(0)
-    assert report_widget.activate_button.isEnabled()
-    with qtbot.waitSignal(report_widget.active_changed, timeout=2000):
-        qtbot.mouseClick(report_widget.activate_button, Qt.MouseButton.LeftButton)
-    assert activated == [1]
+    widget.versions_table.selectRow(0)
+    assert widget.report_version == older and widget.report.metrics.accuracy == pytest.approx(6 / 10)
+    assert widget.activate_button.isEnabled()
+    with qtbot.waitSignal(widget.active_changed, timeout=2000) as changed:
+        qtbot.mouseClick(widget.activate_button, Qt.MouseButton.LeftButton)
+    assert changed.args == [older] and active_model(project).version == older
+    assert widget.selected_version() == older and not widget.activate_button.isEnabled()
+
+
+def test_report_prefers_cross_validated_predictions(project):
+    from engine.insight.report import project_report
+
+    ids = add_images(project, 6)
+    ants, bees = add_class(project, "ants"), add_class(project, "bees")
+    set_labels(project, ids[:3], ants.id)
+    set_labels(project, ids[3:], bees.id)
+    version = save_version(project, [ants, bees], {i: ants.id for i in ids}, out_of_fold=[1, 4])
+    report = project_report(project, version)
+    assert report.n == 2 and report.basis == "cross-validated predictions of your labeled images"
+    assert report.metrics.accuracy == pytest.approx(0.5)
 
 
 def test_report_is_computed_in_the_background_and_late_reports_are_dropped(qtbot, runner, project):
-    import datetime as dt
-    import threading
-
-    models = [FakeModel(v, dt.datetime(2024, 5, v), "logreg", "b", {"val_acc": 0.5}, 4, v == 2) for v in (1, 2)]
-    release = threading.Event()
+    ants, bees = add_class(project, "ants"), add_class(project, "bees")
+    add_images(project, 1)
+    for version in (1, 2):
+        save_version(project, [ants, bees], {1: ants.id}, accuracy=0.5, n_labeled=4)
+    started, release = threading.Event(), threading.Event()
     threads, computed = set(), []
 
     def report_fn(project_arg, version):
         threads.add(threading.get_ident())
         if version == 1:
+            started.set()
             release.wait(5)  # the slow report of version 1
         computed.append(version)
         return build_report([1, 2], [10, 20], [10, 10 if version == 1 else 20], [10, 20], ["a", "b"], basis=f"v{version}")
 
-    widget = ModelReport(project, list_models_fn=lambda p: models, report_fn=report_fn, runner=runner)
+    widget = ModelReport(project, report_fn=report_fn, runner=runner)
     qtbot.addWidget(widget)
-    qtbot.waitUntil(lambda: widget.report_version == 2, timeout=5000)
+    shown = []
+    widget.report_shown.connect(shown.append)
+    qtbot.waitUntil(lambda: shown == [2], timeout=5000)
     assert threading.get_ident() not in threads  # never on the GUI thread
-    assert widget.report.accuracy == 1.0
+    assert widget.report.metrics.accuracy == 1.0
     widget.versions_table.selectRow(0)  # version 1: slow
-    assert "Computing the report of version 1" in widget.summary.text()
-    widget.versions_table.selectRow(1)  # the user moves on before it arrives
-    with qtbot.waitSignal(runner.finished, timeout=5000):
+    assert "Computing the report of version 1" in widget.view.summary.text()
+    assert started.wait(5)
+    with qtbot.waitSignal(widget.report_shown, timeout=5000):
+        widget.versions_table.selectRow(1)  # the user moves on before it arrives
         release.set()
-    qtbot.waitUntil(lambda: computed.count(2) == 2, timeout=5000)
-    qtbot.wait(50)
-    assert widget.report_version == 2 and widget.report.basis == "v2"  # version 1's late report was dropped
-    widget.refresh()  # new labels: the same version's report is computed again
-    qtbot.waitUntil(lambda: computed.count(2) == 3, timeout=5000)
+    assert computed == [2, 1, 2] and shown == [2, 2]  # version 1's late report was dropped
+    assert widget.report_version == 2 and widget.report.basis == "v2"
+    with qtbot.waitSignal(widget.report_shown, timeout=5000):
+        widget.refresh()  # new labels: the same version's report is computed again
+    assert computed == [2, 1, 2, 2]
+
+
+def test_a_failed_report_says_why(qtbot, runner, project):
+    ants, bees = add_class(project, "ants"), add_class(project, "bees")
+    add_images(project, 1)
+    save_version(project, [ants, bees], {1: ants.id})
+
+    def broken(project_arg, version):
+        raise OSError("disk I/O error")
+
+    widget = ModelReport(project, report_fn=broken, runner=runner)
+    qtbot.addWidget(widget)
+    qtbot.waitUntil(lambda: "could not be computed" in widget.view.summary.text(), timeout=5000)
+    assert widget.view.summary.text() == "The report of version 1 could not be computed: disk I/O error"
 
 
 # -- embedding map ------------------------------------------------------------------------------
@@ -367,22 +477,53 @@ def test_points_in_polygon_agrees_with_the_plain_even_odd_rule():
 
 
 def drag(widget, points):
-    """Left-drag through the given widget positions with real mouse events."""
+    """Left-drag through the given widget positions with real mouse events. pyqtgraph drops move
+    events closer together than its mouse rate limit, so the limit is lifted meanwhile."""
     def send(kind, pos, button, buttons):
         event = QMouseEvent(kind, QPointF(pos), QPointF(widget.mapToGlobal(pos)), button, buttons,
                             Qt.KeyboardModifier.NoModifier)
         QApplication.sendEvent(widget, event)
 
     left = Qt.MouseButton.LeftButton
-    send(QEvent.Type.MouseButtonPress, points[0], left, left)
-    for point in points[1:]:
-        QTest.qWait(25)  # pyqtgraph drops move events that come faster than its rate limit
-        send(QEvent.Type.MouseMove, point, Qt.MouseButton.NoButton, left)
-    send(QEvent.Type.MouseButtonRelease, points[-1], left, Qt.MouseButton.NoButton)
+    rate_limit = pg.getConfigOption("mouseRateLimit")
+    pg.setConfigOptions(mouseRateLimit=-1)
+    try:
+        send(QEvent.Type.MouseButtonPress, points[0], left, left)
+        for point in points[1:]:
+            send(QEvent.Type.MouseMove, point, Qt.MouseButton.NoButton, left)
+        send(QEvent.Type.MouseButtonRelease, points[-1], left, Qt.MouseButton.NoButton)
+    finally:
+        pg.setConfigOptions(mouseRateLimit=rate_limit)
+
+
+def map_position(view, x, y) -> QPoint:
+    """Where map coordinates (x, y) are drawn, in the plot viewport's pixels."""
+    point = view.plot.mapFromScene(view.viewbox.mapViewToScene(QPointF(float(x), float(y))))
+    return QPoint(point.x(), point.y())
+
+
+def wait_until_laid_out(qtbot, view):
+    """Until the fitted map fills most of its viewport (the view's layout has settled)."""
+    def filled() -> bool:
+        corners = [map_position(view, *view.coords.min(axis=0)), map_position(view, *view.coords.max(axis=0))]
+        size = view.plot.viewport().size()
+        return (abs(corners[1].x() - corners[0].x()) > 0.8 * size.width()
+                and abs(corners[1].y() - corners[0].y()) > 0.8 * size.height())
+
+    qtbot.waitUntil(filled, timeout=5000)
+
+
+def lasso_around(view, coords):
+    """Drag a lasso just around these map coordinates."""
+    pad = 0.03 * (view.coords.max(axis=0) - view.coords.min(axis=0))
+    lo, hi = coords.min(axis=0) - pad, coords.max(axis=0) + pad
+    path = [map_position(view, lo[0], lo[1]), map_position(view, hi[0], lo[1]), map_position(view, hi[0], hi[1]),
+            map_position(view, lo[0], hi[1]), map_position(view, lo[0], lo[1] + pad[1])]
+    drag(view.plot.viewport(), path)
 
 
 def test_lasso_labels_several_images_as_one_undoable_step(qtbot, project):
-    from storage.catalog import add_class, label_states, set_labels
+    from gui.labeling import SetLabelCommand
 
     ids = add_images(project, 40)
     ants, bees = add_class(project, "ants"), add_class(project, "bees")
@@ -399,22 +540,14 @@ def test_lasso_labels_several_images_as_one_undoable_step(qtbot, project):
                       + [[0.6 + 0.1 * (i % 5), -1 + 0.5 * (i // 5)] for i in range(20)], float)
     view.set_layout(ids, coords)
     assert view.class_ids[:2].tolist() == [bees.id, bees.id]
-    vb = view.viewbox
-    qtbot.wait(50)  # let the view apply its new range before mapping map coordinates to pixels
-
-    def to_widget(x, y):
-        return view.plot.mapFromScene(vb.mapViewToScene(QPointF(float(x), float(y))))
-
-    left = normalize_layout(coords)[:20]
-    pad = np.array([0.02, 0.02])  # inside the view's own 5% margin
-    lo, hi = left.min(axis=0) - pad, left.max(axis=0) + pad
-    path = [to_widget(lo[0], lo[1]), to_widget(hi[0], lo[1]), to_widget(hi[0], hi[1]), to_widget(lo[0], hi[1]),
-            to_widget(lo[0], lo[1] + pad[1])]
-    drag(view.plot.viewport(), [QPoint(p.x(), p.y()) for p in path])
+    wait_until_laid_out(qtbot, view)
+    with qtbot.waitSignal(view.images_selected, timeout=2000):
+        lasso_around(view, view.coords[:20])
     assert sorted(view.selected_ids) == ids[:20]
 
     qtbot.keyClick(view.plot, "1")  # shortcut 1 = ants
     assert view.undo_stack.count() == 1
+    assert isinstance(view.undo_stack.command(0), SetLabelCommand)  # the grid's own label command
     states = {s.image_id: s.class_id for s in label_states(project, ids)}
     assert all(states[i] == ants.id for i in ids[:20]) and all(states[i] is None for i in ids[20:])
     assert (view.class_ids[:20] == ants.id).all()
@@ -429,22 +562,22 @@ def test_lasso_labels_several_images_as_one_undoable_step(qtbot, project):
 
 
 def test_embedding_partials_move_points_and_colors(qtbot, runner, project):
-    from storage.catalog import add_class, set_labels
-
     ids = add_images(project, 30)
-    ants = add_class(project, "ants")
+    ants, bees = add_class(project, "ants"), add_class(project, "bees")
     set_labels(project, ids[:10], ants.id)
+    save_version(project, [ants, bees], {i: ants.id for i in ids[:25]})
     rng = np.random.default_rng(0)
     layouts = [rng.normal(size=(30, 2)) for _ in range(3)]
 
     def fake_embedding(context, project_arg, backbone, layer):
-        context.partial({"kind": "embedding", "coords": layouts[0], "iteration": 0, "method": "pca", "image_ids": np.array(ids)})
+        """What engine.insight.projection.embedding_job streams: PCA, then t-SNE steps."""
+        image_ids = np.array(ids)
+        context.partial(MapLayout(image_ids, layouts[0], "pca"))
         for i, layout in enumerate(layouts[1:], 1):
-            context.partial({"kind": "embedding", "coords": layout, "iteration": 25 * i, "method": "tsne",
-                             "image_ids": np.array(ids), "total_iterations": 50})
-        return {"image_ids": np.array(ids), "coords": layouts[-1], "method": "tsne"}
+            context.partial(MapLayout(image_ids, layout, "tsne", iteration=25 * i, total_iterations=50))
+        return MapLayout(image_ids, layouts[-1], "tsne")
 
-    view = EmbeddingView(runner, project, predictions_fn=lambda p: {i: FakePrediction(ants.id) for i in ids[:25]})
+    view = EmbeddingView(runner, project)
     qtbot.addWidget(view)
     view.resize(500, 400)
     seen = []
@@ -457,21 +590,20 @@ def test_embedding_partials_move_points_and_colors(qtbot, runner, project):
         np.testing.assert_allclose(coords, normalize_layout(layout), rtol=1e-5)
     assert not np.allclose(seen[0], seen[1]) and not np.allclose(seen[1], seen[2])
     np.testing.assert_allclose(view.coords, normalize_layout(layouts[-1]), rtol=1e-5)
-    assert view.method == "tsne"
-    sizes = {len(idx) for idx, _item in view._groups}
-    assert sizes == {10, 20}  # labeled ants, unlabeled
+    assert view.method == "tsne" and view.status.text() == "30 images, similar ones close together (t-SNE)."
+    groups = view.plot.groups
+    assert sorted(len(idx) for idx, _item in groups) == [10, 20]  # labeled ants, unlabeled
     view.set_color_mode("prediction")
-    assert sorted(len(idx) for idx, _item in view._groups) == [5, 10, 15]  # ants labeled / predicted-only / none
+    assert sorted(len(idx) for idx, _item in view.plot.groups) == [5, 10, 15]  # ants labeled / predicted-only / none
     view.set_color_mode("source")
-    assert sorted(len(idx) for idx, _item in view._groups) == [5, 5, 10, 10]
+    assert sorted(len(idx) for idx, _item in view.plot.groups) == [5, 5, 10, 10]
+    assert view.toolbar.color_combo.currentData() == "source"
     assert not view.compute("efficientnet_lite0", None, job=fake_embedding)  # same images: recolor only
 
 
 def test_stale_map_partials_are_ignored_and_project_change_cancels(qtbot, runner, project, tmp_path):
     """A partial still queued from a replaced map job never reaches the view; changing project
     cancels the running map job."""
-    import threading
-
     from storage.project import create_project
 
     ids = np.array(add_images(project, 6))
@@ -482,51 +614,47 @@ def test_stale_map_partials_are_ignored_and_project_change_cancels(qtbot, runner
         while True:  # a long t-SNE, stopped only by cancelling
             try:
                 context.check_cancelled()
-            except Exception:
+            except JobCancelled:
                 stopped.set()
                 raise
             time.sleep(0.005)
 
     def old_job(context, project_arg, backbone, layer):
-        context.partial({"kind": "embedding", "coords": old_layout, "iteration": 0, "method": "pca", "image_ids": ids})
+        context.partial(MapLayout(ids, old_layout, "pca"))
         sent.set()
         run_until_cancelled(context)
 
     def new_job(context, project_arg, backbone, layer):
-        context.partial({"kind": "embedding", "coords": new_layout, "iteration": 0, "method": "pca", "image_ids": ids})
+        context.partial(MapLayout(ids, new_layout, "pca"))
         run_until_cancelled(context)
 
     view = EmbeddingView(runner, project)
     qtbot.addWidget(view)
     layouts = []
-    original = view.set_layout
-    view.set_layout = lambda image_ids, coords, *args, **kwargs: (layouts.append(np.asarray(coords)),
-                                                                  original(image_ids, coords, *args, **kwargs))
+    view.jobs.layout_streamed.connect(lambda layout: layouts.append(layout.coords))
     assert view.compute("efficientnet_lite0", None, job=old_job)
     assert sent.wait(5)  # its partial is queued for the GUI thread, not yet delivered
     assert view.compute("efficientnet_lite0", None, force=True, job=new_job)
     assert stopped.wait(5)  # the old job was cancelled
     stopped.clear()
+    # Partials arrive in the order they were sent: once the new one is here, the old one was dropped.
     qtbot.waitUntil(lambda: len(layouts) >= 1, timeout=5000)
-    qtbot.wait(100)
-    assert len(layouts) == 1 and np.array_equal(layouts[0], new_layout)  # the old partial was dropped
-    assert len(view.image_ids) == 6
+    assert len(layouts) == 1 and np.array_equal(layouts[0], new_layout)
+    np.testing.assert_allclose(view.coords, normalize_layout(new_layout), rtol=1e-6)
 
     other = create_project(tmp_path / "other.sortlab")
     try:
         with qtbot.waitSignal(runner.finished, timeout=5000) as finished:
             view.set_project(other)
-        assert finished.args[1].status == "cancelled" and stopped.is_set()
+        assert finished.args[1].status is JobStatus.CANCELLED and stopped.is_set()
         assert len(view.image_ids) == 0 and "No map yet" in view.status.text()
     finally:
         other.close()
 
 
-def test_map_colors_are_read_in_the_background(qtbot, runner, project):
+def test_map_colors_are_read_in_the_background(qtbot, project):
     """With a reader runner, labels and predictions are read off the GUI thread; a burst of
     requests while one read is in flight ends with exactly one more read, of the latest labels."""
-    from storage.catalog import add_class, set_labels
-
     ids = add_images(project, 20)
     ants = add_class(project, "ants")
     reader = QtJobRunner()
@@ -543,19 +671,40 @@ def test_map_colors_are_read_in_the_background(qtbot, runner, project):
             view.refresh_attributes()
         set_labels(project, ids[5:8], ants.id)
         qtbot.waitUntil(lambda: len(reads) == 3, timeout=5000)
-        qtbot.wait(100)
-        assert reads == ["map-colors"] * 3  # the first, then the burst as one read and one follow-up
+        assert not reader.busy  # the first, then the burst as one read and one follow-up: no fourth
         assert (view.class_ids[:8] == ants.id).all()
         assert (view.class_ids[8:] == -1).all()
     finally:
         reader.shutdown()
 
 
+def test_hover_shows_the_image_and_what_the_model_says(qtbot, project):
+    ids = add_images(project, 3)
+    ants, bees = add_class(project, "ants"), add_class(project, "bees")
+    set_labels(project, [1], ants.id)
+    save_version(project, [ants, bees], {1: ants.id, 2: bees.id})
+    view = EmbeddingView(None, project)
+    qtbot.addWidget(view)
+    view.resize(500, 400)
+    view.show()
+    qtbot.waitExposed(view)
+    view.set_layout(ids, np.array([[0, 0], [1, 1], [2, 0]], float))
+    wait_until_laid_out(qtbot, view)
+    hover = view.hover
+    for index, caption in ((0, "#1 · ants · predicted ants"), (1, "#2 · unlabeled · predicted bees"),
+                           (2, "#3 · unlabeled")):
+        hover.scene_pos = view.viewbox.mapViewToScene(QPointF(*map(float, view.coords[index])))
+        hover.update()
+        assert hover.index == index and hover.card.caption.text() == caption and hover.card.isVisible()
+    far = view.coords.mean(axis=0) + [0.0, 0.4 * np.ptp(view.coords[:, 1])]
+    hover.scene_pos = view.viewbox.mapViewToScene(QPointF(*map(float, far)))
+    hover.update()
+    assert hover.index == -1 and not hover.card.isVisible()
+
+
 def test_fast_scatter_fill_gives_the_points_setdata_would(qtbot):
     """fill_scatter (one record resolved, copied or taken from a pool) and move_scatter give
     pyqtgraph exactly the point records that setData builds one by one."""
-    import pyqtgraph as pg
-
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=500), rng.normal(size=500)
 
@@ -597,18 +746,20 @@ def test_map_groups_hold_exactly_their_points(qtbot):
         view.set_attributes(labels, predicted=np.where(ids < 20, 1, 2), classes=classes)
         for mode in ("label", "prediction", "source"):
             view.set_color_mode(mode)
-            seen = np.concatenate([idx for idx, _item in view._groups])
+            seen = np.concatenate([idx for idx, _item in view.plot.groups])
             assert sorted(seen.tolist()) == list(range(40))
-            for idx, scatter in view._groups:
+            for idx, scatter in view.plot.groups:
                 np.testing.assert_allclose(np.column_stack(scatter.getData()), view.coords[idx].astype(float))
         labels = -labels
+    view.set_layout(np.zeros(0, np.int64), np.zeros((0, 2)))
+    assert view.plot.groups == [] and view.legend.text() == ""
 
 
 def test_large_maps_cache_their_drawing_and_make_room_for_it(qtbot):
     from PySide6.QtGui import QPixmapCache
     from PySide6.QtWidgets import QGraphicsItem
 
-    from gui import embedding_view
+    from gui.map_canvas import CACHE_FROM_POINTS
 
     view = EmbeddingView(None, None)
     qtbot.addWidget(view)
@@ -616,17 +767,17 @@ def test_large_maps_cache_their_drawing_and_make_room_for_it(qtbot):
     view.show()
     rng = np.random.default_rng(0)
     view.set_layout(np.arange(1, 101), rng.normal(size=(100, 2)))
-    assert all(item.cacheMode() == QGraphicsItem.CacheMode.NoCache for _idx, item in view._groups)
-    n = embedding_view.CACHE_FROM_POINTS
+    assert all(item.cacheMode() == QGraphicsItem.CacheMode.NoCache for _idx, item in view.plot.groups)
+    n = CACHE_FROM_POINTS
     before = QPixmapCache.cacheLimit()
     try:
         QPixmapCache.setCacheLimit(1)  # as if tiny: the map must raise it
         view.set_layout(np.arange(1, n + 1), rng.normal(size=(n, 2)))
         cached = QGraphicsItem.CacheMode.DeviceCoordinateCache
-        assert all(item.cacheMode() == cached for _idx, item in view._groups)
-        assert view.selection_item.cacheMode() == cached
+        assert all(item.cacheMode() == cached for _idx, item in view.plot.groups)
+        assert view.plot.selection_item.cacheMode() == cached
         size = view.plot.viewport().size()
-        assert QPixmapCache.cacheLimit() * 1024 >= size.width() * size.height() * 4 * (len(view._groups) + 1)
+        assert QPixmapCache.cacheLimit() * 1024 >= size.width() * size.height() * 4 * (len(view.plot.groups) + 1)
     finally:
         QPixmapCache.setCacheLimit(max(before, QPixmapCache.cacheLimit()))
 
@@ -657,5 +808,15 @@ def test_map_view_follows_the_layout_until_the_user_pans(qtbot):
     view.viewbox.setRange(xRange=(0, 0.1), yRange=(0, 0.1), padding=0)
     view.set_layout(ids, rng.normal(size=(200, 2)))
     assert not points_in_view(), "the user's zoom is kept"
-    view.fit()
+    qtbot.mouseClick(view.toolbar.fit_button, Qt.MouseButton.LeftButton)
     assert points_in_view()
+
+
+def test_map_tools_switch_what_a_drag_does(qtbot):
+    view = EmbeddingView(None, None)
+    qtbot.addWidget(view)
+    assert view.viewbox.tool == "lasso"
+    qtbot.mouseClick(view.toolbar.tool_buttons["rect"], Qt.MouseButton.LeftButton)
+    assert view.viewbox.tool == "rect"
+    view.set_tool("move")
+    assert view.viewbox.tool == "move" and view.toolbar.tool_buttons["move"].isChecked()

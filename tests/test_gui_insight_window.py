@@ -1,103 +1,100 @@
-"""install_insight_panels: docking into a main window and the wiring between panels and window."""
+"""The insight panels in the window the app builds (gui.app.create_main_window): real training on
+cached features, the report, the map, the lasso and model versions, wired to the workspace."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+import numpy as np
 import pytest
-from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QUndoStack
-from PySide6.QtWidgets import QDockWidget, QMainWindow
+from helpers.feature_projects import make_feature_project
+from PySide6.QtCore import QSettings, Qt
+from PySide6.QtWidgets import QDockWidget
+from test_gui_insight import lasso_around, save_version, wait_until_laid_out
 
-from gui.insight import install_insight_panels
-from gui.runner import QtJobRunner
+from engine.features.runners import device_name
+from engine.models.results import TrainResult
+from engine.runtime.jobs import JobStatus
+from gui.app import create_main_window
+from gui.labeling import SetLabelCommand
+from gui.training_status import done_text
+from storage.catalog import add_class, label_states, set_labels
 
 pytestmark = pytest.mark.gui
+FEATURE_DIM = 1280  # efficientnet_lite0's pooled layer: the cached vectors are used as they are
 
 
-class HostWindow(QMainWindow):
-    """The part of the main window's interface the insight panels use."""
+@pytest.fixture
+def open_window(qtbot, tmp_path):
+    """The app's main window with a project open; closed (and its workers stopped) afterwards."""
+    windows = []
 
-    labels_changed = Signal(object)
+    def make(project):
+        window = create_main_window(project=project, data_dir=tmp_path, projects_dir=tmp_path,
+                                    settings=QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat))
+        qtbot.addWidget(window)
+        window.resize(1200, 800)
+        window.show()
+        windows.append(window)
+        return window
 
-    def __init__(self, project):
-        super().__init__()
-        self.project = project
-        self.runner = QtJobRunner(self)
-        self.undo_stack = QUndoStack(self)
-        self.filtered: list = []
-        self.selected: list = []
-        self.selected_lists: list = []
-
-    def add_dock(self, widget, title, area):
-        dock = QDockWidget(title, self)
-        dock.setWidget(widget)
-        self.addDockWidget(area, dock)
-        return dock
-
-    def filter_grid(self, image_ids, description=""):
-        self.filtered.append((list(image_ids), description))
-
-    def select_image(self, image_id):
-        self.selected.append(image_id)
-
-    def select_images(self, image_ids):
-        self.selected_lists.append(list(image_ids))
+    yield make
+    for window in windows:
+        window.runner.cancel_all()  # a test that failed mid-job must not leave the window asking "quit?"
+        qtbot.waitUntil(lambda: not window.runner.busy, timeout=60000)
+        window.close()
+        qtbot.waitUntil(lambda: window.insight.closed, timeout=5000)
+        assert window.insight.map_runner.closed and window.insight.read_runner.closed
+        window.runner.shutdown()  # the window's own runner is the window's business
 
 
-@dataclass
-class Prediction:
-    class_id: int
+def test_training_from_the_window_updates_report_map_and_history(qtbot, project, open_window, monkeypatch):
+    import gui.training_panel
 
-
-def test_panels_dock_and_confusion_cells_filter_the_grid(qtbot, project, monkeypatch):
-    from storage.catalog import add_class, set_labels
-    from storage.models import Image
-
-    with project.writing() as session:
-        for i in range(1, 9):
-            session.add(Image(id=i, content_hash=f"h{i}", original_name=f"{i}.png", original_path=f"/{i}.png",
-                              source="", width=4, height=4, original_format="PNG", data=b"", thumbnail=b""))
-    cats, dogs = add_class(project, "cats"), add_class(project, "dogs")
-    set_labels(project, [1, 2, 3, 4], cats.id)
-    set_labels(project, [5, 6, 7, 8], dogs.id)
-    window = HostWindow(project)
-    qtbot.addWidget(window)
-    panels = install_insight_panels(window)
-    assert window.insight is panels
-    titles = sorted(d.windowTitle() for d in window.findChildren(QDockWidget))
+    monkeypatch.setattr(gui.training_panel, "AUTO_RETRAIN_DELAY_MS", 50)
+    features = make_feature_project(project, [12, 12], unlabeled=8, dim=FEATURE_DIM)
+    window = open_window(project)
+    panels = window.insight
+    titles = sorted(d.windowTitle() for d in window.findChildren(QDockWidget) if d.widget() in
+                    (panels.training, panels.embedding, panels.report))
     assert titles == ["Map of your images", "Model report", "Training"]
-    assert panels.training.runner is window.runner and panels.embedding.undo_stack is window.undo_stack
+    training = panels.training
+    qtbot.waitUntil(lambda: not window.runner.busy, timeout=120000)  # the options warm-up job (imports torch)
+    assert device_name().removeprefix("GPU:").strip() in training.status.device_label.text()
 
-    predictions = {1: Prediction(cats.id), 2: Prediction(dogs.id), 3: Prediction(dogs.id), 4: Prediction(cats.id),
-                   5: Prediction(dogs.id), 6: Prediction(dogs.id), 7: Prediction(cats.id), 8: Prediction(dogs.id)}
-    from gui import model_report
+    with qtbot.waitSignal(training.training_finished, timeout=120000) as finished:
+        qtbot.mouseClick(training.start_button, Qt.MouseButton.LeftButton)
+    outcome = finished.args[0]
+    assert outcome.status is JobStatus.DONE, outcome.details
+    result: TrainResult = outcome.result
+    assert result.model_version == 1 and result.metrics.evaluated and result.n_labeled == 24
+    assert training.status.step_label.text() == done_text(result, outcome.seconds)
+    x, y = training.curves.history_curve.getData()
+    np.testing.assert_allclose(x, [24])
+    np.testing.assert_allclose(y, [result.metrics.accuracy * 100], rtol=1e-12)
 
-    report = model_report.project_report(project, 1, predictions_fn=lambda p, v: predictions)
-    panels.report.show_report(report, 1)
-    window.show()
-    matrix = panels.report.matrix
-    rect = matrix.visualItemRect(matrix.item(0, 1))
-    qtbot.mouseClick(matrix.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
-    assert window.filtered == [([2, 3], "cats taken for dogs")]
+    # The report recomputes the training's own evaluation from the stored out-of-fold predictions.
+    report = panels.report
+    qtbot.waitUntil(lambda: report.report_version == 1, timeout=30000)
+    assert report.report.basis == "cross-validated predictions of your labeled images"
+    assert report.report.n == result.metrics.n_val == 24
+    assert report.report.metrics.accuracy == pytest.approx(result.metrics.accuracy, abs=1e-12)
+    assert report.report.metrics.confusion_matrix == result.metrics.confusion_matrix
+    assert report.versions_table.rowCount() == 1
+    assert report.versions_table.item(0, 2).text() == "Quick"
 
+    # The finished training draws the map from the cached features: PCA, then t-SNE.
     view = panels.embedding
-    view.set_layout([1, 2, 3, 7], [[0, 0], [1, 0], [0, 1], [1, 1]])
-    view.select_indices([0, 2])
-    view.select_indices([0, 3])  # what a lasso ends with; only the latest selection is sent
-    qtbot.waitUntil(lambda: window.selected_lists == [[1, 7]], timeout=2000)
+    qtbot.waitUntil(lambda: view.method == "tsne" and not panels.map_runner.busy, timeout=120000)
+    assert sorted(view.image_ids.tolist()) == sorted(features.image_ids)
+    assert view.status.text() == "32 images, similar ones close together (t-SNE)."
 
-    panels.training._retrain_timer.setInterval(10)
-    started = []
-    monkeypatch.setattr(panels.training, "start", lambda automatic=False: started.append(automatic) or True)
-    window.labels_changed.emit([1])
-    qtbot.waitUntil(lambda: started == [True], timeout=2000)
-
-    window.close()  # closing the window stops the map's and the report's workers
-    qtbot.waitUntil(lambda: panels.closed, timeout=5000)
-    assert panels.map_runner.closed and panels.read_runner.closed
-    assert not window.runner.closed  # the window's own runner is the window's business
-    window.runner.shutdown()
+    # Labeling one more image retrains by itself (Quick), and the history grows.
+    with qtbot.waitSignal(training.training_finished, timeout=120000) as finished:
+        window.label_images([features.image_ids[24]], features.class_by_name["c0"])
+    assert finished.args[0].status is JobStatus.DONE and finished.args[0].result.model_version == 2
+    assert training.curves.history_curve.getData()[0].tolist() == [24, 25]
+    # The report lists the new version as the one in use, and keeps showing the one looked at.
+    qtbot.waitUntil(lambda: report.versions_table.rowCount() == 2, timeout=30000)
+    assert report.versions_table.item(1, 6).text() == "✓ in use" and report.selected_version() == 1
 
 
 def _jpeg(color) -> bytes:
@@ -110,19 +107,12 @@ def _jpeg(color) -> bytes:
     return buffer.getvalue()
 
 
-def test_real_main_window_report_lasso_and_model_versions(qtbot, project, tmp_path):
-    """The real MainWindow: the report's confusion cell filters the grid to exactly those images;
-    a real lasso on the map selects those images in the grid too, a number key labels them as one
-    step of the window's own undo stack (make_label_command) and undo restores them; making
-    another model version active moves the grid and the map to its predictions."""
-    import numpy as np
-    from PySide6.QtCore import QPoint, QPointF, QSettings
-    from test_gui_insight import drag
-
-    from gui.labeling import SetLabelCommand
-    from gui.main_window import MainWindow
-    from storage.catalog import add_class, label_states, set_labels
-    from storage.models import Image, ModelVersion, Prediction
+def test_report_cells_lasso_and_model_versions_drive_the_workspace(qtbot, project, open_window):
+    """The report's confusion cell filters the grid to exactly those images; a real lasso on the
+    map selects those images in the grid too, a number key labels them as one step of the
+    window's own undo stack (its make_label_command) and undo restores them; making another model
+    version active moves the grid and the map to its predictions."""
+    from storage.models import Image
 
     with project.writing() as session:
         for i in range(1, 9):
@@ -134,36 +124,19 @@ def test_real_main_window_report_lasso_and_model_versions(qtbot, project, tmp_pa
     set_labels(project, [4, 5, 6], dogs.id)
     older_said = {i: cats.id for i in range(1, 9)}
     said = {1: cats.id, 2: dogs.id, 3: dogs.id, 4: dogs.id, 5: cats.id, 6: dogs.id, 7: cats.id, 8: dogs.id}
-    versions = []
-    with project.writing() as session:
-        for predicted, active in ((older_said, False), (said, True)):
-            model = ModelVersion(method="logreg", backbone="efficientnet_lite0", layer="pooled",
-                                 class_names=["cats", "dogs"], class_ids=[cats.id, dogs.id], weights=b"",
-                                 is_active=active, n_labeled=6, metrics={"accuracy": 0.5})
-            session.add(model)
-            session.flush()
-            versions.append(model.id)
-            for image_id, class_id in predicted.items():
-                index = [cats.id, dogs.id].index(class_id)
-                session.add(Prediction(model_version_id=model.id, image_id=image_id, class_index=index,
-                                       class_id=class_id, probability=0.8, margin=0.6,
-                                       probabilities=np.array([0.8, 0.2], "<f4").tobytes(), out_of_fold=image_id <= 6))
-    older, newer = versions
-    window = MainWindow(project, settings=QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat),
-                        data_dir=tmp_path, projects_dir=tmp_path)
-    qtbot.addWidget(window)
-    panels = install_insight_panels(window)
-    panels.training.auto_retrain.setChecked(False)
-    window.resize(1200, 800)
-    window.show()
-    qtbot.waitUntil(lambda: not window.runner.busy, timeout=20000)
+    older = save_version(project, [cats, dogs], older_said, accuracy=0.5, n_labeled=6, out_of_fold=range(1, 7))
+    newer = save_version(project, [cats, dogs], said, accuracy=0.5, n_labeled=6, out_of_fold=range(1, 7))
+    window = open_window(project)
+    panels = window.insight
+    panels.training.auto_retrain.setChecked(False)  # these images have no features to train on
+    qtbot.waitUntil(lambda: not window.runner.busy, timeout=120000)
 
     report = panels.report
     assert report.selected_version() == newer
-    qtbot.waitUntil(lambda: report.report is not None, timeout=5000)  # computed on the read runner
-    assert report.report.n == 6 and report.report.accuracy == pytest.approx(3 / 6)
+    qtbot.waitUntil(lambda: report.report is not None, timeout=10000)  # computed on the read runner
+    assert report.report.n == 6 and report.report.metrics.accuracy == pytest.approx(3 / 6)
     panels.docks["report"].raise_()
-    matrix = report.matrix
+    matrix = report.view.matrix
     matrix.scrollTo(matrix.model().index(0, 1))
     rect = matrix.visualItemRect(matrix.item(0, 1))  # true cats, said dogs
     qtbot.mouseClick(matrix.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
@@ -176,17 +149,8 @@ def test_real_main_window_report_lasso_and_model_versions(qtbot, project, tmp_pa
     qtbot.waitExposed(view)
     view.set_layout(np.arange(1, 9), np.array([[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2], [5, 0], [5, 2]], float))
     qtbot.waitUntil(lambda: list(view.predicted) == [said[i] for i in range(1, 9)], timeout=5000)
-    qtbot.wait(50)  # let the view apply its range before mapping map coordinates to pixels
-
-    def to_widget(x, y):
-        point = view.plot.mapFromScene(view.viewbox.mapViewToScene(QPointF(float(x), float(y))))
-        return QPoint(point.x(), point.y())
-
-    right = view.coords[6:]
-    pad = 0.05 * (view.coords.max(axis=0) - view.coords.min(axis=0))
-    lo, hi = right.min(axis=0) - pad, right.max(axis=0) + pad
-    drag(view.plot.viewport(), [to_widget(lo[0], lo[1]), to_widget(hi[0], lo[1]), to_widget(hi[0], hi[1]),
-                                to_widget(lo[0], hi[1]), to_widget(lo[0], lo[1] + pad[1])])
+    wait_until_laid_out(qtbot, view)
+    lasso_around(view, view.coords[6:])
     assert sorted(view.selected_ids) == [7, 8]
     qtbot.waitUntil(lambda: sorted(window.selected_image_ids()) == [7, 8], timeout=3000)  # the grid selects them too
 
@@ -207,7 +171,3 @@ def test_real_main_window_report_lasso_and_model_versions(qtbot, project, tmp_pa
     qtbot.mouseClick(report.activate_button, Qt.MouseButton.LeftButton)
     assert window.grid_model.model_version == older
     qtbot.waitUntil(lambda: list(view.predicted) == [cats.id] * 8, timeout=5000)
-
-    window.close()
-    qtbot.waitUntil(lambda: panels.closed, timeout=5000)
-    assert panels.map_runner.closed and panels.read_runner.closed

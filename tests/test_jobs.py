@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from engine.jobs import JobCancelled, JobContext, JobRunner, run_job
+from engine.runtime.jobs import JobCancelled, JobContext, JobRunner, run_job
 
 
 def test_run_job_reports_progress_partials_and_result():

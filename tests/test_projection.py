@@ -1,16 +1,17 @@
-"""engine.projection: PCA at once, t-SNE streaming partials, cancellation, the embedding job."""
+"""engine.insight.projection: PCA at once, t-SNE streaming partials, cancellation, the embedding job."""
 
 from __future__ import annotations
 
+import os
 import threading
-import types
 
 import numpy as np
 import pytest
 
-from engine import projection
-from engine.jobs import JobCancelled, JobContext, run_job
-from engine.projection import compute_embedding, embedding_job, point_attributes
+import engine.features.extraction as extraction
+from engine.insight import projection
+from engine.runtime.jobs import JobCancelled, JobContext, JobStatus, run_job
+from engine.insight.projection import MapLayout, compute_embedding, embedding_job, point_attributes
 
 
 def clusters(n_per: int = 60, k: int = 3, dim: int = 32, seed: int = 0):
@@ -51,12 +52,15 @@ def test_tsne_streams_partials_and_separates_clusters():
     context = JobContext(on_progress=lambda f, m: fractions.append(f), on_partial=partials.append)
     coords = compute_embedding(context, X, "tsne", seed=1)
     assert coords.shape == (len(X), 2) and coords.dtype == np.float32
-    iterations = [p["iteration"] for p in partials]
-    assert iterations == sorted(iterations) and iterations[0] == projection.PARTIAL_EVERY
-    assert iterations[-1] == projection.EARLY_ITERATIONS + projection.MAIN_ITERATIONS
-    assert all(p["kind"] == "embedding" and p["method"] == "tsne" and p["coords"].shape == (len(X), 2) for p in partials)
+    total = projection.EARLY_ITERATIONS + projection.MAIN_ITERATIONS
+    iterations = [p.iteration for p in partials]
+    assert iterations == sorted(iterations) and iterations[0] == projection.PARTIAL_EVERY and iterations[-1] == total
+    assert all(isinstance(p, MapLayout) and p.method == "tsne" and p.total_iterations == total for p in partials)
+    assert all(p.coords.shape == (len(X), 2) and p.colors is None for p in partials)
+    # without image ids the layouts name their rows by row number
+    assert all(np.array_equal(p.image_ids, np.arange(len(X))) for p in partials)
     # partials are copies: a later step does not rewrite an earlier one
-    assert not np.allclose(partials[0]["coords"], partials[-1]["coords"])
+    assert not np.allclose(partials[0].coords, partials[-1].coords)
     assert fractions[-1] == 1.0
     assert separation(coords, y) > 3
 
@@ -74,7 +78,7 @@ def test_tsne_cancels_inside_the_optimisation():
     with pytest.raises(JobCancelled):
         compute_embedding(context, X, "tsne")
     assert len(partials) == 1
-    assert run_job(compute_embedding, JobContext(cancel_event=cancel), X, "tsne").status == "cancelled"
+    assert run_job(compute_embedding, JobContext(cancel_event=cancel), X, "tsne").status is JobStatus.CANCELLED
 
 
 def test_embedding_job_gives_pca_first_then_tsne(project, monkeypatch):
@@ -86,25 +90,20 @@ def test_embedding_job_gives_pca_first_then_tsne(project, monkeypatch):
         calls.append((project_arg, backbone, layer))
         return ids, X
 
-    try:
-        import engine.features as features_module
-    except ImportError:  # the features engine has not landed in this checkout
-        features_module = types.ModuleType("engine.features")
-        monkeypatch.setitem(__import__("sys").modules, "engine.features", features_module)
-    monkeypatch.setattr(features_module, "load_features", fake_load_features, raising=False)
+    monkeypatch.setattr(extraction, "load_features", fake_load_features)
     monkeypatch.setattr(projection, "EARLY_ITERATIONS", 100)
     monkeypatch.setattr(projection, "MAIN_ITERATIONS", 100)
     partials = []
-    result = embedding_job(JobContext(on_partial=partials.append), project, "efficientnet_lite0", "head")
-    assert calls == [(project, "efficientnet_lite0", "head")]
-    assert partials[0]["method"] == "pca" and partials[0]["iteration"] == 0
-    assert [p["method"] for p in partials[1:]] == ["tsne"] * (len(partials) - 1) and len(partials) > 5
-    assert all(np.array_equal(p["image_ids"], ids) for p in partials)
-    colors = partials[0]["colors"]  # read in the job, so the window never has to
+    result = embedding_job(JobContext(on_partial=partials.append), project, "efficientnet_lite0", "pooled")
+    assert calls == [(project, "efficientnet_lite0", "pooled")]
+    assert partials[0].method == "pca" and partials[0].iteration == 0
+    assert [p.method for p in partials[1:]] == ["tsne"] * (len(partials) - 1) and len(partials) > 5
+    assert all(np.array_equal(p.image_ids, ids) for p in partials)
+    colors = partials[0].colors  # read in the job, so the window never has to
     np.testing.assert_array_equal(colors.image_ids, ids)
     assert (colors.class_ids == -1).all() and (colors.predicted == -1).all()
-    assert result["method"] == "tsne" and result["coords"].shape == (len(X), 2)
-    np.testing.assert_array_equal(result["image_ids"], ids)
+    assert isinstance(result, MapLayout) and result.method == "tsne" and result.coords.shape == (len(X), 2)
+    np.testing.assert_array_equal(result.image_ids, ids)
 
 
 def test_point_attributes_aligns_labels_sources_and_splits(project):
@@ -163,8 +162,13 @@ def test_map_colors_and_prediction_arrays_follow_the_active_version(project):
     assert projection.map_colors(project, [3, 4]).predicted.tolist() == [ants.id, -1]
 
 
-def test_align_and_background_threads():
+def test_align_puts_values_in_the_asked_order():
     values = projection.align(np.array([30, 10, 20]), np.array([3, 1, 2]), np.array([20, 99, 10, 30]), -1)
     assert values.tolist() == [2, -1, 1, 3]
     assert projection.align(np.zeros(0, np.int64), np.zeros(0, np.int64), np.array([1, 2]), -1).tolist() == [-1, -1]
-    assert 1 <= projection.background_threads() <= max(1, (__import__("os").cpu_count() or 2))
+
+
+def test_the_map_leaves_one_core_to_the_window(monkeypatch):
+    for cores, threads in ((None, 1), (1, 1), (2, 1), (8, 7)):
+        monkeypatch.setattr(os, "cpu_count", lambda cores=cores: cores)
+        assert projection.background_threads() == threads, cores

@@ -2,8 +2,10 @@
 
 A child process makes ``import torch`` (and torchvision, triton, efficientnet_lite_pytorch) raise
 ImportError, as in the packaged CPU edition, and finds features in shipped ONNX copies that this
-process makes from torch first (engine.onnx_backend.ship). The composed export (engine.onnx_compose)
-is also checked directly against LinearPredictor.predict_proba.
+process makes from torch first (engine.features.onnx_backend.ship). It never imports the engine.torch
+package, which the CPU edition leaves out (packaging/sortlab.spec) and only it may import torch
+(the import-linter contract in pyproject.toml). The composed export (engine.ship.onnx_compose) is also
+checked directly against LinearPredictor.predict_proba.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from engine.classifiers import LinearPredictor
+from engine.models.classifiers import LinearPredictor
 from tests.conftest import REPO_ROOT
 
 BLOCK_TORCH = textwrap.dedent("""
@@ -38,8 +40,8 @@ QUICK_LOOP = textwrap.dedent("""
     from pathlib import Path
 
     import main
-    from engine.demo import build_demo_project
-    from engine.jobs import JobContext
+    from engine.images.demo import build_demo_project
+    from engine.runtime.jobs import JobContext
 
     work = Path(sys.argv[1])
     project = work / "P.sortlab"
@@ -60,8 +62,10 @@ QUICK_LOOP = textwrap.dedent("""
     cli("predict", "predict", str(project), str(folder), "--csv")
     cli("finetune", "train", str(project), "--method", "finetune")
     cli("block6", "train", str(project), "--layer", "block6")
+    cli("backbones", "backbones", "--json")
     results["folder"] = str(folder)
-    results["torch_imported"] = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision"))
+    results["torch_imported"] = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision")
+                                       or m == "engine.torch" or m.startswith("engine.torch."))
     print(json.dumps(results))
 """)
 
@@ -69,8 +73,8 @@ QUICK_LOOP = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def shipped_models(tmp_path_factory):
     """A folder of shipped ONNX copies (Lite0, pooled layer only), made here with torch."""
-    from engine import onnx_backend
-    from engine.backbones import get_backbone
+    from engine.features import onnx_backend
+    from engine.features.backbones import get_backbone
 
     folder = tmp_path_factory.mktemp("shipped")
     with pytest.MonkeyPatch.context() as patch:  # reuse the session's export (see test_features)
@@ -114,11 +118,29 @@ def test_quick_loop_runs_with_torch_unimportable(shipped_models, tmp_path):
     same = [row.split(",")[:2] for row in bundle.stdout.strip().splitlines()]
     assert sorted(same) == sorted(row.split(",")[:2] for row in rows)
 
+    # The registry is plain data here: Lite networks ready, torchvision ones naming the full edition.
+    assert results["backbones"]["code"] == 0, results["backbones"]["stderr"][-2000:]
+    listed = {row["name"]: row for row in json.loads(results["backbones"]["stdout"])}
+    assert listed["efficientnet_lite0"]["available"] and listed["efficientnet_lite0"]["reason"] == ""
+    assert not listed["resnet18"]["available"] and "needs the full edition" in listed["resnet18"]["reason"]
+
     # What needs torch says so in one sentence, without a traceback.
     for step, words in (("finetune", "Thorough training"), ("block6", "block6 layer")):
         assert results[step]["code"] == 2
         assert words in results[step]["stderr"] and "needs the full edition" in results[step]["stderr"]
         assert "Traceback" not in results[step]["stderr"]
+
+
+def test_the_no_torch_lint_contract_covers_every_engine_package_but_engine_torch():
+    """A new engine sub-package falls under the contract that keeps torch in engine.torch (make lint)."""
+    import tomllib
+
+    contracts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    no_torch = next(c for c in contracts if "torch" in c.get("forbidden_modules", []))
+    packages = {f"engine.{path.parent.name}" for path in (REPO_ROOT / "engine").glob("*/__init__.py")}
+    assert "engine.torch" in packages and "engine.torch" not in no_torch["source_modules"]
+    assert (packages - {"engine.torch"}) | {"gui", "cli", "storage"} <= set(no_torch["source_modules"])
+    assert {"torch", "torchvision"} <= set(no_torch["forbidden_modules"])
 
 
 def _fake_backbone(dim: int = 12) -> bytes:
@@ -138,8 +160,8 @@ def _fake_backbone(dim: int = 12) -> bytes:
 def test_composed_network_computes_what_sortlab_computes(method, n_classes):
     import onnxruntime as ort
 
-    from engine.classifiers import LinearSVMClassifier, LogisticClassifier
-    from engine.onnx_compose import compose
+    from engine.models.classifiers import LinearSVMClassifier, LogisticClassifier
+    from engine.ship.onnx_compose import compose
 
     rng = np.random.default_rng(n_classes)
     centers = rng.normal(0, 3, size=(n_classes, 12))
@@ -160,8 +182,8 @@ def test_composed_network_computes_what_sortlab_computes(method, n_classes):
 
 
 def test_compose_refuses_a_graph_that_is_not_a_feature_extractor():
-    from engine.classifiers import LogisticClassifier
-    from engine.onnx_compose import compose
+    from engine.models.classifiers import LogisticClassifier
+    from engine.ship.onnx_compose import compose
 
     X = np.random.default_rng(0).normal(size=(20, 5)).astype(np.float32)
     predictor = LogisticClassifier(C=1.0).fit(X, np.repeat([1, 2], 10)).predictor_
@@ -169,13 +191,27 @@ def test_compose_refuses_a_graph_that_is_not_a_feature_extractor():
         compose(_fake_backbone(12), predictor)
 
 
+@pytest.fixture
+def torch_not_installed():
+    """``torch_available()`` answers as in the CPU edition, wherever it was imported, for one test."""
+    import importlib.util
+
+    from engine.runtime.edition import torch_available
+
+    real_find_spec = importlib.util.find_spec
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(importlib.util, "find_spec",
+                      lambda name, package=None: None if name == "torch" else real_find_spec(name, package))
+        torch_available.cache_clear()
+        yield
+    torch_available.cache_clear()
+
+
 @pytest.mark.gui
-def test_cpu_edition_training_panel_offers_thorough_training_as_full_edition_only(qtbot, project, monkeypatch):
-    import engine.edition
+def test_cpu_edition_training_panel_offers_thorough_training_as_full_edition_only(qtbot, project, torch_not_installed):
     from gui.runner import QtJobRunner
     from gui.training_panel import BackboneChoice, TrainingPanel
 
-    monkeypatch.setattr(engine.edition, "torch_available", lambda: False)
     runner = QtJobRunner()
     try:
         panel = TrainingPanel(runner, project, train_fn=lambda *a, **k: None, device="cpu", history_fn=lambda p: ([], []),

@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 from helpers.feature_projects import BACKBONE, LAYER, add_placeholder_images, make_feature_project
 
-from engine.backbones import get_backbone
-from engine.classifiers import LinearPredictor, NotEnoughLabelsError
-from engine.jobs import JobCancelled, JobContext
-from engine.training import train_model, train_on_cached_features
+from engine.features.backbones import get_backbone
+from engine.models.classifiers import LinearPredictor, NotEnoughLabelsError
+from engine.models.metrics import Metrics
+from engine.models.results import EpochResult
+from engine.models.training import train_model, train_on_cached_features
+from engine.runtime.jobs import JobCancelled, JobContext
 from storage import catalog, modelstore
 from storage.featurestore import ensure_feature_set, store_vectors
 from storage.splits import labeled_images
@@ -23,11 +25,12 @@ def test_small_dataset_is_cross_validated_with_out_of_fold_predictions(project):
     fp = make_feature_project(project, [20, 15, 12], unlabeled=10)
     result = train(project)
     m = result.metrics
-    assert (m["evaluation"], m["folds"], m["n_labeled"]) == ("5-fold CV", 5, 47)
-    assert m["accuracy"] > 0.9 and m["balanced_accuracy"] > 0.9
-    assert sum(v["support"] for v in m["per_class"].values()) == 47
-    assert set(m["per_source"]) == {"cam-a", "cam-b"}
-    assert m["confusion_matrix"]["labels"] == ["c0", "c1", "c2"]
+    assert (m.evaluation, m.folds, m.n_labeled) == ("5-fold CV", 5, 47)
+    assert m.accuracy > 0.9 and m.balanced_accuracy > 0.9
+    assert sum(v.support for v in m.per_class.values()) == 47
+    assert set(m.per_source) == {"cam-a", "cam-b"}
+    assert m.confusion_matrix.labels == ["c0", "c1", "c2"]
+    assert Metrics.from_json(modelstore.active_model(project).metrics) == m  # what the project stores
     table = modelstore.predictions(project)
     assert set(table) == set(fp.image_ids)
     for image_id, class_id in zip(fp.image_ids, fp.class_ids):
@@ -41,9 +44,9 @@ def test_large_dataset_uses_the_stored_holdout_split(project):
     make_feature_project(project, [130, 120], dim=16)
     result = train(project)
     m = result.metrics
-    assert m["evaluation"] == "holdout"
-    assert m["n_train"] + m["n_val"] == 250 and 45 <= m["n_val"] <= 55
-    assert sum(v["support"] for v in m["per_class"].values()) == m["n_val"]
+    assert m.evaluation == "holdout"
+    assert m.n_train + m.n_val == 250 and 45 <= m.n_val <= 55
+    assert sum(v.support for v in m.per_class.values()) == m.n_val
     val_side = {i.image_id for i in labeled_images(project) if i.split == "val"}
     table = modelstore.predictions(project)
     assert {i for i, p in table.items() if p.out_of_fold} == val_side
@@ -66,7 +69,7 @@ def test_quick_retrain_after_one_label_change_reuses_C_and_activates_the_new_ver
 def test_svm_model_is_calibrated_and_stored_as_safetensors(project):
     make_feature_project(project, [25, 25])
     result = train(project, method="svm")
-    assert result.metrics["accuracy"] > 0.9
+    assert result.metrics.accuracy > 0.9
     weights = modelstore.model_weights(project, result.model_version)
     predictor = LinearPredictor.from_bytes(weights)
     assert predictor.calib_a is not None and predictor.calib_a.shape == (1,)
@@ -75,16 +78,17 @@ def test_svm_model_is_calibrated_and_stored_as_safetensors(project):
 def test_tiny_dataset_trains_but_is_not_evaluated(project):
     make_feature_project(project, [1, 2, 1])
     result = train(project)
-    assert result.metrics["evaluation"] == "not evaluated"
-    assert "at least 2" in result.metrics["evaluation_note"]
-    # The headline keys are there, as null, never missing (CLI `train --json` readers index them).
-    assert result.metrics["accuracy"] is None and result.metrics["balanced_accuracy"] is None
+    assert result.metrics.evaluation == "not evaluated" and not result.metrics.evaluated
+    assert "at least 2" in result.metrics.evaluation_note
+    # The stored headline keys are there, as null, never missing (CLI `train --json` readers index them).
+    stored = modelstore.active_model(project).metrics
+    assert stored["accuracy"] is None and stored["balanced_accuracy"] is None
     assert len(modelstore.predictions(project)) == 4
 
 
 def test_cross_validation_chooses_C_inside_each_fold_unless_retraining_quickly(project, monkeypatch):
-    from engine import training
-    from engine.classifiers import DEFAULT_CS
+    from engine.models import training
+    from engine.models.classifiers import DEFAULT_CS
 
     make_feature_project(project, [20, 20], dim=8)
     fold_models = []
@@ -98,7 +102,7 @@ def test_cross_validation_chooses_C_inside_each_fold_unless_retraining_quickly(p
 
     monkeypatch.setattr(training, "out_of_fold_probabilities", spy)
     first = train(project, quick=False)
-    assert first.metrics["folds"] == 5 and len(fold_models) == 5
+    assert first.metrics.folds == 5 and len(fold_models) == 5
     # nested: every fold ran its own search over every C, on its own training part only
     assert all([r["C"] for r in m.cv_results_] == list(DEFAULT_CS) for m in fold_models)
     fold_models.clear()
@@ -108,7 +112,7 @@ def test_cross_validation_chooses_C_inside_each_fold_unless_retraining_quickly(p
 
 def test_two_per_class_is_cross_validated_with_two_folds(project):
     make_feature_project(project, [2, 2, 2], spread=0.3)
-    assert train(project).metrics["folds"] == 2
+    assert train(project).metrics.folds == 2
 
 
 def test_user_errors_come_before_any_feature_extraction(project):
@@ -168,7 +172,7 @@ def test_refreshing_many_predictions_writes_short_transactions(project, monkeypa
 
 
 def test_refresh_if_model_predicts_exactly_the_images_imported_after_training(project):
-    from engine.predicting import RefreshOutcome, refresh_if_model
+    from engine.models.predicting import RefreshOutcome, refresh_if_model
 
     assert refresh_if_model(JobContext(), project) is None  # no model yet: nothing to do
     dim = get_backbone(BACKBONE).feature_dim(LAYER)  # the real size: ensure_features empties a mismatched set
@@ -217,7 +221,7 @@ from PIL import Image as PILImage  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-from engine import finetune  # noqa: E402
+from engine.torch import finetune  # noqa: E402
 
 
 class TinyFeatures(nn.Module):
@@ -257,10 +261,11 @@ def test_fine_tuning_trains_head_then_network_with_epoch_curves():
     context, events = recording_context()
     config = finetune.FineTuneConfig(head_epochs=3, full_epochs=2, head_lr=0.05, full_lr=0.01, patience=5)
     report = finetune.fit_network(context, network, train_loader, val_loader, config, fine_tune=True)
-    epochs = [e for e in events["partial"] if e["kind"] == "epoch"]
-    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4, 5] and report.curves == epochs
-    assert [e["stage"] for e in epochs] == ["head"] * 3 + ["full"] * 2
-    assert {"train_loss", "train_acc", "val_loss", "val_acc"} <= set(epochs[0])
+    epochs = events["partial"]
+    assert all(isinstance(e, EpochResult) for e in epochs) and report.curves == epochs
+    assert [e.epoch for e in epochs] == [1, 2, 3, 4, 5]
+    assert [e.stage for e in epochs] == ["head"] * 3 + ["full"] * 2
+    assert all(e.val_loss is not None and 0 <= e.val_acc <= 1 for e in epochs)
     assert len(events["progress"]) >= 5 * len(train_loader)  # moves every batch
     loss, accuracy, proba = finetune.evaluate(network, nn.CrossEntropyLoss(), val_loader, torch.device("cpu"), context)
     assert accuracy >= 0.9 and proba.shape == (32, 2)
@@ -282,11 +287,21 @@ def test_early_stopping_keeps_the_best_epoch():
     config = finetune.FineTuneConfig(head_epochs=30, head_lr=5.0, patience=2)  # absurd lr: val loss degrades
     report = finetune.fit_network(JobContext(), network, train_loader, val_loader, config, fine_tune=False)
     assert report.stopped_early and len(report.curves) < 30
-    best = min(report.curves, key=lambda e: e["val_loss"])
-    assert report.best_epoch == best["epoch"]
+    best = min(report.curves, key=lambda e: e.val_loss)
+    assert report.best_epoch == best.epoch
     val_loss, *_ = finetune.evaluate(network, nn.CrossEntropyLoss(label_smoothing=0.1), val_loader,
                                      torch.device("cpu"), JobContext())
-    assert val_loss == pytest.approx(best["val_loss"], rel=1e-4)
+    assert val_loss == pytest.approx(best.val_loss, rel=1e-4)
+
+
+def test_epochs_without_validation_images_are_stored_without_validation_values():
+    network = finetune.ClassifierNetwork(TinyFeatures(), 8, 2)
+    train_loader, _ = colour_loaders()
+    config = finetune.FineTuneConfig(head_epochs=2, head_lr=0.05)
+    report = finetune.fit_network(JobContext(), network, train_loader, None, config, fine_tune=False)
+    assert [(e.val_loss, e.val_acc) for e in report.curves] == [(None, None)] * 2
+    row = report.curves[0].to_json()
+    assert row["kind"] == "epoch" and set(row) == {"kind", "epoch", "stage", "train_loss", "train_acc"}
 
 
 def test_cancelling_stops_within_a_batch():
@@ -319,7 +334,7 @@ def jpeg(colour, size=64) -> bytes:
 
 
 def test_probe_and_finetune_on_lite0_store_models_that_predict_files(project, tmp_path, monkeypatch):
-    from engine.predicting import predict_files, refresh_predictions
+    from engine.models.predicting import predict_files, refresh_predictions
     from storage.images import NewImage, add_images
 
     colours = {"red": (220, 40, 40), "blue": (40, 40, 220)}
@@ -334,7 +349,7 @@ def test_probe_and_finetune_on_lite0_store_models_that_predict_files(project, tm
     monkeypatch.setattr(finetune, "DEFAULT_CONFIG",
                         finetune.FineTuneConfig(head_epochs=1, full_epochs=1, head_lr=0.01, batch_size=8))
     probe = train_model(JobContext(), project, method="probe")
-    assert probe.metrics["n_labeled"] == 12 and len(modelstore.predictions(project)) == 12
+    assert probe.metrics.n_labeled == 12 and len(modelstore.predictions(project)) == 12
     assert modelstore.list_training_runs(project)[-1].curves[0]["kind"] == "epoch"
     tuned = train_model(JobContext(), project, method="finetune")
     assert [e["stage"] for e in modelstore.list_training_runs(project)[-1].curves] == ["head", "full"]

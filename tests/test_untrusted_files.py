@@ -21,7 +21,7 @@ from PIL import Image
 
 from helpers.proof import REPO_ROOT
 
-PREDICT_SCRIPT = REPO_ROOT / "engine" / "bundle_template" / "predict.py"
+PREDICT_SCRIPT = REPO_ROOT / "engine" / "ship" / "bundle_template" / "predict.py"
 SQL_NAMES = [
     "x'); DROP TABLE labels; --",
     'ant"; DELETE FROM images WHERE "1"="1',
@@ -96,7 +96,8 @@ def hub_dir(tmp_path, monkeypatch):
 
 
 def test_pickle_weights_file_picked_by_the_user_is_refused_safely(tmp_path, marker, hub_dir):
-    from engine.backbones import BackboneUnavailable, install_weights_file
+    from engine.features.backbones import BackboneUnavailable
+    from engine.torch.networks import install_weights_file
 
     for name, blob in _pickle_payloads(marker).items():
         source = tmp_path / f"{name}.pth"
@@ -109,7 +110,8 @@ def test_pickle_weights_file_picked_by_the_user_is_refused_safely(tmp_path, mark
 
 
 def test_pickle_in_the_hub_cache_is_refused_safely(marker, hub_dir):
-    from engine.backbones import BackboneUnavailable, get_backbone
+    from engine.features.backbones import BackboneUnavailable, get_backbone
+    from engine.torch.networks import load_backbone
 
     spec = get_backbone("resnet18")
     (hub_dir / "checkpoints").mkdir(parents=True)
@@ -118,12 +120,13 @@ def test_pickle_in_the_hub_cache_is_refused_safely(marker, hub_dir):
             (hub_dir / "checkpoints" / file_name).write_bytes(blob)
         assert spec.available
         with pytest.raises(BackboneUnavailable):
-            spec.load_model()
+            load_backbone(spec)
         assert not marker.exists(), name
 
 
 def test_refused_weights_file_message_is_one_clear_line(tmp_path, marker, hub_dir):
-    from engine.backbones import BackboneUnavailable, install_weights_file
+    from engine.features.backbones import BackboneUnavailable
+    from engine.torch.networks import install_weights_file
 
     for name, blob in _pickle_payloads(marker).items():
         source = tmp_path / f"{name}.pth"
@@ -165,8 +168,8 @@ def _poison_model(project, class_ids, weights: bytes) -> int:
 
 
 def test_pickle_in_stored_model_weights_is_refused_by_prediction(tmp_path, marker):
-    import engine.predicting as predicting
-    from engine.jobs import JobContext, run_job
+    import engine.models.predicting as predicting
+    from engine.runtime.jobs import JobContext, run_job
 
     project, class_ids = _image_row_project(tmp_path / "evil.sortlab")
     try:
@@ -214,7 +217,7 @@ MODEL_JSON = json.dumps({"classes": ["ant", "bee"], "preprocessing": {
 
 @pytest.mark.parametrize("evil_name", [
     "../model.json", "../../../tmp/sortlab-escape/model.onnx", "/abs/model.onnx", "a/../../model.json",
-    "C:/model.json", "..\\model.json",
+    "bundle/../../escaped.txt", "C:/model.json", "..\\model.json",
 ])
 def test_bundle_zip_with_escaping_member_names_is_refused(tmp_path, evil_name):
     predict = _load_predict_module()
@@ -289,8 +292,8 @@ def test_sql_in_class_names_is_stored_and_shown_verbatim(project):
 
 
 def test_sql_in_folder_names_imports_verbatim_classes(project, tmp_path):
-    from engine.importing import import_paths
-    from engine.jobs import JobContext
+    from engine.images.importing import import_paths
+    from engine.runtime.jobs import JobContext
     from storage import catalog
     from storage.images import image_count
 
@@ -307,8 +310,8 @@ def test_sql_in_folder_names_imports_verbatim_classes(project, tmp_path):
 
 
 def test_dataset_export_of_hostile_class_names_stays_inside_the_folder(project, tmp_path):
-    import engine.dataset_export as export
-    from engine.jobs import JobContext
+    import engine.ship.dataset_export as export
+    from engine.runtime.jobs import JobContext
     from storage import catalog
     from storage.images import NewImage, add_images
 
@@ -335,27 +338,12 @@ def test_dataset_export_of_hostile_class_names_stays_inside_the_folder(project, 
         assert name.replace('"', '""') in csv_labels, "labels are written verbatim in the CSV"
 
 
-# --- engine.export: zipped bundles from someone else, and poisoned weights -----------------------
-
-
-@pytest.mark.parametrize("evil_name", ["../escaped.txt", "bundle/../../escaped.txt", "/tmp/sortlab-abs-escape.txt",
-                                       "C:/escaped.txt", "..\\escaped.txt"])
-def test_export_refuses_zip_members_that_leave_the_folder(tmp_path, evil_name):
-    import engine.export as export
-    bundle = _bundle_zip(tmp_path / "evil.zip", {"bundle/model.onnx": b"x", "bundle/model.json": MODEL_JSON,
-                                                 evil_name: b"evil"})
-    before = set(tmp_path.rglob("*"))
-    with pytest.raises(export.UnsafeBundleError):
-        export.read_bundle_zip(bundle)
-    with pytest.raises(export.UnsafeBundleError):
-        export.extract_bundle_zip(bundle, tmp_path / "out")
-    assert set(tmp_path.rglob("*")) == before, "a refused zip must not write anything"
-    assert not Path("/tmp/sortlab-abs-escape.txt").exists()
+# --- engine.ship.export: poisoned weights -------------------------------------------------------------
 
 
 def test_export_of_a_model_whose_weights_are_a_pickle_runs_nothing(tmp_path, marker):
-    import engine.export as export
-    from engine.jobs import JobContext, run_job
+    import engine.ship.export as export
+    from engine.runtime.jobs import JobContext, run_job
 
     project, class_ids = _image_row_project(tmp_path / "evil.sortlab")
     try:
@@ -371,7 +359,7 @@ def test_export_of_a_model_whose_weights_are_a_pickle_runs_nothing(tmp_path, mar
 
 
 def test_stored_weights_that_are_a_pickle_never_unpickle(marker):
-    from engine.classifiers import LinearPredictor
+    from engine.models.classifiers import LinearPredictor
 
     for name, blob in _pickle_payloads(marker).items():
         with pytest.raises(Exception):
@@ -380,7 +368,7 @@ def test_stored_weights_that_are_a_pickle_never_unpickle(marker):
 
 
 def test_stored_weights_that_are_not_safetensors_give_a_value_error(marker):
-    from engine.classifiers import LinearPredictor
+    from engine.models.classifiers import LinearPredictor
 
     for name, blob in {**_pickle_payloads(marker), "empty": b"", "junk": b"\xff" * 64}.items():
         with pytest.raises(ValueError):

@@ -14,12 +14,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from engine.watch import (
-    CSV_HEADER,
+from engine.runtime.jobs import JobCancelled, JobContext, JobStatus, run_job
+from engine.ship.csv_rows import PREDICTIONS_CSV_HEADER
+from engine.ship.watch import (
     FailedPrediction,
     FolderWatcher,
     PredictBatchResult,
     PredictedRow,
+    WatchBatch,
     is_candidate,
     watch_folder,
 )
@@ -95,9 +97,9 @@ def test_watch_appends_rows_and_skips_failures(tmp_path):
     (folder / "readme.txt").write_text("ignored")
     out = tmp_path / "out.csv"
     predictor = RecordingPredictor()
-    report = watch_folder(folder, out, predictor, poll_seconds=0, stable_polls=1, max_polls=4)
+    report = watch_folder(JobContext(), folder, out, predictor, poll_seconds=0, stable_polls=1, max_polls=4)
     rows = _read_csv(out)
-    assert tuple(rows[0]) == CSV_HEADER
+    assert tuple(rows[0]) == PREDICTIONS_CSV_HEADER
     assert sorted(Path(r[0]).name for r in rows[1:]) == ["a.png", "b.png"]
     assert all(r[1] == "red" and float(r[2]) == 0.75 for r in rows[1:])
     assert report.predicted == 2
@@ -111,10 +113,10 @@ def test_restarted_watch_does_not_predict_files_already_in_the_csv(tmp_path):
     folder.mkdir()
     _png(folder / "a.png")
     out = tmp_path / "out.csv"
-    watch_folder(folder, out, RecordingPredictor(), poll_seconds=0, stable_polls=1, max_polls=3)
+    watch_folder(JobContext(), folder, out, RecordingPredictor(), poll_seconds=0, stable_polls=1, max_polls=3)
     _png(folder / "c.png", (0, 0, 255))
     second = RecordingPredictor()
-    watch_folder(folder, out, second, poll_seconds=0, stable_polls=1, max_polls=3)
+    watch_folder(JobContext(), folder, out, second, poll_seconds=0, stable_polls=1, max_polls=3)
     assert [Path(p).name for p in second.seen] == ["c.png"]
     rows = _read_csv(out)
     assert [r[0] for r in rows].count("path") == 1  # header written once
@@ -126,7 +128,6 @@ def test_only_new_ignores_files_present_at_start(tmp_path):
     folder.mkdir()
     _png(folder / "old.png")
     predictor = RecordingPredictor()
-    stop = threading.Event()
 
     def drop_later():
         time.sleep(0.15)
@@ -134,41 +135,66 @@ def test_only_new_ignores_files_present_at_start(tmp_path):
 
     dropper = threading.Thread(target=drop_later)
     dropper.start()
-    report = watch_folder(folder, tmp_path / "out.csv", predictor, poll_seconds=0.05, stable_polls=1,
-                          only_new=True, stop_event=stop, max_polls=20)
+    report = watch_folder(JobContext(), folder, tmp_path / "out.csv", predictor, poll_seconds=0.05, stable_polls=1,
+                          only_new=True, max_polls=20)
     dropper.join()
     assert [Path(p).name for p in predictor.seen] == ["new.png"]
     assert report.predicted == 1
 
 
-def test_stop_event_ends_the_loop(tmp_path):
-    stop = threading.Event()
-    timer = threading.Timer(0.2, stop.set)
+def test_watch_is_a_job_streaming_batches_until_cancelled(tmp_path):
+    """Each predicted batch arrives as a WatchBatch partial; a cancel ends the job CANCELLED with the
+    CSV complete up to the last batch."""
+    _png(tmp_path / "a.png")
+    (tmp_path / "broken.png").write_bytes(b"not really a png")
+    batches = []
+
+    def on_batch(batch):
+        batches.append(batch)
+        context.cancel()
+
+    context = JobContext(on_partial=on_batch)
+    outcome = run_job(watch_folder, context, tmp_path, tmp_path / "out.csv", RecordingPredictor(),
+                      poll_seconds=0, stable_polls=1)
+    assert outcome.status is JobStatus.CANCELLED
+    [batch] = batches
+    assert isinstance(batch, WatchBatch)
+    assert [Path(r.path).name for r in batch.rows] == ["a.png"]
+    assert [Path(f.path).name for f in batch.failed] == ["broken.png"]
+    assert [Path(r[0]).name for r in _read_csv(tmp_path / "out.csv")[1:]] == ["a.png"]
+
+
+def test_cancel_wakes_the_watch_between_polls(tmp_path):
+    context = JobContext()
+    timer = threading.Timer(0.2, context.cancel)
     timer.start()
     started = time.monotonic()
-    report = watch_folder(tmp_path, tmp_path / "out.csv", RecordingPredictor(), poll_seconds=0.05, stop_event=stop)
-    assert time.monotonic() - started < 5
-    assert report.polls >= 1
+    with pytest.raises(JobCancelled):
+        watch_folder(context, tmp_path, tmp_path / "out.csv", RecordingPredictor(), poll_seconds=60)
+    assert time.monotonic() - started < 30  # woken by the cancel, not by the 60 s poll interval
+    assert (tmp_path / "out.csv").read_text() == "path,class,probability\n"
 
 
 def test_missing_folder_is_an_error(tmp_path):
     with pytest.raises(NotADirectoryError):
-        watch_folder(tmp_path / "nope", tmp_path / "out.csv", RecordingPredictor(), max_polls=1)
+        watch_folder(JobContext(), tmp_path / "nope", tmp_path / "out.csv", RecordingPredictor(), max_polls=1)
 
 
 _CHILD = """
 import sys, time
 sys.path.insert(0, sys.argv[3])
-from engine.watch import PredictBatchResult, PredictedRow, watch_folder
+from engine.runtime.jobs import JobContext
+from engine.ship.watch import PredictBatchResult, PredictedRow, watch_folder
 
 def predict(paths):
     return PredictBatchResult(rows=[PredictedRow(p, "red", 0.5) for p in paths])
 
-def on_rows(rows):
-    print("predicted", len(rows), flush=True)
+def on_batch(batch):
+    print("predicted", len(batch.rows), flush=True)
 
 try:
-    watch_folder(sys.argv[1], sys.argv[2], predict, poll_seconds=0.05, stable_polls=1, on_rows=on_rows)
+    watch_folder(JobContext(on_partial=on_batch), sys.argv[1], sys.argv[2], predict, poll_seconds=0.05,
+                 stable_polls=1)
 except KeyboardInterrupt:
     print("interrupted", flush=True)
     sys.exit(130)
@@ -203,11 +229,11 @@ def test_csv_paths_follow_the_folder_as_given_and_resume_from_relative_rows(tmp_
     (tmp_path / "drops" / "cam1").mkdir(parents=True)
     _png(tmp_path / "drops" / "cam1" / "a.png")
     predictor = RecordingPredictor()
-    watch_folder("drops", "out.csv", predictor, poll_seconds=0, stable_polls=1, max_polls=3)
+    watch_folder(JobContext(), "drops", "out.csv", predictor, poll_seconds=0, stable_polls=1, max_polls=3)
     assert all(os.path.isabs(p) for p in predictor.seen)  # the predict function gets absolute paths
     assert [r[0] for r in _read_csv(tmp_path / "out.csv")[1:]] == [os.path.join("drops", "cam1", "a.png")]
     again = RecordingPredictor()
-    watch_folder("drops", "out.csv", again, poll_seconds=0, stable_polls=1, max_polls=3)
+    watch_folder(JobContext(), "drops", "out.csv", again, poll_seconds=0, stable_polls=1, max_polls=3)
     assert again.seen == []
 
 
@@ -216,21 +242,21 @@ def test_without_a_csv_file_rows_go_to_the_stream(tmp_path):
 
     _png(tmp_path / "a.png")
     stream = io.StringIO()
-    report = watch_folder(tmp_path, None, RecordingPredictor(), poll_seconds=0, stable_polls=1, max_polls=3,
-                          stream=stream)
+    report = watch_folder(JobContext(), tmp_path, None, RecordingPredictor(), poll_seconds=0, stable_polls=1,
+                          max_polls=3, stream=stream)
     assert report.predicted == 1
     rows = list(csv.reader(io.StringIO(stream.getvalue())))
-    assert tuple(rows[0]) == CSV_HEADER and rows[1] == [str(tmp_path / "a.png"), "red", "0.750000"]
+    assert tuple(rows[0]) == PREDICTIONS_CSV_HEADER and rows[1] == [str(tmp_path / "a.png"), "red", "0.750000"]
 
 
 def test_dotted_folder_is_shown_like_predict_csv_shows_it(tmp_path, monkeypatch):
     """`./drops` prints as `drops/...`, exactly as `predict --csv ./drops` does (pathlib's spelling)."""
-    from engine.importing import collect_items
+    from engine.images.importing import collect_items
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "drops").mkdir()
     _png(tmp_path / "drops" / "a.png")
-    watch_folder("./drops", "out.csv", RecordingPredictor(), poll_seconds=0, stable_polls=1, max_polls=3)
+    watch_folder(JobContext(), "./drops", "out.csv", RecordingPredictor(), poll_seconds=0, stable_polls=1, max_polls=3)
     items, _skipped, _failed = collect_items(["./drops"])
     assert [r[0] for r in _read_csv(tmp_path / "out.csv")[1:]] == [item.path for item in items]
 

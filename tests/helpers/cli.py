@@ -1,14 +1,15 @@
-"""Run Sortlab's CLI in-process from a test and capture what it printed."""
+"""Run Sortlab's CLI in-process from a test and capture what that one command printed."""
 
 from __future__ import annotations
 
 import json
 
-import main
+from main import run_cli
 
 
 def cli(capsys, *args) -> tuple[int, str, str]:
-    code = main.main([str(a) for a in args])
+    capsys.readouterr()  # drop what earlier steps of the test printed
+    code = run_cli([str(a) for a in args])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 

@@ -80,8 +80,8 @@ def label_task(project, rng: random.Random, pause: float = 0.0) -> None:
 
 
 def import_task(project, folder: Path) -> None:
-    import engine.importing as importing
-    from engine.jobs import JobContext
+    import engine.images.importing as importing
+    from engine.runtime.jobs import JobContext
 
     original = importing.add_images
 
@@ -99,9 +99,9 @@ def train_task(project) -> None:
     """Train on the features already cached (fast), then extract features for a few batches, again.
 
     Both write: a training run and a model version with its predictions, and feature batches."""
-    from engine.jobs import JobCancelled, JobContext
-    from engine.features import ensure_features
-    from engine.training import resolve_backbone, train_on_cached_features
+    from engine.runtime.jobs import JobCancelled, JobContext
+    from engine.features.extraction import ensure_features
+    from engine.models.training import resolve_backbone, train_on_cached_features
 
     backbone, layer = resolve_backbone(None, None)
     while True:

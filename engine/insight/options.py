@@ -1,0 +1,63 @@
+"""What the training panel offers on this machine (the backbones with weights here, the compute
+device) and the start-up warm-up job that finds out. No Qt here.
+
+Finding out imports torch, the training engine and openTSNE: each first import holds the GIL for
+long stretches, which would stall the window in the middle of the user's first training or map.
+At start-up, in a background job, nobody waits for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.features.backbones import DEFAULT_BACKBONE, BackboneSpec, get_backbone, list_backbones
+from engine.runtime.jobs import JobContext
+
+
+@dataclass(frozen=True)
+class BackboneChoice:
+    """A backbone as the panel offers it: its feature layers, the default one first."""
+
+    name: str
+    title: str
+    layers: tuple[str, ...]
+    default_layer: str
+
+    @classmethod
+    def of(cls, spec: BackboneSpec) -> BackboneChoice:
+        return cls(spec.name, spec.title, spec.layers, spec.default_layer)
+
+
+def default_backbone_choice() -> BackboneChoice:
+    """The backbone offered before the warm-up job has looked for others (always installed)."""
+    return BackboneChoice.of(get_backbone(DEFAULT_BACKBONE))
+
+
+def available_backbones() -> list[BackboneChoice]:
+    """The backbones whose weights are on this machine (every known one if none is)."""
+    specs = list_backbones(available_only=True) or list_backbones()
+    return [BackboneChoice.of(spec) for spec in specs]
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    """The warm-up job's answer; a part that was not asked for is None."""
+
+    device: str | None = None  # where training runs, in words ("GPU: ...", "CPU, 8 threads ...")
+    backbones: list[BackboneChoice] | None = None
+
+
+def training_options_job(context: JobContext, want_device: bool, want_backbones: bool) -> TrainingOptions:
+    """Background job body: warm up the imports (see the module docstring), then answer."""
+    import onnxruntime  # noqa: F401  (the first feature extraction imports it: ~0.3 s of GIL)
+
+    import engine.models.training  # noqa: F401
+    from engine.features.runners import device_name
+    from engine.insight.projection import warm_up
+
+    context.check_cancelled()
+    warm_up()  # the map's t-SNE
+    return TrainingOptions(
+        device=device_name() if want_device else None,
+        backbones=available_backbones() if want_backbones else None,
+    )

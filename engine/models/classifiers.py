@@ -1,0 +1,308 @@
+"""Linear classifiers on cached deep features, with scikit-learn conventions and no pickle.
+
+``LogisticClassifier`` and ``LinearSVMClassifier`` standardize features in a Pipeline, weight
+classes by inverse frequency (``class_weight='balanced'``), pick the regularization C by
+stratified cross-validation when there are enough labels, and are reproducible with a seed.
+After fitting, every prediction goes through ``LinearPredictor``: the learned arrays alone
+(scaler mean/scale, coef, intercept, sigmoid calibration), which save to safetensors bytes. The
+predictor holds them exactly as they are saved (C order, float64, read-only), so the fitted model,
+the loaded one (app, CLI) and the exported one run the same BLAS kernel on the same bits: a matrix
+in Fortran order takes another kernel on AVX-512 CPUs and rounds differently in the last bits.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from safetensors.numpy import load as load_safetensors
+from safetensors.numpy import save as save_safetensors
+from scipy.special import expit, softmax
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import LinearSVC
+from sklearn.utils.class_weight import compute_sample_weight
+from threadpoolctl import threadpool_limits
+
+from storage.errors import ProjectError
+
+# Standardized 1280-d deep features with few labels want strong regularization: search low C.
+DEFAULT_CS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+DEFAULT_C = 0.1
+MAX_FOLDS = 5
+# Below this many feature values, BLAS threads cost more than they save (badly so on a busy 2-core CPU).
+SINGLE_THREAD_BELOW = 4_000_000
+
+
+class NotEnoughLabelsError(ProjectError):
+    """Training needs at least two classes with labeled images."""
+
+
+def check_labels(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Classes and their counts, or a clear error when there is nothing to tell apart."""
+    y = np.asarray(y)
+    if y.size == 0:
+        raise NotEnoughLabelsError("No labeled images yet: label images of at least two classes first.")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError("Class labels must be integer class ids.")
+    classes, counts = np.unique(y, return_counts=True)
+    if classes.size < 2:
+        raise NotEnoughLabelsError(
+            "Only one class has labeled images: label images of at least two classes to train a classifier."
+        )
+    return classes, counts
+
+
+def fold_count(counts: np.ndarray, max_folds: int = MAX_FOLDS) -> int:
+    """Stratified folds the labels allow: every class needs an image in every fold (0 = too few)."""
+    folds = min(max_folds, int(np.min(counts)))
+    return folds if folds >= 2 else 0
+
+
+_ARRAY_FIELDS = ("classes", "mean", "scale", "coef", "intercept", "calib_a", "calib_b")
+
+
+def _stored_array(value, dtype) -> np.ndarray:
+    """A private, read-only, C-ordered copy in the saved dtype (what from_bytes gives back too)."""
+    array = np.array(value, dtype=dtype, order="C", copy=True)
+    array.setflags(write=False)
+    return array
+
+
+@dataclass(frozen=True)
+class LinearPredictor:
+    """A fitted linear classifier as plain arrays: standardize, project, then softmax or calibrated sigmoids.
+
+    ``coef`` has one row for two classes (the positive, second class) and one per class otherwise.
+    With ``calib_a``/``calib_b`` each decision value f becomes 1 / (1 + exp(a f + b)) (Platt scaling,
+    as scikit-learn's CalibratedClassifierCV does), renormalized over classes; without, softmax.
+    """
+
+    classes: np.ndarray
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray
+    intercept: np.ndarray
+    calib_a: np.ndarray | None = None
+    calib_b: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        # The one place that fixes layout and dtype: every constructor (fit, from_bytes, warm start) goes through it.
+        for name in _ARRAY_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, _stored_array(value, np.int64 if name == "classes" else np.float64))
+
+    @property
+    def n_features(self) -> int:
+        return int(self.coef.shape[1])
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        X = np.ascontiguousarray(X, dtype=np.float64)  # same layout from every caller, same kernel
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise ValueError(f"Expected features of shape (N, {self.n_features}), got {X.shape}.")
+        return ((X - self.mean) / self.scale) @ self.coef.T + self.intercept
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        scores = self.decision_function(X)
+        binary = self.coef.shape[0] == 1
+        if self.calib_a is not None:
+            p = expit(-(self.calib_a * scores + self.calib_b))
+            if binary:
+                return np.column_stack([1.0 - p[:, 0], p[:, 0]])
+            total = p.sum(axis=1, keepdims=True)
+            uniform = np.full_like(p, 1.0 / p.shape[1])
+            return np.divide(p, total, out=uniform, where=total != 0)
+        if binary:
+            p = expit(scores[:, 0])
+            return np.column_stack([1.0 - p, p])
+        return softmax(scores, axis=1)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.classes[np.argmax(self.predict_proba(X), axis=1)]
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays as saved, by name (calibration only when there is one)."""
+        return {name: getattr(self, name) for name in _ARRAY_FIELDS if getattr(self, name) is not None}
+
+    def to_bytes(self) -> bytes:
+        return save_safetensors(self.arrays(), metadata={"format": "sortlab-linear-1"})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> LinearPredictor:
+        try:
+            arrays = load_safetensors(data)
+        except Exception as exc:  # safetensors raises its own SafetensorError for foreign bytes
+            raise ValueError("Not a Sortlab linear model (not a safetensors file).") from exc
+        missing = {"classes", "mean", "scale", "coef", "intercept"} - set(arrays)
+        if missing:
+            raise ValueError(f"Not a Sortlab linear model (missing {', '.join(sorted(missing))}).")
+        return cls(arrays["classes"], arrays["mean"], arrays["scale"], arrays["coef"], arrays["intercept"],
+                   arrays.get("calib_a"), arrays.get("calib_b"))
+
+
+class _LinearFeatureClassifier(ClassifierMixin, BaseEstimator):
+    """Shared fitting logic: validate labels, choose C by cross-validation, fit, export arrays."""
+
+    cv_scoring = "balanced_accuracy"
+
+    def __init__(self, C: float | None = None, Cs=DEFAULT_CS, max_folds: int = MAX_FOLDS, random_state: int = 0,
+                 warm_start_from: LinearPredictor | None = None):
+        self.C = C
+        self.Cs = Cs
+        self.max_folds = max_folds
+        self.random_state = random_state
+        self.warm_start_from = warm_start_from
+
+    def _linear_model(self, C: float):
+        raise NotImplementedError
+
+    def _pipeline(self, C: float) -> Pipeline:
+        return Pipeline([("scale", StandardScaler()), ("model", self._linear_model(C))])
+
+    def _choose_C(self, X: np.ndarray, y: np.ndarray, counts: np.ndarray) -> float:
+        folds = fold_count(counts, self.max_folds)
+        if self.C is not None:
+            return float(self.C)
+        if folds == 0 or len(self.Cs) == 1:
+            self.cv_results_ = []
+            return float(self.Cs[0]) if len(self.Cs) == 1 else DEFAULT_C
+        search = GridSearchCV(
+            self._pipeline(DEFAULT_C), {"model__C": list(self.Cs)}, scoring=self.cv_scoring,
+            cv=StratifiedKFold(folds, shuffle=True, random_state=self.random_state), n_jobs=1, error_score="raise",
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            search.fit(X, y)
+        self.cv_results_ = [
+            {"C": float(c), "score": float(s)}
+            for c, s in zip(search.cv_results_["param_model__C"], search.cv_results_["mean_test_score"])
+        ]
+        return float(search.best_params_["model__C"])
+
+    def fit(self, X, y):
+        X = np.asarray(X, dtype=np.float32)
+        y = np.asarray(y)
+        classes, counts = check_labels(y)
+        if X.ndim != 2 or X.shape[0] != y.shape[0]:
+            raise ValueError(f"X has shape {X.shape} but there are {y.shape[0]} labels.")
+        self.classes_ = classes
+        self.n_features_in_ = X.shape[1]
+        self.cv_results_ = []
+        with threadpool_limits(1 if X.size < SINGLE_THREAD_BELOW else None):
+            self.C_ = self._choose_C(X, y, counts)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                self.predictor_ = self._fit_predictor(X, y, counts)
+        return self
+
+    def _fit_predictor(self, X, y, counts) -> LinearPredictor:
+        raise NotImplementedError
+
+    def _check_fitted(self) -> LinearPredictor:
+        predictor = getattr(self, "predictor_", None)
+        if predictor is None:
+            raise RuntimeError("This classifier is not fitted yet.")
+        return predictor
+
+    def decision_function(self, X) -> np.ndarray:
+        return self._check_fitted().decision_function(X)
+
+    def predict_proba(self, X) -> np.ndarray:
+        return self._check_fitted().predict_proba(X)
+
+    def predict(self, X) -> np.ndarray:
+        return self._check_fitted().predict(X)
+
+    def to_bytes(self) -> bytes:
+        return self._check_fitted().to_bytes()
+
+
+class LogisticClassifier(_LinearFeatureClassifier):
+    """Multinomial logistic regression; ``warm_start_from`` (a previous predictor with the same classes and
+    features) starts the solver from the old solution, which makes retraining after one label change quick."""
+
+    cv_scoring = "neg_log_loss"
+
+    def _linear_model(self, C: float) -> LogisticRegression:
+        return LogisticRegression(C=C, class_weight="balanced", max_iter=2000, random_state=self.random_state)
+
+    def _fit_predictor(self, X, y, counts) -> LinearPredictor:
+        pipeline = self._pipeline(self.C_)
+        warm = self.warm_start_from
+        if warm is not None and np.array_equal(warm.classes, self.classes_) and warm.n_features == X.shape[1]:
+            scaler = pipeline.named_steps["scale"].fit(X)
+            model = pipeline.named_steps["model"]
+            # Move the old solution into the new scaling: w' = w * s_new / s_old, b' shifted to match.
+            coef = warm.coef * (scaler.scale_ / warm.scale)
+            intercept = warm.intercept + warm.coef @ ((scaler.mean_ - warm.mean) / warm.scale)
+            model.set_params(warm_start=True)
+            model.coef_, model.intercept_ = coef, intercept
+            model.fit(scaler.transform(X), y)
+        else:
+            pipeline.fit(X, y)
+        scaler, model = pipeline.named_steps["scale"], pipeline.named_steps["model"]
+        self.n_iter_ = int(np.max(model.n_iter_))
+        return LinearPredictor(self.classes_, scaler.mean_, scaler.scale_, model.coef_, model.intercept_)
+
+
+class LinearSVMClassifier(_LinearFeatureClassifier):
+    """Linear SVM (one-vs-rest) with sigmoid-calibrated probabilities: CalibratedClassifierCV on held-out
+    decision values when every class has two or more images, else Platt scaling on the training scores."""
+
+    def _linear_model(self, C: float) -> LinearSVC:
+        return LinearSVC(C=C, class_weight="balanced", max_iter=5000, random_state=self.random_state)
+
+    def _fit_predictor(self, X, y, counts) -> LinearPredictor:
+        folds = fold_count(counts, self.max_folds)
+        if folds:
+            # Balanced weights for the sigmoids too: calibrated on the raw class frequencies they would
+            # bring the training prior back and undo the SVM's class weights at predict time.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*does not appear to accept sample_weight")
+                calibrated = CalibratedClassifierCV(
+                    self._pipeline(self.C_), method="sigmoid", ensemble=False,
+                    cv=StratifiedKFold(folds, shuffle=True, random_state=self.random_state),
+                ).fit(X, y, sample_weight=compute_sample_weight("balanced", y))
+            fitted = calibrated.calibrated_classifiers_[0]
+            pipeline, calibrators = fitted.estimator, fitted.calibrators
+            calib_a = np.array([c.a_ for c in calibrators], dtype=np.float64)
+            calib_b = np.array([c.b_ for c in calibrators], dtype=np.float64)
+        else:
+            pipeline = self._pipeline(self.C_).fit(X, y)
+            calib_a, calib_b = _platt_on_training_scores(pipeline.decision_function(X), y, self.classes_)
+        scaler, model = pipeline.named_steps["scale"], pipeline.named_steps["model"]
+        return LinearPredictor(self.classes_, scaler.mean_, scaler.scale_, model.coef_, model.intercept_,
+                               calib_a, calib_b)
+
+
+def _platt_on_training_scores(scores: np.ndarray, y: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One regularized sigmoid per decision column (too few images to hold any out)."""
+    scores = scores.reshape(len(y), -1)
+    positives = [classes[1]] if scores.shape[1] == 1 else list(classes)
+    a, b = [], []
+    for column, positive in enumerate(positives):
+        fit = LogisticRegression(C=1.0, class_weight="balanced").fit(scores[:, [column]], (y == positive).astype(int))
+        a.append(-float(fit.coef_[0, 0]))
+        b.append(-float(fit.intercept_[0]))
+    return np.array(a), np.array(b)
+
+
+CLASSIFIERS = {"logreg": LogisticClassifier, "svm": LinearSVMClassifier}
+
+
+def make_classifier(method: str, **params) -> _LinearFeatureClassifier:
+    if method not in CLASSIFIERS:
+        raise ValueError(f"Unknown feature classifier '{method}' (choose from {', '.join(CLASSIFIERS)}).")
+    return CLASSIFIERS[method](**params)
+
+
+def refit_with_C(estimator: _LinearFeatureClassifier, C: float, warm_start_from: LinearPredictor | None = None):
+    """An unfitted copy with C fixed (no search), e.g. for cross-validation folds."""
+    return clone(estimator).set_params(C=C, warm_start_from=warm_start_from)

@@ -1,0 +1,88 @@
+"""The main window's docks: where panels go when they are added, and the window layout (geometry,
+docks, toolbar) kept in QSettings so the app reopens as the user left it.
+
+Each panel sits in a frameless scroll area: a panel's own minimum size (a plot, a row of buttons)
+never sets the window's minimum size. Squeezed, a panel scrolls; so the window fits a 1366 x 768
+laptop screen with every panel open, and 1024 x 700 as well."""
+
+from __future__ import annotations
+
+import re
+
+from PySide6.QtCore import QSettings, Qt
+from PySide6.QtWidgets import QDockWidget, QFrame, QMainWindow, QMenu, QScrollArea, QWidget
+
+LEFT_DOCK_WIDTH = 210  # the classes panel: names and counts
+RIGHT_DOCK_WIDTH = 400  # training, map and report: wide enough for their plots
+MIN_DOCK_WIDTH = 150  # the narrowest a side panel gets before the user closes or tabs it
+MIN_DOCK_HEIGHT = 120
+
+
+def panel_of(dock: QDockWidget) -> QWidget:
+    """The panel a dock shows (inside its scroll area)."""
+    holder = dock.widget()
+    return holder.widget() if isinstance(holder, QScrollArea) else holder
+
+
+class DockLayout:
+    """Adds panels as docks of ``window`` and saves and restores the window's layout."""
+
+    def __init__(self, window: QMainWindow, settings: QSettings):
+        self.window = window
+        self.settings = settings
+        self.docks: list[QDockWidget] = []
+        self.view_menu: QMenu | None = None  # once set, each dock's show/hide action is listed there
+
+    def add(self, widget: QWidget, title: str, area: Qt.DockWidgetArea) -> QDockWidget:
+        """Dock a panel; panels added to the same side share it as tabs."""
+        window = self.window
+        dock = QDockWidget(title, window)
+        dock.setObjectName("dock-" + re.sub(r"\W+", "-", title.lower()).strip("-"))  # saveState's key
+        holder = QScrollArea()
+        holder.setWidget(widget)
+        holder.setWidgetResizable(True)
+        holder.setFrameShape(QFrame.Shape.NoFrame)
+        holder.setMinimumSize(MIN_DOCK_WIDTH, MIN_DOCK_HEIGHT)
+        dock.setWidget(holder)
+        dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable
+                         | QDockWidget.DockWidgetFeature.DockWidgetFloatable
+                         | QDockWidget.DockWidgetFeature.DockWidgetClosable)
+        neighbour = next((d for d in self.docks if window.dockWidgetArea(d) == area), None)
+        window.addDockWidget(area, dock)
+        if neighbour is not None:
+            window.tabifyDockWidget(neighbour, dock)
+            neighbour.raise_()
+        self.docks.append(dock)
+        if self.view_menu is not None:
+            self.view_menu.addAction(dock.toggleViewAction())
+        return dock
+
+    def list_in(self, view_menu: QMenu) -> None:
+        """Show/hide actions of the docks so far, and of every dock added later, go into this menu."""
+        self.view_menu = view_menu
+        for dock in self.docks:
+            view_menu.addAction(dock.toggleViewAction())
+
+    def restore(self) -> None:
+        """Geometry, docks and toolbar as the user left them (call once every dock exists)."""
+        geometry = self.settings.value("window/geometry")
+        state = self.settings.value("window/state")
+        if geometry is not None:
+            self.window.restoreGeometry(geometry)
+        if state is not None:
+            self.window.restoreState(state)
+        else:
+            self.apply_default_sizes()
+
+    def apply_default_sizes(self) -> None:
+        """First run: narrow side panels so the grid gets most of the window."""
+        window = self.window
+        sides = [d for d in self.docks if not d.isFloating()]
+        widths = [LEFT_DOCK_WIDTH if window.dockWidgetArea(d) == Qt.DockWidgetArea.LeftDockWidgetArea
+                  else RIGHT_DOCK_WIDTH for d in sides]
+        window.resizeDocks(sides, widths, Qt.Orientation.Horizontal)
+
+    def save(self) -> None:
+        self.settings.setValue("window/geometry", self.window.saveGeometry())
+        self.settings.setValue("window/state", self.window.saveState())
+        self.settings.sync()
