@@ -32,7 +32,10 @@ def os_error_line(exc: OSError) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cli import feature_commands, model_commands, next_commands, project_commands, review_commands, ship_commands
+    from cli import (
+        explain_commands, feature_commands, model_commands, next_commands, project_commands, review_commands,
+        ship_commands,
+    )
     from storage.project import app_version
 
     parser = SortlabArgumentParser(
@@ -42,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"Sortlab {app_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (project_commands, feature_commands, model_commands, ship_commands, review_commands, next_commands):
+    for module in (project_commands, feature_commands, model_commands, ship_commands, review_commands, next_commands,
+                   explain_commands):
         module.register(subparsers)
     return parser
 

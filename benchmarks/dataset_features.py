@@ -32,9 +32,32 @@ class LabeledSet:
     X: np.ndarray  # float32 (N, D)
 
 
+DIGITS_DEMO = "digits-demo"
+
+
 def dataset_dir(name: str) -> Path | None:
+    if name == DIGITS_DEMO:
+        return _digits_demo_dir()
     folder = SHARED_DATA / name
     return folder if folder.is_dir() else None
+
+
+def _digits_demo_dir() -> Path:
+    """Every scikit-learn digit rendered as the demo project renders it (engine.images.demo), written once
+    as PNG files, folder per class, under the cache folder."""
+    from sklearn.datasets import load_digits
+
+    from engine.images.demo import demo_items
+
+    folder = cache_dir() / "datasets" / DIGITS_DEMO
+    done = folder / ".complete"
+    if not done.exists():
+        for item in demo_items(n_images=len(load_digits().target), labeled_fraction=1.0):
+            target = folder / str(item.class_name) / Path(item.path).name.replace("digit-", f"{item.source}-")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(item.data)
+        done.touch()
+    return folder
 
 
 def _class_files(root: Path) -> list[tuple[str, str]]:
@@ -53,25 +76,75 @@ def cache_dir() -> Path:
     return folder
 
 
-def load_labeled_set(name: str, backbone: str = "efficientnet_lite0", layer: str | None = None) -> LabeledSet | None:
-    """The data set's features (computed and cached on first use); None when the data set is absent."""
+VIEWS = (None, "flip")
+
+
+class _MirroredRunner:
+    """A loaded feature runner fed the mirror image of every network input (left-right flip of the
+    preprocessed pixels): the features of the test-time view, through the engine's own pipeline."""
+
+    def __init__(self, runner):
+        self._runner = runner
+        self.spec, self.batch_size = runner.spec, runner.batch_size
+        self.parallel_calls = getattr(runner, "parallel_calls", 1)
+
+    def run_one(self, batch: np.ndarray) -> np.ndarray:
+        return self._runner.run_one(np.ascontiguousarray(batch[..., ::-1]))
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self._runner.run(np.ascontiguousarray(batch[..., ::-1]))
+
+
+def _extract(paths: list[str], backbone: str, layer: str | None, views: str | None):
+    from engine.features.extraction import _pipeline, features_for_files, get_runner
+    from engine.images.imaging import ImageDecodeError, read_image_file
+    from engine.runtime.jobs import JobContext
+
+    def report(fraction: float, message: str) -> None:
+        print(f"\r{message} {fraction:5.1%}", end="", file=sys.stderr, flush=True)
+
+    if views is None:
+        return features_for_files(JobContext(report), paths, backbone, layer)
+
+    def load(batch):
+        found = {}
+        for path in batch:
+            try:
+                found[path] = read_image_file(path)
+            except ImageDecodeError as exc:
+                found[path] = exc
+        return found
+
+    ok_paths, chunks = [], []
+
+    def consume(batch_paths, vectors):
+        ok_paths.extend(batch_paths)
+        chunks.append(np.asarray(vectors, dtype=np.float32))
+
+    runner = _MirroredRunner(get_runner(backbone, layer))
+    failed = _pipeline(JobContext(report), runner, paths, load, consume, f"Mirrored {backbone} features")
+    return ok_paths, np.concatenate(chunks), failed
+
+
+def load_labeled_set(name: str, backbone: str = "efficientnet_lite0", layer: str | None = None,
+                     views: str | None = None) -> LabeledSet | None:
+    """The data set's features (computed and cached on first use); None when the data set is absent.
+
+    ``views="flip"``: the features of each image's mirror image instead (rows in the same order)."""
+    if views not in VIEWS:
+        raise ValueError(f"views must be one of {VIEWS}")
     root = dataset_dir(name)
     if root is None:
         return None
     files = _class_files(root)
     key = hashlib.sha256("\n".join(p for p, _ in files).encode()).hexdigest()[:12]
-    cached = cache_dir() / f"{name}-{backbone}-{layer or 'default'}-{key}.npz"
+    suffix = f"-{views}" if views else ""
+    cached = cache_dir() / f"{name}-{backbone}-{layer or 'default'}{suffix}-{key}.npz"
     if cached.exists():
         data = np.load(cached, allow_pickle=False)
         paths, X = data["paths"].tolist(), data["X"]
     else:
-        from engine.features.extraction import features_for_files
-        from engine.runtime.jobs import JobContext
-
-        def report(fraction: float, message: str) -> None:
-            print(f"\r{message} {fraction:5.1%}", end="", file=sys.stderr, flush=True)
-
-        paths, X, failed = features_for_files(JobContext(report), [p for p, _ in files], backbone, layer)
+        paths, X, failed = _extract([p for p, _ in files], backbone, layer, views)
         print(f"\n{len(paths)} images, {len(failed)} unreadable", file=sys.stderr)
         np.savez(cached, paths=np.array(paths), X=X)
     class_of = dict(files)

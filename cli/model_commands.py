@@ -22,11 +22,13 @@ from cli.common import (
     stderr_progress_context,
 )
 from engine.features.backbones import DEFAULT_BACKBONE
+from engine.insight.advice import Advice, project_advice
 from engine.models.methods import DEFAULT_METHOD, METHODS
 from engine.models.metrics import Metrics
 from engine.models.predicting import FilePredictions, predict_files
+from engine.models.results import TrainResult
 from engine.models.training import train_model
-from engine.runtime.jobs import JobCancelled
+from engine.runtime.jobs import JobCancelled, JobContext
 from engine.ship.csv_rows import PREDICTIONS_CSV_HEADER, prediction_csv_row
 from storage.errors import ProjectError
 from storage.modelstore import ModelInfo, list_models, set_active_model
@@ -88,24 +90,38 @@ def _fmt(value) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
 
 
+def _advice(context: JobContext, project, result: TrainResult, seed: int) -> Advice | None:
+    """How many more labels each class needs, on the features the new version trained on (None when
+    Ctrl+C stops it: the new version is stored by then)."""
+    try:
+        return project_advice(context, project, result.method, result.backbone, result.layer,
+                              result.params.get("C"), seed)
+    except JobCancelled:
+        return None
+
+
 def run_train(args: argparse.Namespace) -> CommandResult:
     context = stderr_progress_context()
     with open_existing_project(args.project) as project, CancelOnSignals(context):
         try:
-            result = train_model(context, project, method=args.method, backbone=args.backbone,
+            result = train_model(context.subcontext(0.0, 0.9), project, method=args.method, backbone=args.backbone,
                                  layer=args.layer, seed=args.seed)
+            advice = _advice(context.subcontext(0.9, 1.0), project, result, args.seed)
         except JobCancelled:  # Ctrl+C: features extracted so far are kept, the run is recorded as cancelled
             return CommandResult({"cancelled": True}, "Cancelled: no new model version was stored.", EXIT_CANCELLED)
         except ProjectError as exc:
             raise CliError(str(exc)) from exc
     m = result.metrics
     data = {"model": result.model_version, "method": result.method, "backbone": result.backbone,
-            "layer": result.layer, "n_labeled": result.n_labeled, "metrics": m.to_json()}
+            "layer": result.layer, "n_labeled": result.n_labeled, "metrics": m.to_json(),
+            "advice": advice.to_json() if advice is not None else None}
     text = (
         f"Model version {result.model_version} ({result.method}, {result.backbone}/{result.layer}) is now active.\n"
         f"Accuracy {_fmt(m.accuracy)}, balanced accuracy {_fmt(m.balanced_accuracy)} "
         f"({m.evaluation}, {result.n_labeled} labeled images)."
     )
+    if advice is not None:
+        text += "\n" + "\n".join(advice.sentences())
     return CommandResult(data, text)
 
 

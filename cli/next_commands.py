@@ -34,7 +34,12 @@ def register(subparsers) -> None:
     add_json_flag(upcoming)
     upcoming.set_defaults(handler=run_next)
 
-    images = subparsers.add_parser("images", help="list images with their label and the model's prediction")
+    images = subparsers.add_parser(
+        "images", help="list images with their label and the model's prediction",
+        description="Every image with its label and the active model's prediction. When that model was "
+        "trained on cached features (logreg, svm), a labeled image's prediction comes from a model that did "
+        "not train on it (out-of-fold), so a disagreement points at a possible labeling mistake.",
+    )
     images.add_argument("project", help="project file (.sortlab)")
     which = images.add_mutually_exclusive_group()
     which.add_argument("--unlabeled", action="store_true", help="only images without a label")

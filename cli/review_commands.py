@@ -57,7 +57,8 @@ def register(subparsers) -> None:
 
     outliers = subparsers.add_parser(
         "outliers", help="list images that look like nothing else in their class or the project",
-        description="Flag images far from every neighbour in feature space (placeholders, wrong pictures).",
+        description="Flag images far from every neighbour in feature space (placeholders, wrong pictures). "
+        "The flags are kept in the project: the app's \"Outliers\" filter shows them.",
     )
     _add_feature_options(outliers)
     outliers.set_defaults(handler=run_outliers)

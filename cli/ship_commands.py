@@ -48,7 +48,8 @@ def register(subparsers) -> None:
         "export fails (exit status 3) and the folder is renamed NAME-FAILED.",
     )
     export.add_argument("project")
-    export.add_argument("out_dir", metavar="OUT_DIR", help="new folder for the bundle (missing parent folders are made)")
+    export.add_argument("out_dir", metavar="OUT_DIR",
+                        help="new folder for the bundle (missing parent folders are made)")
     export.add_argument("--model", type=int, metavar="VERSION", help="model version (default: the active one)")
     export.add_argument("--zip", action="store_true", help="write OUT_DIR.zip instead of a folder")
     add_json_flag(export)

@@ -104,12 +104,12 @@ class ClassesPanel(QWidget):
         grid = QGridLayout()  # two rows of three: the panel stays narrow beside the grid
         grid.setSpacing(2)
         for position, (key, text, tip, slot) in enumerate((
-            ("add", "Add…", "Add a class (Ctrl+K)", self.add_class_interactively),
-            ("rename", "Rename…", "Rename the chosen class", self.rename_current),
-            ("color", "Colour…", "Change the chosen class's colour", self.recolor_current),
+            ("add", "Add", "Add a class (Ctrl+K)", self.add_class_interactively),
+            ("rename", "Rename", "Rename the chosen class", self.rename_current),
+            ("color", "Colour", "Change the chosen class's colour", self.recolor_current),
             ("up", "▲", "Move up (its key number changes too)", lambda: self.move_current(-1)),
             ("down", "▼", "Move down (its key number changes too)", lambda: self.move_current(1)),
-            ("delete", "Delete…", "Delete the chosen class", self.delete_current),
+            ("delete", "Delete", "Delete the chosen class", self.delete_current),
         )):
             button = QToolButton()
             button.setText(text)

@@ -16,6 +16,8 @@ LEFT_DOCK_WIDTH = 210  # the classes panel: names and counts
 RIGHT_DOCK_WIDTH = 400  # training, map and report: wide enough for their plots
 MIN_DOCK_WIDTH = 150  # the narrowest a side panel gets before the user closes or tabs it
 MIN_DOCK_HEIGHT = 120
+GRID_MIN_WIDTH = 480  # what the grid keeps when the side panels are sized on the first run
+SCROLLBAR_ROOM = 20  # a panel as tall as the screen shows a vertical scroll bar beside it
 
 
 def panel_of(dock: QDockWidget) -> QWidget:
@@ -75,11 +77,20 @@ class DockLayout:
             self.apply_default_sizes()
 
     def apply_default_sizes(self) -> None:
-        """First run: narrow side panels so the grid gets most of the window."""
+        """First run: side panels as wide as their contents ask (never below the defaults), as long
+        as the grid between them keeps GRID_MIN_WIDTH; the grid gets the rest."""
         window = self.window
         sides = [d for d in self.docks if not d.isFloating()]
-        widths = [LEFT_DOCK_WIDTH if window.dockWidgetArea(d) == Qt.DockWidgetArea.LeftDockWidgetArea
-                  else RIGHT_DOCK_WIDTH for d in sides]
+        left = [d for d in sides if window.dockWidgetArea(d) == Qt.DockWidgetArea.LeftDockWidgetArea]
+        right = [d for d in sides if d not in left]
+
+        def wanted(docks: list[QDockWidget], default: int) -> int:
+            return max([default, *(panel_of(d).minimumSizeHint().width() + SCROLLBAR_ROOM for d in docks)])
+
+        left_width = wanted(left, LEFT_DOCK_WIDTH)
+        room = window.width() - GRID_MIN_WIDTH - (left_width if any(d.isVisible() for d in left) else 0)
+        right_width = max(MIN_DOCK_WIDTH, min(wanted(right, RIGHT_DOCK_WIDTH), room))
+        widths = [left_width if d in left else right_width for d in sides]
         window.resizeDocks(sides, widths, Qt.Orientation.Horizontal)
 
     def save(self) -> None:

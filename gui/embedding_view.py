@@ -12,9 +12,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import QEvent, QObject, Qt, Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QKeyEvent, QPalette, QUndoCommand, QUndoStack
-from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QLabel, QStackedWidget, QVBoxLayout, QWidget
 
 from engine.features.backbones import DEFAULT_BACKBONE
 from engine.insight.map_geometry import normalize_layout, points_in_polygon
@@ -22,32 +22,22 @@ from engine.insight.projection import MapColors, MapLayout, align, embedding_job
 from engine.runtime.jobs import JobOutcome, JobStatus
 from gui.labeling import SetLabelCommand
 from gui.map_canvas import COLOR_MODES, MapCanvas, point_groups
-from gui.map_hover import PointHover
+from gui.map_hover import PointHover, read_hover_image
+from gui.map_keys import MapKeyFilter
 from gui.map_jobs import LAYOUT_JOB, MapJobs
 from gui.map_toolbar import MapToolbar
 from gui.runner import QtJobRunner
-from storage.images import image_count, read_thumbnails
+from storage.images import image_count
 
-NO_MAP_TEXT = "No map yet: it appears once image features exist (after the first training)."
+NO_PROJECT_TEXT = "Open or create a project to see a map of your images."
+NO_MAP_TEXT = (
+    "No map yet. Label a few images of two classes: after the first training every image appears "
+    "here as a point, similar images close together, and you can label many at once."
+)
+COMPUTING_TEXT = "Drawing the map of your images…"
+FAILED_TEXT = "The map could not be drawn. Press “Recompute map” to try again."
 
 LabelCommandFactory = Callable[[list[int], int | None, str], QUndoCommand]
-
-
-class _KeyFilter(QObject):
-    """Number keys on the map label its selection, even if the window has 1-9 shortcuts."""
-
-    def __init__(self, view: EmbeddingView):
-        super().__init__(view)
-        self.view = view
-
-    def eventFilter(self, obj, event):
-        if event.type() in (QEvent.Type.ShortcutOverride, QEvent.Type.KeyPress):
-            if self.view.handles_key(event):
-                event.accept()
-                if event.type() == QEvent.Type.KeyPress:
-                    self.view.keyPressEvent(event)
-                return True
-        return False
 
 
 class EmbeddingView(QWidget):
@@ -113,22 +103,32 @@ class EmbeddingView(QWidget):
         # The view follows the map (streaming t-SNE steps, a dock shown or resized) until the user
         # pans or zooms; "Fit" hands it back to the map.
         self.viewbox.sigRangeChangedManually.connect(self._stop_following)
-        self.status = QLabel(NO_MAP_TEXT)
+        self.status = QLabel()
         self.status.setWordWrap(True)
         self.hint = QLabel()
         self.hint.setWordWrap(True)
+        # Without points the plot would be a blank square: a sentence says what will appear there.
+        self.empty_text = QLabel()
+        self.empty_text.setWordWrap(True)
+        self.empty_text.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.empty_text.setMargin(12)
+        self.empty_text.setForegroundRole(QPalette.ColorRole.PlaceholderText)
+        self.pages = QStackedWidget()
+        self.pages.addWidget(self.plot)
+        self.pages.addWidget(self.empty_text)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(self.toolbar)
         layout.addWidget(self.legend)
-        layout.addWidget(self.plot, 1)
+        layout.addWidget(self.pages, 1)
         layout.addWidget(self.status)
         layout.addWidget(self.hint)
 
-        self.hover = PointHover(self, self.plot, lambda: self.coords, self._describe, self._read_thumbnail)
+        self.hover = PointHover(self, self.plot, lambda: self.coords, self._describe, self._read_image)
+        self._show_empty(NO_MAP_TEXT if project is not None else NO_PROJECT_TEXT)
 
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
-        self._key_filter = _KeyFilter(self)
+        self._key_filter = MapKeyFilter(self)
         self.plot.installEventFilter(self._key_filter)
         self.installEventFilter(self._key_filter)
 
@@ -146,7 +146,19 @@ class EmbeddingView(QWidget):
         self._follow_layout = True
         self.set_layout(np.zeros(0, np.int64), np.zeros((0, 2), np.float32))
         self.plot.forget_points()
-        self.status.setText(NO_MAP_TEXT)
+        self._show_empty(NO_MAP_TEXT if project is not None else NO_PROJECT_TEXT)
+
+    def _show_empty(self, text: str) -> None:
+        """The sentence shown while there are no points; a status line of its own would repeat it."""
+        self.empty_text.setText(text)
+        if not len(self.image_ids):
+            self.pages.setCurrentWidget(self.empty_text)
+        self.status.clear()
+        self.status.setToolTip("")
+
+    @property
+    def showing_points(self) -> bool:
+        return self.pages.currentWidget() is self.plot
 
     def cancel(self) -> None:
         """Stop computing the layout and the colors; their late results will be dropped."""
@@ -160,6 +172,7 @@ class EmbeddingView(QWidget):
         background), else they are read (see refresh_attributes)."""
         image_ids = np.asarray(image_ids, dtype=np.int64)
         first = len(self.image_ids) == 0
+        self.pages.setCurrentWidget(self.plot if len(image_ids) else self.empty_text)
         same = len(image_ids) == len(self.image_ids) and np.array_equal(image_ids, self.image_ids)
         self.coords = normalize_layout(coords)
         self.method = method or self.method
@@ -223,7 +236,10 @@ class EmbeddingView(QWidget):
         if not force and key == self.jobs.layout_key and len(self.image_ids):
             self.refresh_attributes()
             return False
+        if not len(self.image_ids):
+            self.empty_text.setText(COMPUTING_TEXT)
         self.status.setText("Computing the map…")
+        self.status.setToolTip("")
         self.jobs.compute_layout(key, job, self.project, backbone, layer)
         return True
 
@@ -247,7 +263,7 @@ class EmbeddingView(QWidget):
             self.set_layout(layout.image_ids, layout.coords, layout.method)
             n = len(self.image_ids)
             if not n:
-                self.status.setText("No image features yet: train a model first.")
+                self._show_empty(NO_MAP_TEXT)
             elif self.method == "tsne":
                 self.status.setText(f"{n:,} images, similar ones close together (t-SNE).")
             else:
@@ -255,8 +271,11 @@ class EmbeddingView(QWidget):
         elif outcome.status is JobStatus.CANCELLED:
             if n:
                 self.status.setText(f"{n:,} images (map refinement stopped).")
-        else:
-            self.status.setText(f"The map could not be computed: {outcome.error}")
+        else:  # a plain sentence; what went wrong, for a bug report, in the tooltip
+            if not n:
+                self._show_empty(FAILED_TEXT)
+            self.status.setText(FAILED_TEXT)
+            self.status.setToolTip(outcome.error)
 
     # -- drawing ------------------------------------------------------------------------------
     def _regroup(self) -> None:
@@ -377,15 +396,14 @@ class EmbeddingView(QWidget):
         """The hovered point's image id and caption: its label and what the model says."""
         image_id = int(self.image_ids[index])
         names = {int(c.id): c.name for c in self.classes}
-        caption = f"#{image_id} · {names.get(int(self.class_ids[index]), 'unlabeled')}"
+        label = int(self.class_ids[index])
+        caption = f"labeled {names.get(label, '?')}" if label >= 0 else "not labeled"
         if self.predicted[index] >= 0:
-            caption += f" · predicted {names.get(int(self.predicted[index]), '?')}"
+            caption += f" · the model says {names.get(int(self.predicted[index]), '?')}"
         return image_id, caption
 
-    def _read_thumbnail(self, image_id: int) -> bytes | None:
-        if self.project is None:
-            return None
-        return read_thumbnails(self.project, [image_id]).get(image_id)
+    def _read_image(self, image_id: int) -> tuple[bytes | None, str]:
+        return read_hover_image(self.project, image_id)
 
     def _update_hint(self) -> None:
         n = int(self.selected.sum())

@@ -38,6 +38,7 @@ class ThumbnailGridModel(QAbstractListModel):
         self.model_version: int | None = None
         self._ids = np.zeros(0, dtype=np.int64)
         self._row_of: dict[int, int] | None = None
+        self._notes: dict[int, str] = {}  # a curation mode's words per image ("why this one"), in tooltips
         self._pages: LruCache[int, dict[int, browse.TileInfo]] = LruCache(MAX_PAGES)
         self._pixmaps: LruCache[int, QPixmap] = LruCache(THUMBNAIL_CACHE_SIZE)
         self._loader: ThumbnailLoader | None = None
@@ -63,6 +64,7 @@ class ThumbnailGridModel(QAbstractListModel):
             self._loader = ThumbnailLoader(project, max_side=side, parent=self)
             self._loader.loaded.connect(self._thumbnails_loaded)
             self.model_version = modelstore.active_version(project)
+        self._notes = {}
         self.set_ids(np.zeros(0, dtype=np.int64))
 
     def set_ids(self, ids: np.ndarray) -> None:
@@ -75,6 +77,25 @@ class ThumbnailGridModel(QAbstractListModel):
         if self._loader is not None:
             self._loader.forget_pending()
         self.endResetModel()
+
+    def append_ids(self, ids) -> None:
+        """Add these images after the rows shown (rows already shown keep their place and tiles)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if not len(ids):
+            return
+        first = len(self._ids)
+        self.beginInsertRows(QModelIndex(), first, first + len(ids) - 1)
+        self._ids = np.concatenate([self._ids, ids])
+        self._row_of = None
+        self._pages.clear()  # the last page was read without the new rows
+        self.endInsertRows()
+
+    def set_notes(self, notes: dict[int, str]) -> None:
+        """A line of words per image, shown as its tooltip (e.g. why Sortlab picked it); {} for none."""
+        self._notes = {int(k): v for k, v in notes.items()}
+
+    def note(self, image_id: int) -> str | None:
+        return self._notes.get(int(image_id))
 
     def shutdown(self) -> None:
         self._flush_timer.stop()
@@ -150,6 +171,9 @@ class ThumbnailGridModel(QAbstractListModel):
             return self.thumbnail(row)
         if role == TILE_ROLE:
             return self.tile(row)
+        if role == Qt.ItemDataRole.ToolTipRole and image_id in self._notes:
+            tile = self.tile(row)
+            return f"{tile.name if tile else image_id}\n{self._notes[image_id]}"
         if role in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.ToolTipRole):
             tile = self.tile(row)
             return tile.name if tile else str(image_id)

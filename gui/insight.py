@@ -10,6 +10,11 @@ Threads: training, importing and labeling jobs run on the window's runner; the m
 (PCA, then a t-SNE of up to a minute) on ``map_runner``; and the reads that follow each labeling
 burst or model change (every label and prediction, for the map's colors and the report) on
 ``read_runner``, so they neither wait behind a t-SNE nor freeze the window at 100k images.
+
+Start-up: nothing heavy runs before the window is on screen. Its first paint starts the training
+panel's warm-up job (torch, scikit-learn, openTSNE: engine.insight.options) and the map of a
+project opened from the command line; those imports go one thread at a time
+(engine.runtime.first_imports), so the map's t-SNE never sees a half-imported openTSNE.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ class InsightPanels(QObject):
         self.map_runner = QtJobRunner(self)
         self.read_runner = QtJobRunner(self)
         self.closed = False
+        self.on_screen = False  # the window has been painted once (heavy work may start)
         self._pending_selection: list[int] | None = None
 
         self.training = TrainingPanel(self.runner, project)
@@ -67,10 +73,11 @@ class InsightPanels(QObject):
         # A click selects one image and a lasso many: both arrive as images_selected.
         self.embedding.images_selected.connect(self.select_images)
         main_window.labels_changed.connect(self.labels_changed)
+        main_window.classes_changed.connect(self.training.project_content_changed)  # also after imports
         main_window.project_changed.connect(self.set_project)
         main_window.installEventFilter(self)
-        if project is not None:
-            QTimer.singleShot(0, self._show_existing_map)
+        if main_window.isVisible():
+            QTimer.singleShot(0, self._window_on_screen)
 
     # -- the main window's side -----------------------------------------------------------------
     def show_images(self, image_ids: list[int], description: str = "") -> None:
@@ -107,12 +114,13 @@ class InsightPanels(QObject):
         self.training.set_project(project)
         self.embedding.set_project(project)
         self.report.set_project(project)
-        if project is not None:
+        if project is not None and self.on_screen:
             self._show_existing_map()
 
     def labels_changed(self, *_args) -> None:
         if self.closed:
             return
+        self.training.project_content_changed()
         self.training.labels_changed()
         self._refresh_timer.start()
 
@@ -140,13 +148,23 @@ class InsightPanels(QObject):
         if model is not None:
             self.embedding.compute(model.backbone, model.layer)
 
-    # -- closing --------------------------------------------------------------------------------
+    # -- start-up and closing --------------------------------------------------------------------
     def eventFilter(self, obj, event) -> bool:
+        if obj is self.window and event.type() == QEvent.Type.Paint and not self.on_screen:
+            self._window_on_screen()  # submitting jobs only: the work starts on their threads
         if obj is self.window and event.type() == QEvent.Type.Close:
             # The window may still refuse to close (a job is running and the user says No):
             # look again once the close event has been handled.
             QTimer.singleShot(0, self._window_maybe_closed)
         return False
+
+    def _window_on_screen(self) -> None:
+        """The window is on screen: start the warm-up, then draw the open project's map."""
+        if self.on_screen or self.closed:
+            return
+        self.on_screen = True
+        self.training.find_options()
+        QTimer.singleShot(0, self._show_existing_map)  # after the paint that got us here
 
     def _window_maybe_closed(self) -> None:
         if not self.window.isVisible():

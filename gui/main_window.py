@@ -1,7 +1,9 @@
-"""Sortlab's main window: the labeling workspace (filter bar + thumbnail grid + classes panel), the
-welcome screen when no project is open, and the status bar; its commands (gui/window_commands.py),
-project files and dialogs (gui/project_controller.py), labeling keys (gui/labeling_controller.py)
-and docks (gui/dock_layout.py) live in their own modules.
+"""Sortlab's main window: the labeling workspace (filter bar + thumbnail grid, or what to do when
+the grid has nothing to show + classes panel), the welcome screen when no project is open, and the
+status bar; its commands (gui/window_commands.py), project files and dialogs
+(gui/project_controller.py), labeling keys (gui/labeling_controller.py), the tiles' right-click
+menu (gui/tile_menu.py), the status line (gui/status_line.py) and docks (gui/dock_layout.py) live
+in their own modules.
 
 Interface for panels docked from other modules (the insight panels use it):
 - ``project`` (the open storage Project or None), ``runner`` (QtJobRunner), ``undo_stack``;
@@ -28,6 +30,7 @@ from PySide6.QtWidgets import QDockWidget, QMainWindow, QMessageBox, QStackedWid
 
 from gui import project_files
 from gui.classes_panel import ClassesPanel
+from gui.curation_controller import CurationController
 from gui.dock_layout import DockLayout
 from gui.empty_state import EmptyGridMessage, empty_filter_reason
 from gui.filter_bar import FilterBar
@@ -82,6 +85,7 @@ class MainWindow(QMainWindow):
         self.tile_menu = TileMenu(self)
         self.grid.customContextMenuRequested.connect(self.tile_menu.show_at)
         self.status_line = StatusLine(self.statusBar(), self.runner)
+        self.curation = CurationController(self)  # the "Label next", "Review labels", "Look-alikes" modes
         self.runner.succeeded.connect(self._job_succeeded)
         self.projects.remember(None)
         self.classes_dock.setVisible(False)
@@ -243,6 +247,13 @@ class MainWindow(QMainWindow):
 
     show_images = filter_grid
 
+    def append_to_grid(self, image_ids) -> None:
+        """Add images below those shown (the filter bar already holds them): no shown tile moves."""
+        self.grid_model.append_ids(image_ids)
+        self._query, total = self.filter_bar.query(), browse.image_and_label_counts(self.project)[0]
+        self.filter_bar.set_counts(self.grid_model.rowCount(), total)
+        self._show_grid_or_why_empty(self.grid_model.rowCount(), total, self._query)
+
     def select_images(self, image_ids) -> None:
         """Select these images in the grid; when some are filtered out, show all images first."""
         wanted = [int(i) for i in image_ids]
@@ -310,7 +321,8 @@ class MainWindow(QMainWindow):
         if self.viewer is not None:
             self.viewer.close()
         viewer = ImageViewer(self.grid_model, row, lambda: self.classes_panel.classes,
-                             lambda ids, key: self.labeling.apply_key(ids, key), self.undo_stack, self)
+                             lambda ids, key: self.labeling.apply_key(ids, key), self.undo_stack, self.runner,
+                             self)
         viewer.row_changed.connect(lambda r: self.grid.select_rows([r]))
         viewer.finished.connect(lambda _result: self.grid.setFocus())
         self.viewer = viewer

@@ -86,6 +86,7 @@ class MapCanvas(pg.PlotWidget):
         self.hideAxis("left")
         self.hideAxis("bottom")
         self.getPlotItem().setMenuEnabled(False)
+        self.getPlotItem().hideButtons()  # pyqtgraph's "A" (auto-range): the toolbar's Fit does that
         self.setAntialiasing(False)
         self.viewbox.setAspectLocked(False)
         self.groups: list[tuple[np.ndarray, pg.ScatterPlotItem]] = []  # (point indices, item)

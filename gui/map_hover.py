@@ -1,6 +1,7 @@
-"""Hovering the map: the point under the mouse gets a ring and a card with its thumbnail and a
-caption. The card is a child frame of the map, transparent to the mouse, so it never opens a
-top-level window or steals a click."""
+"""Hovering the map: the point under the mouse gets a ring and a card with its thumbnail, its file
+name and a caption. The card is a child frame of the map, transparent to the mouse, so it never
+opens a top-level window or steals a click; it has a fixed width, so a long file name is elided
+in the middle instead of stretching the card past the map."""
 
 from __future__ import annotations
 
@@ -13,22 +14,33 @@ from PySide6.QtWidgets import QFrame, QLabel, QVBoxLayout, QWidget
 
 from gui.lru_cache import LruCache
 from gui.map_canvas import MapCanvas
+from storage.images import list_images, read_thumbnails
 
 THUMBNAIL_PX = 128
+CARD_WIDTH_PX = 220
 CACHED_THUMBNAILS = 300
 OFFSET_PX = 16  # from the pointer, so the card never covers the point it describes
 HOVER_DELAY_MS = 25  # mouse moves closer together than this are looked up once
 
-ThumbnailReader = Callable[[int], bytes | None]
+ImageReader = Callable[[int], tuple[bytes | None, str]]  # image id -> (thumbnail, file name)
+
+
+def read_hover_image(project, image_id: int) -> tuple[bytes | None, str]:
+    """An image's thumbnail and file name from the project (none without one): the card reads
+    each hovered image once and keeps it."""
+    if project is None:
+        return None, ""
+    infos = list_images(project, [image_id])
+    return read_thumbnails(project, [image_id]).get(image_id), infos[0].original_name if infos else ""
 
 
 class HoverCard(QFrame):
-    """Shows one image's thumbnail (read through ``read_thumbnail``, cached) and caption."""
+    """Shows one image's thumbnail and file name (read through ``read_image``, cached) and caption."""
 
-    def __init__(self, parent: QWidget, read_thumbnail: ThumbnailReader):
+    def __init__(self, parent: QWidget, read_image: ImageReader):
         super().__init__(parent)
-        self._read_thumbnail = read_thumbnail
-        self._pixmaps: LruCache[int, QPixmap] = LruCache(CACHED_THUMBNAILS)
+        self._read_image = read_image
+        self._images: LruCache[int, tuple[QPixmap, str]] = LruCache(CACHED_THUMBNAILS)
         self.setObjectName("mapThumbnail")
         self.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
         self.setStyleSheet(
@@ -40,21 +52,31 @@ class HoverCard(QFrame):
         layout.setSpacing(2)
         self.image = QLabel()
         self.image.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.name = QLabel()
+        font = self.name.font()
+        font.setBold(True)
+        self.name.setFont(font)
         self.caption = QLabel()
+        self.caption.setWordWrap(True)
         layout.addWidget(self.image)
+        layout.addWidget(self.name)
         layout.addWidget(self.caption)
+        self.setFixedWidth(CARD_WIDTH_PX)
         self.hide()
 
     def forget_thumbnails(self) -> None:
         """Another project: its image ids mean other images."""
-        self._pixmaps.clear()
+        self._images.clear()
 
     def show_image(self, image_id: int, caption: str, pointer: QPoint) -> None:
         """Show the card for one image next to ``pointer`` (in the parent's coordinates)."""
-        pixmap = self.thumbnail(image_id)
-        has_image = not pixmap.isNull()
+        pixmap, name = self.image_and_name(image_id)
         self.image.setPixmap(pixmap)
-        self.image.setVisible(has_image)
+        self.image.setVisible(not pixmap.isNull())
+        self.name.setToolTip(name)
+        room = CARD_WIDTH_PX - self.contentsMargins().left() - self.contentsMargins().right() - 8
+        self.name.setText(self.name.fontMetrics().elidedText(name or f"Image {image_id}",
+                                                             Qt.TextElideMode.ElideMiddle, room))
         self.caption.setText(caption)
         self.adjustSize()
         self.follow(pointer)
@@ -71,19 +93,20 @@ class HoverCard(QFrame):
             y = pointer.y() - OFFSET_PX - self.height()
         self.move(max(0, x), max(0, y))
 
-    def thumbnail(self, image_id: int) -> QPixmap:
-        """The image's thumbnail at most THUMBNAIL_PX on a side (a null pixmap when there is none)."""
-        pixmap = self._pixmaps.get(image_id)
-        if pixmap is not None:
-            return pixmap
+    def image_and_name(self, image_id: int) -> tuple[QPixmap, str]:
+        """The image's thumbnail at most THUMBNAIL_PX on a side (a null pixmap when there is none)
+        and its file name ("" when unknown)."""
+        cached = self._images.get(image_id)
+        if cached is not None:
+            return cached
         pixmap = QPixmap()
-        data = self._read_thumbnail(image_id)
+        data, name = self._read_image(image_id)
         if data:
             pixmap.loadFromData(data)
             if not pixmap.isNull() and max(pixmap.width(), pixmap.height()) > THUMBNAIL_PX:
                 pixmap = pixmap.scaled(THUMBNAIL_PX, THUMBNAIL_PX, Qt.AspectRatioMode.KeepAspectRatio,
                                        Qt.TransformationMode.SmoothTransformation)
-        return self._pixmaps.put(image_id, pixmap)
+        return self._images.put(image_id, (pixmap, name))
 
 
 class PointHover(QObject):
@@ -91,13 +114,13 @@ class PointHover(QObject):
     and shows its card. ``describe(index)`` gives that point's image id and caption."""
 
     def __init__(self, view: QWidget, canvas: MapCanvas, coords: Callable[[], np.ndarray],
-                 describe: Callable[[int], tuple[int, str]], read_thumbnail: ThumbnailReader):
+                 describe: Callable[[int], tuple[int, str]], read_image: ImageReader):
         super().__init__(view)
         self.view = view
         self.canvas = canvas
         self._coords = coords
         self._describe = describe
-        self.card = HoverCard(view, read_thumbnail)
+        self.card = HoverCard(view, read_image)
         self.index = -1  # the point under the mouse, -1 for none
         self.scene_pos: QPointF | None = None  # the mouse over the canvas, in scene coordinates
         self._timer = QTimer(self)

@@ -16,19 +16,25 @@ from gui.runner import QtJobRunner
 from storage.modelstore import set_active_model
 
 REPORT_JOB = "model-report"
-VERSION_COLUMNS = ["Version", "Date", "Method", "Network", "Labeled", "Accuracy", "In use"]
+# What matters first comes first, so a narrow dock still shows which version is in use and how good each is.
+VERSION_COLUMNS = ["Version", "In use", "Accuracy", "Labeled", "Method", "Network", "Date"]
+VERSION_TIPS = {
+    "In use": "The version that sorts your images and makes the suggestions",
+    "Accuracy": "Right on this share of the images it was tested on (validation accuracy)",
+    "Labeled": "Labeled images it was trained with",
+}
 
 
 def version_cells(summary: VersionSummary) -> list[str]:
     """One row of the versions table."""
     return [
         str(summary.version),
-        summary.created_at.strftime("%Y-%m-%d %H:%M"),
-        summary.method_title,
-        summary.backbone,
-        str(summary.n_labeled),
+        "✓" if summary.is_active else "",
         percent(summary.metrics.accuracy),
-        "✓ in use" if summary.is_active else "",
+        str(summary.n_labeled),
+        summary.method_title,
+        summary.backbone_title,
+        summary.created_at.strftime("%d %b %H:%M"),
     ]
 
 
@@ -49,12 +55,15 @@ class ModelReport(QWidget):
         self.runner = runner
         self._report_fn = report_fn
         self._versions: list[VersionSummary] = []
+        self._active_shown: int | None = None  # the version in use when the table was last filled
         self._generation = 0  # reports of older requests are dropped when they arrive
 
         self.versions_table = readonly_table(VERSION_COLUMNS)
         self.versions_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.versions_table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.versions_table.itemSelectionChanged.connect(self._version_selected)
+        for column, name in enumerate(VERSION_COLUMNS):
+            self.versions_table.horizontalHeaderItem(column).setToolTip(VERSION_TIPS.get(name, ""))
         self.activate_button = QPushButton("Use this version")
         self.activate_button.setToolTip("Make the selected version the one that sorts and suggests")
         self.activate_button.setEnabled(False)
@@ -89,8 +98,12 @@ class ModelReport(QWidget):
 
     # -- data ---------------------------------------------------------------------------------
     def set_project(self, project) -> None:
+        """Another project (or none): its versions, opened on the one in use."""
         self.cancel()
         self.project = project
+        self._versions = []
+        self._active_shown = None
+        self.versions_table.setRowCount(0)
         self.refresh()
 
     def cancel(self) -> None:
@@ -101,15 +114,21 @@ class ModelReport(QWidget):
 
     def refresh(self) -> None:
         """Reload the versions list and recompute the report of the version the user was looking
-        at (labels may have changed), else the active (or else the newest) version's."""
+        at (labels may have changed). When another version came into use (a new training, "Use
+        this version", another project) the one in use is shown instead (or else the newest)."""
         previous = self.selected_version()
         self._versions = list_versions(self.project) if self.project is not None else []
+        active = next((v.version for v in self._versions if v.is_active), None)
+        if active != self._active_shown:
+            previous, self._active_shown = None, active
         table = self.versions_table
         table.blockSignals(True)
         table.setRowCount(len(self._versions))
         for row, summary in enumerate(self._versions):
             for column, text in enumerate(version_cells(summary)):
                 item = QTableWidgetItem(text)
+                if VERSION_COLUMNS[column] == "Date":
+                    item.setToolTip(summary.created_at.strftime("%Y-%m-%d %H:%M:%S"))
                 if summary.is_active:
                     font = item.font()
                     font.setBold(True)
@@ -167,8 +186,9 @@ class ModelReport(QWidget):
             return  # the user moved on (another version, new labels, another project)
         if outcome.status is JobStatus.DONE:
             self._show(outcome.result, version)
-        elif outcome.status is JobStatus.FAILED:
-            self.view.say(f"The report of version {version} could not be computed: {outcome.error}")
+        elif outcome.status is JobStatus.FAILED:  # what went wrong, for a bug report, in the tooltip
+            self.view.say(f"The report of version {version} could not be computed. Select the version "
+                          "again to retry.", details=outcome.error)
 
     def _show(self, report: Report | None, version: int) -> None:
         self.view.show_report(report, version)

@@ -1,5 +1,6 @@
 """One model version's report on screen: a summary line, per-class precision and recall, accuracy
-per source, and the confusion matrix, whose cells show exactly their images when clicked."""
+per source, and the confusion matrix, whose cells show exactly their images when clicked. Plain
+words first ("correct when it says cats"), the statistician's word in brackets and tooltips."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QBrush, QColor, QPalette
 from PySide6.QtWidgets import (
     QAbstractItemView,
-    QHBoxLayout,
     QHeaderView,
     QLabel,
+    QTabWidget,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -31,9 +32,26 @@ def percent(value: float | None) -> str:
     return "—" if value is None or not np.isfinite(value) else f"{value * 100:.1f}%"
 
 
-def readonly_table(columns: Sequence[str]) -> QTableWidget:
+CLASS_COLUMNS = {
+    "Class": "",
+    "Correct when it says\nthis class (precision)":
+        "Precision: of the images the model gives this class, the share that really are",
+    "Found of all images\nof this class (recall)":
+        "Recall: of the images labeled with this class, the share the model recognized",
+    "Images": "Labeled images of this class that were judged",
+}
+SOURCE_COLUMNS = {
+    "Source": "Where the images came from (a camera, a folder, an import)",
+    "Right": "Accuracy: the share of this source's images the model got right",
+    "Images": "Labeled images of this source that were judged",
+}
+
+
+def readonly_table(columns: Sequence[str], tips: dict[str, str] | None = None) -> QTableWidget:
     table = QTableWidget(0, len(columns))
     table.setHorizontalHeaderLabels(list(columns))
+    for column, name in enumerate(columns):
+        table.horizontalHeaderItem(column).setToolTip((tips or {}).get(name, ""))
     table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
     table.verticalHeader().setVisible(False)
     table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
@@ -53,8 +71,8 @@ class ReportView(QWidget):
         self.summary = QLabel(NO_MODEL_TEXT)
         self.summary.setWordWrap(True)
         self.summary.setTextFormat(Qt.TextFormat.RichText)
-        self.class_table = readonly_table(["Class", "Precision", "Recall", "Images"])
-        self.source_table = readonly_table(["Source", "Accuracy", "Images"])
+        self.class_table = readonly_table(list(CLASS_COLUMNS), CLASS_COLUMNS)
+        self.source_table = readonly_table(list(SOURCE_COLUMNS), SOURCE_COLUMNS)
         self.matrix = QTableWidget(0, 0)
         self.matrix.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.matrix.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
@@ -64,20 +82,25 @@ class ReportView(QWidget):
         matrix_hint = QLabel("Rows: the true class. Columns: what the model said. Click a cell to see those images.")
         matrix_hint.setWordWrap(True)
 
+        # One table at a time, at the panel's full width: side by side, a dock cut their columns.
+        self.tables = QTabWidget()
+        self.tables.addTab(self.class_table, "Each class")
+        self.tables.addTab(self.source_table, "Each source")
+        self.tables.setTabToolTip(1, "Whether the model does as well on the images of every camera or folder")
+
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.summary)
-        tables = QHBoxLayout()
-        tables.addWidget(self.class_table, 3)
-        tables.addWidget(self.source_table, 2)
-        layout.addLayout(tables, 1)
+        layout.addWidget(self.tables, 1)
         layout.addWidget(QLabel("<b>Confusion matrix</b>"))
         layout.addWidget(matrix_hint)
-        layout.addWidget(self.matrix, 2)
+        layout.addWidget(self.matrix, 1)
 
-    def say(self, text: str) -> None:
-        """A line in place of the summary (a report on its way, or one that failed)."""
+    def say(self, text: str, details: str = "") -> None:
+        """A line in place of the summary (a report on its way, or one that failed: ``details``
+        says why, in the tooltip)."""
         self.summary.setText(text)
+        self.summary.setToolTip(details)
 
     def show_report(self, report: Report | None, version: int | None) -> None:
         self.report = report
@@ -92,16 +115,29 @@ class ReportView(QWidget):
             return
         metrics = report.metrics
         self.say(
-            f"<b>Version {version}</b>: accuracy <b>{percent(metrics.accuracy)}</b>, balanced accuracy "
-            f"<b>{percent(metrics.balanced_accuracy)}</b> (the average of the per-class recalls) on "
-            f"{report.n} images: {report.basis}."
+            f"<b>Version {version}</b> is right on <b>{percent(metrics.accuracy)}</b> of {report.n} "
+            f"images ({report.basis}). Counting every class the same, however few its images: "
+            f"<b>{percent(metrics.balanced_accuracy)}</b>."
+        )
+        self.summary.setToolTip(
+            f"Accuracy {percent(metrics.accuracy)}; balanced accuracy {percent(metrics.balanced_accuracy)} "
+            "(the average of the per-class recalls)."
         )
         self.class_table.setRowCount(len(report.class_names))
         for row, name in enumerate(report.class_names):
             scores = metrics.per_class[name]
-            cells = (name, percent(scores.precision), percent(scores.recall), str(scores.support))
-            for column, text in enumerate(cells):
-                self.class_table.setItem(row, column, QTableWidgetItem(text))
+            cells = (
+                (name, ""),
+                (percent(scores.precision), f"When the model says {name}, it is right {percent(scores.precision)} "
+                                            "of the time (precision)."),
+                (percent(scores.recall), f"Of the {scores.support} images labeled {name}, the model recognized "
+                                         f"{percent(scores.recall)} (recall)."),
+                (str(scores.support), ""),
+            )
+            for column, (text, tip) in enumerate(cells):
+                item = QTableWidgetItem(text)
+                item.setToolTip(tip)
+                self.class_table.setItem(row, column, item)
         self.source_table.setRowCount(len(metrics.per_source))
         for row, (name, score) in enumerate(metrics.per_source.items()):
             for column, text in enumerate((name, percent(score.accuracy), str(score.n))):

@@ -6,7 +6,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import QCheckBox, QComboBox, QFormLayout, QFrame, QRadioButton, QToolButton, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QFrame,
+    QLabel,
+    QRadioButton,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from engine.features.backbones import DEFAULT_BACKBONE
 from engine.insight.options import BackboneChoice
@@ -42,6 +52,13 @@ class TrainingOptionsForm(QWidget):
         self.auto_retrain = QCheckBox("Retrain by itself when labels change (Quick only)")
         self.auto_retrain.setChecked(True)
         layout.addWidget(self.auto_retrain)
+        # Said, not only implied by a greyed-out box: with another method nothing retrains by itself.
+        self.auto_retrain_note = QLabel()
+        self.auto_retrain_note.setWordWrap(True)
+        self.auto_retrain_note.setIndent(22)
+        self.auto_retrain_note.setVisible(False)
+        layout.addWidget(self.auto_retrain_note)
+        self.method_changed.connect(self._show_auto_retrain)
 
         self.advanced_toggle = QToolButton()
         self.advanced_toggle.setText("Advanced")
@@ -99,6 +116,19 @@ class TrainingOptionsForm(QWidget):
             suffix = " (default)" if layer == choice.default_layer else ""
             self.layer_combo.addItem(f"{layer}{suffix}", layer)
         self.layer_combo.setCurrentIndex(max(0, self.layer_combo.findData(choice.default_layer)))
+
+    @property
+    def retrains_by_itself(self) -> bool:
+        """Whether the chosen method reruns by itself after labeling (the box is ticked, Quick is chosen)."""
+        return self.auto_retrain.isChecked() and self.method.trains_on_features
+
+    def _show_auto_retrain(self, method: TrainingMethod) -> None:
+        self.auto_retrain.setEnabled(method.trains_on_features)
+        self.auto_retrain_note.setVisible(not method.trains_on_features)
+        self.auto_retrain_note.setText(
+            f"{method.title} training runs only when you press Start: nothing retrains by itself "
+            f"while it is chosen. Choose {self.methods[0].title} to retrain as you label."
+        )
 
     def set_running(self, running: bool) -> None:
         """While a run goes on, its options cannot change."""

@@ -18,6 +18,7 @@ from engine.insight.history import AccuracyHistory, model_history
 from engine.insight.options import BackboneChoice, TrainingOptions, default_backbone_choice, training_options_job
 from engine.models.methods import TrainingMethod
 from engine.models.results import EpochResult
+from engine.runtime.first_imports import heavy_imports
 from engine.runtime.jobs import JobOutcome, JobStatus
 from gui.curves import TrainingCurves
 from gui.runner import QtJobRunner
@@ -37,8 +38,10 @@ def has_two_labeled_classes(project) -> bool:
 
 
 def train_model(context, project, **options):
-    """The engine's training job, imported when first used (it imports scikit-learn)."""
-    from engine.models.training import train_model as train
+    """The engine's training job, imported when first used (it imports scikit-learn, maybe while
+    a report on another worker thread does too: one thread at a time)."""
+    with heavy_imports():
+        from engine.models.training import train_model as train
 
     return train(context, project, **options)
 
@@ -61,7 +64,8 @@ class TrainingPanel(QWidget):
         can_train_fn: Callable[[Any], bool] = has_two_labeled_classes,
         parent: QWidget | None = None,
     ):
-        """``backbones`` and ``device`` not given are found by a background job (it imports torch)."""
+        """``backbones`` and ``device`` not given are found by a background job (it imports torch)
+        that ``find_options()`` starts: the window calls it once it is on screen."""
         super().__init__(parent)
         self.runner = runner
         self.project = project
@@ -70,6 +74,8 @@ class TrainingPanel(QWidget):
         self._can_train_fn = can_train_fn
         self._running_method: TrainingMethod | None = None
         self._running_automatic = False
+        self._running_project = None  # the project the running job trains
+        self._options_wanted = (device is None, backbones is None)
         self._retrain_pending = False
 
         self.options = TrainingOptionsForm()
@@ -106,22 +112,41 @@ class TrainingPanel(QWidget):
         self.options.set_backbones(backbones if backbones is not None else [default_backbone_choice()])
         if device is not None:
             self.status.set_device(device)
-        if device is None or backbones is None:
-            # Asking torch about GPUs and backbones takes seconds: do it off the GUI thread.
-            runner.submit(OPTIONS_JOB, training_options_job, device is None, backbones is None,
-                          on_done=self._options_known)
         self.refresh_history()
         self._update_buttons()  # nothing to train before a project is open
 
+    def find_options(self) -> None:
+        """Find the device and the backbones not given (once): asking torch about GPUs and
+        backbones takes seconds, so a background job does it, and warms up the other heavy
+        imports on the way (engine.insight.options)."""
+        want_device, want_backbones = self._options_wanted
+        self._options_wanted = (False, False)
+        if (want_device or want_backbones) and not self.runner.closed:
+            self.runner.submit(OPTIONS_JOB, training_options_job, want_device, want_backbones,
+                               on_done=self._options_known)
+
     # -- configuration ------------------------------------------------------------------------
     def set_project(self, project) -> None:
+        """Another project (or none): nothing of the last one's runs stays on screen."""
         self.project = project
+        self._retrain_timer.stop()
+        self._retrain_pending = False
+        self.status.reset()
+        self.curves.clear()
         self.refresh_history()
+        self._method_changed(self.method)
         self._update_buttons()
 
+    def project_content_changed(self) -> None:
+        """Images or labels arrived: a failure they may have fixed ("No labeled images yet") goes."""
+        if not self.is_running:
+            self.status.clear_failure()
+
     def _options_known(self, outcome: JobOutcome) -> None:
+        if outcome.status is JobStatus.FAILED:
+            self.status.device_unknown(outcome.error)  # the default backbone stays offered
         if outcome.status is not JobStatus.DONE:
-            return  # the defaults stay; training itself will say what is wrong
+            return
         options: TrainingOptions = outcome.result
         if options.device is not None:
             self.status.set_device(options.device)
@@ -131,7 +156,7 @@ class TrainingPanel(QWidget):
     def _method_changed(self, method: TrainingMethod) -> None:
         if method.trains_on_features:
             self.curves.show_history_view()
-        elif len(self.curves.epoch_data("epoch")):
+        else:
             self.curves.show_epochs_view()
 
     # -- state --------------------------------------------------------------------------------
@@ -168,6 +193,7 @@ class TrainingPanel(QWidget):
         method = self.method
         self._running_method = method
         self._running_automatic = automatic
+        self._running_project = self.project
         self.status.show_started(automatic)
         if not method.trains_on_features:
             self.curves.start_run()
@@ -187,7 +213,7 @@ class TrainingPanel(QWidget):
 
     # -- automatic quick retraining -----------------------------------------------------------
     def _retrains_by_itself(self) -> bool:
-        return self.auto_retrain.isChecked() and self.method.trains_on_features and self.project is not None
+        return self.options.retrains_by_itself and self.project is not None
 
     def labels_changed(self, *_args) -> None:
         """Connect to the workspace's labels-changed signal: quick training reruns, debounced."""
@@ -221,10 +247,16 @@ class TrainingPanel(QWidget):
 
     def _on_done(self, outcome: JobOutcome) -> None:
         method, automatic = self._running_method, self._running_automatic
-        self._running_method = None
+        same_project = self._running_project is self.project
+        self._running_method = self._running_project = None
         self._running_automatic = False
         self._update_buttons()
-        self.status.show_outcome(outcome, automatic)
+        if not same_project:
+            return  # a run of the project closed meanwhile: the panel already shows the new one
+        cancelled_text = ""
+        if outcome.status is JobStatus.CANCELLED and not method.trains_on_features:
+            cancelled_text = self._back_to_quick(method)
+        self.status.show_outcome(outcome, automatic, cancelled_text)
         if method.trains_on_features:
             self.refresh_history()
             self.curves.show_history_view()
@@ -233,10 +265,18 @@ class TrainingPanel(QWidget):
             self._retrain_pending = False
             self._retrain_timer.start()
 
+    def _back_to_quick(self, cancelled: TrainingMethod) -> str:
+        """After a cancelled Thorough run, choose Quick again, so the model keeps retraining by
+        itself as the user labels (nothing does while Thorough is chosen); says so."""
+        quick = self.options.methods[0]
+        self.set_method(quick.name)
+        again = ": it retrains by itself as you label" if self.auto_retrain.isChecked() else ""
+        return (f"{cancelled.title} training cancelled; the previous model is still in use. "
+                f"Back to {quick.title}{again}.")
+
     def refresh_history(self) -> None:
         """Redraw validation accuracy vs. labels from the project's model versions."""
+        self.curves.set_has_project(self.project is not None)
         if self.project is None:
             return
         self.curves.set_history(*self._history_fn(self.project))
-        if not self.curves.showing_epochs():
-            self.curves.show_history_view()

@@ -24,7 +24,8 @@ EXPORT_MODEL_TAB, EXPORT_DATASET_TAB = 0, 1  # the tabs of gui/export_dialog.Exp
 SHORTCUTS = (
     ("1 … 9, 0", "label the selected images with the class of that key (0 is the tenth class)"),
     ("Backspace or Delete", "remove their labels"),
-    ("Enter or A", "accept the suggestions for the unlabeled ones"),
+    ("Enter or A", "accept the suggestions for the unlabeled ones (in Review labels: take the suggestion)"),
+    ("K in Review labels", "keep the label: it is right, stop asking"),
     ("Double-click a class", "label the selected images with it"),
     ("Right-click an image", "label, open, show in map, find its file"),
     ("Space or double-click", "open the image large"),
@@ -103,8 +104,12 @@ class WindowCommands:
         self.toolbar_undo = toolbar_undo_action(window, window.undo_stack, redo=False)
         self.toolbar_redo = toolbar_undo_action(window, window.undo_stack, redo=True)
         self.select_all_action = self._action("Select &All Shown", window.grid.selectAll, [standard.SelectAll])
-        self.accept_action = self._action("&Accept Suggestion", labeling.accept_suggestions, ["Return", "Enter", "A"],
-                                          "Label the unlabeled selected images with the model's suggestion (Enter or A)")
+        self.accept_action = self._action(
+            "&Accept Suggestion", lambda: window.curation.take_suggestion() or labeling.accept_suggestions(),
+            ["Return", "Enter", "A"], "Label the unlabeled selected images with the model's suggestion (Enter or A)")
+        self.keep_action = self._action(
+            "&Keep Label", lambda: window.curation.keep_label(), ["K"],
+            "In Review labels: the label is right, stop asking about it (K)")
         self.clear_action = self._action("&Remove Label", lambda: labeling.label_selection(None),
                                          ["Backspace", "Delete"],
                                          "Remove the label of the selected images (Backspace or Delete)")
@@ -136,7 +141,7 @@ class WindowCommands:
 
         edit_menu = bar.addMenu("&Edit")
         self._add(edit_menu, self.undo_action, self.redo_action, None, self.select_all_action, None,
-                  self.accept_action, self.clear_action)
+                  self.accept_action, self.keep_action, self.clear_action)
         self.label_menu = edit_menu.addMenu("&Label Selection As")
         self.label_menu.aboutToShow.connect(self._fill_label_menu)
         self._add(edit_menu, None, self.add_class_action, self.rename_source_action)
@@ -168,7 +173,7 @@ class WindowCommands:
                        self.rename_source_action):
             action.setEnabled(has_project)
         self.export_model_action.setEnabled(has_project and has_model)
-        for action in (self.accept_action, self.clear_action, self.view_action, *self.label_actions):
+        for action in (self.accept_action, self.keep_action, self.clear_action, self.view_action, *self.label_actions):
             action.setEnabled(has_project and has_selection)
 
     def _fill_label_menu(self) -> None:

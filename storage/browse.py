@@ -26,15 +26,23 @@ FROM_SOURCE = "source"  # GridQuery.source
 PREDICTED_AS = "predicted_as"  # GridQuery.class_id
 DISAGREES = "disagrees"  # labeled, and the model predicts another class
 LOW_CONFIDENCE = "low_confidence"  # top probability below GridQuery.threshold
-CHOSEN = "chosen"  # exactly GridQuery.image_ids (e.g. a confusion-matrix cell)
-FILTER_KINDS = (ALL, UNLABELED, LABELED_AS, FROM_SOURCE, PREDICTED_AS, DISAGREES, LOW_CONFIDENCE, CHOSEN)
-NEEDS_MODEL = (PREDICTED_AS, DISAGREES, LOW_CONFIDENCE)
+CHOSEN = "chosen"  # exactly GridQuery.image_ids (e.g. a confusion-matrix cell, a duplicate group)
+# "Review labels": labeled images not yet kept by the user (storage.catalog.mark_reviewed) whose
+# out-of-fold probability of their own label (self-confidence) is below GridQuery.threshold.
+REVIEW = "review"
+OUTLIERS = "outliers"  # flagged by the last outlier check (storage.outliers)
+FILTER_KINDS = (ALL, UNLABELED, LABELED_AS, FROM_SOURCE, PREDICTED_AS, DISAGREES, LOW_CONFIDENCE, CHOSEN, REVIEW,
+                OUTLIERS)
+NEEDS_MODEL = (PREDICTED_AS, DISAGREES, LOW_CONFIDENCE, REVIEW)
 
 # Sort orders (GridQuery.sort).
 IMPORT_ORDER = "import"
 CONFIDENCE = "confidence"  # least confident first: those are the ones worth a look
 NAME = "name"
-SORT_ORDERS = (IMPORT_ORDER, CONFIDENCE, NAME)
+# The filter's own ranking: REVIEW most suspicious first (lowest self-confidence), OUTLIERS most unusual
+# first, CHOSEN in the order of GridQuery.image_ids (a duplicate group stays together); else import order.
+RANKED = "ranked"
+SORT_ORDERS = (IMPORT_ORDER, CONFIDENCE, NAME, RANKED)
 
 LOW_CONFIDENCE_THRESHOLD = 0.6
 
@@ -49,6 +57,7 @@ class GridQuery:
     threshold: float = LOW_CONFIDENCE_THRESHOLD
     image_ids: tuple[int, ...] = ()
     sort: str = IMPORT_ORDER
+    limit: int | None = None  # at most this many, the first in ``sort`` order (e.g. the review's suggested count)
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,7 @@ class TileInfo:
     origin: str | None
     predicted_class_id: int | None
     probability: float | None
+    reviewed: bool = False  # the user kept this label in the review queue
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,15 @@ class ImageDetail:
     predicted_class_id: int | None
     probability: float | None
     probabilities: dict[int, float]  # class id -> probability, highest first
+    reviewed: bool = False
+
+
+# The stored out-of-fold probability of an image's own label: its label's column in the model's class
+# order, read out of the float32 probabilities (float32_at is registered by storage.project).
+SELF_CONFIDENCE = (
+    "float32_at(p.probabilities, (SELECT CAST(j.key AS INTEGER) FROM model_versions m, json_each(m.class_ids) j "
+    "WHERE m.id = p.model_version_id AND j.value = l.class_id))"
+)
 
 
 def filtered_image_ids(project: Project, query: GridQuery, model_version: int | None = None) -> np.ndarray:
@@ -86,6 +105,7 @@ def filtered_image_ids(project: Project, query: GridQuery, model_version: int | 
     if query.sort not in SORT_ORDERS:
         raise ValueError(f"unknown sort order {query.sort!r}")
     version = model_version if model_version is not None else -1
+    chosen = json.dumps([int(i) for i in query.image_ids])
     conditions = {
         ALL: ("", ()),
         UNLABELED: ("l.image_id IS NULL", ()),
@@ -94,28 +114,38 @@ def filtered_image_ids(project: Project, query: GridQuery, model_version: int | 
         PREDICTED_AS: ("p.class_id = ?", (query.class_id,)),
         DISAGREES: ("l.class_id IS NOT NULL AND p.class_id IS NOT NULL AND l.class_id != p.class_id", ()),
         LOW_CONFIDENCE: ("p.probability < ?", (float(query.threshold),)),
-        CHOSEN: ("i.id IN (SELECT value FROM json_each(?))", (json.dumps([int(i) for i in query.image_ids]),)),
+        CHOSEN: ("c.key IS NOT NULL", ()),
+        REVIEW: (f"l.class_id IS NOT NULL AND p.out_of_fold AND l.reviewed_at IS NULL AND {SELF_CONFIDENCE} < ?",
+                 (float(query.threshold),)),
+        OUTLIERS: ("o.image_id IS NOT NULL", ()),
     }
     condition, values = conditions[query.kind]
+    ranking = {REVIEW: f"{SELF_CONFIDENCE}, i.id", OUTLIERS: "o.score DESC, i.id", CHOSEN: "c.key"}
     order = {
         IMPORT_ORDER: "i.id",
         NAME: "i.original_name COLLATE NOCASE, i.id",
         CONFIDENCE: "p.probability IS NULL, p.probability, i.id",
+        RANKED: ranking.get(query.kind, "i.id"),
     }[query.sort]
     # Join only what the filter and sort read: the plain "all, import order" scan stays index-only.
-    needs_labels = "l." in condition
+    needs_labels = "l." in condition or "l." in order
     needs_predictions = "p." in condition or "p." in order
     # images rows hold the image bytes, so a table scan reads the whole file; the narrow source
     # index holds every id too and is ~50x smaller (3x faster at 100k images, even sorted after).
     narrow = " INDEXED BY ix_images_source" if query.sort != NAME else ""
     sql = (
         f"SELECT i.id FROM images i{narrow}"
+        + (" JOIN (SELECT MIN(key) AS key, value FROM json_each(?) GROUP BY value) c ON c.value = i.id"
+           if query.kind == CHOSEN else "")
         + (" LEFT JOIN labels l ON l.image_id = i.id" if needs_labels else "")
         + (" LEFT JOIN predictions p ON p.image_id = i.id AND p.model_version_id = ?" if needs_predictions else "")
+        + (" JOIN outliers o ON o.image_id = i.id" if query.kind == OUTLIERS else "")
         + (f" WHERE {condition}" if condition else "")
         + f" ORDER BY {order}"
+        + (" LIMIT ?" if query.limit is not None else "")
     )
-    parameters = ((version,) if needs_predictions else ()) + tuple(values)
+    parameters = (((chosen,) if query.kind == CHOSEN else ()) + ((version,) if needs_predictions else ())
+                  + tuple(values) + ((max(0, int(query.limit)),) if query.limit is not None else ()))
     with project.engine.connect() as connection:
         cursor = connection.exec_driver_sql(sql, parameters)
         ids = array("q", (row[0] for row in cursor))
@@ -130,14 +160,15 @@ def tile_infos(project: Project, image_ids: Sequence[int], model_version: int | 
         for chunk in in_list_chunks(int(i) for i in image_ids):
             marks = ",".join("?" * len(chunk))
             rows = connection.exec_driver_sql(
-                "SELECT i.id, i.original_name, l.class_id, l.origin, p.class_id, p.probability FROM images i "
+                "SELECT i.id, i.original_name, l.class_id, l.origin, p.class_id, p.probability, "
+                "l.reviewed_at IS NOT NULL FROM images i "
                 "LEFT JOIN labels l ON l.image_id = i.id "
                 "LEFT JOIN predictions p ON p.image_id = i.id AND p.model_version_id = ? "
                 f"WHERE i.id IN ({marks})",
                 (version, *chunk),
             )
             for row in rows:
-                found[row[0]] = TileInfo(*row)
+                found[row[0]] = TileInfo(*row[:6], reviewed=bool(row[6]))
     return found
 
 
@@ -147,7 +178,7 @@ def image_detail(project: Project, image_id: int, model_version: int | None = No
     with project.engine.connect() as connection:
         row = connection.exec_driver_sql(
             "SELECT i.id, i.original_name, i.source, i.width, i.height, l.class_id, l.origin, "
-            "p.class_id, p.probability, p.probabilities, m.class_ids FROM images i "
+            "p.class_id, p.probability, p.probabilities, m.class_ids, l.reviewed_at IS NOT NULL FROM images i "
             "LEFT JOIN labels l ON l.image_id = i.id "
             "LEFT JOIN predictions p ON p.image_id = i.id AND p.model_version_id = ? "
             "LEFT JOIN model_versions m ON m.id = p.model_version_id "
@@ -162,7 +193,7 @@ def image_detail(project: Project, image_id: int, model_version: int | None = No
         class_ids = json.loads(row[10]) if isinstance(row[10], str) else row[10]
         pairs = [(cid, float(p)) for cid, p in zip(class_ids, values) if cid is not None]
         probabilities = dict(sorted(pairs, key=lambda pair: -pair[1]))
-    return ImageDetail(*row[:9], probabilities=probabilities)
+    return ImageDetail(*row[:9], probabilities=probabilities, reviewed=bool(row[11]))
 
 
 def source_counts(project: Project) -> list[tuple[str, int]]:

@@ -42,12 +42,14 @@ class ClassInfo:
 
 @dataclass(frozen=True)
 class LabelState:
-    """An image's label as it was: what undo needs to restore it (class_id None = unlabeled)."""
+    """An image's label as it was: what undo needs to restore it (class_id None = unlabeled).
+    ``reviewed_at``: when the user kept the label in the review queue (None: not reviewed)."""
 
     image_id: int
     class_id: int | None
     origin: str | None
     labeled_at: dt.datetime | None
+    reviewed_at: dt.datetime | None = None
 
 
 def _validate_name(name: str) -> str:
@@ -169,21 +171,29 @@ def label_states(project: Project, image_ids: Iterable[int]) -> list[LabelState]
             for row in session.scalars(select(Label).where(Label.image_id.in_(chunk)))
         }
     return [
-        LabelState(i, rows[i].class_id, rows[i].origin, rows[i].labeled_at)
+        LabelState(i, rows[i].class_id, rows[i].origin, rows[i].labeled_at, rows[i].reviewed_at)
         if i in rows
         else LabelState(i, None, None, None)
         for i in image_ids
     ]
 
 
+def _kept_reviews(before: Iterable[LabelState], class_of: dict[int, int | None]) -> dict[int, dt.datetime]:
+    """Review marks that survive a relabeling: those of images whose class stays the same."""
+    return {s.image_id: s.reviewed_at for s in before
+            if s.reviewed_at is not None and s.class_id is not None and class_of.get(s.image_id) == s.class_id}
+
+
 def set_labels(
     project: Project, image_ids: Iterable[int], class_id: int | None, origin: str = "manual"
 ) -> list[LabelState]:
-    """Label (or, with class_id None, unlabel) images in one transaction; returns the previous states."""
+    """Label (or, with class_id None, unlabel) images in one transaction; returns the previous states.
+    A label that changes class loses its review mark (the user has not looked at the new one)."""
     if origin not in LABEL_ORIGINS:
         raise ValueError(f"origin must be one of {LABEL_ORIGINS}")
     image_ids = list(dict.fromkeys(image_ids))
     before = label_states(project, image_ids)
+    reviewed = _kept_reviews(before, dict.fromkeys(image_ids, class_id))
     now = utcnow()
     with project.writing() as session:
         if class_id is not None and session.get(ImageClass, class_id) is None:
@@ -197,36 +207,60 @@ def set_labels(
         for chunk in in_list_chunks(image_ids):
             session.execute(delete(Label).where(Label.image_id.in_(chunk)))
         if class_id is not None:
-            session.add_all(Label(image_id=i, class_id=class_id, origin=origin, labeled_at=now) for i in image_ids)
+            session.add_all(Label(image_id=i, class_id=class_id, origin=origin, labeled_at=now,
+                                  reviewed_at=reviewed.get(i)) for i in image_ids)
     return before
 
 
 def restore_labels(project: Project, states: Iterable[LabelState]) -> None:
-    """Put labels back exactly as they were (undo/redo)."""
+    """Put labels back exactly as they were, review marks included (undo/redo)."""
     states = list(states)
     with project.writing() as session:
         ids = [s.image_id for s in states]
         for chunk in in_list_chunks(ids):
             session.execute(delete(Label).where(Label.image_id.in_(chunk)))
         session.add_all(
-            Label(image_id=s.image_id, class_id=s.class_id, origin=s.origin or "manual", labeled_at=s.labeled_at or utcnow())
+            Label(image_id=s.image_id, class_id=s.class_id, origin=s.origin or "manual",
+                  labeled_at=s.labeled_at or utcnow(), reviewed_at=s.reviewed_at)
             for s in states
             if s.class_id is not None
         )
 
 
 def set_labels_by_class(project: Project, assignments: dict[int, int], origin: str = "manual") -> list[LabelState]:
-    """Give each image its own class in one transaction ({image_id: class_id}), e.g. accepting suggestions."""
+    """Give each image its own class in one transaction ({image_id: class_id}), e.g. accepting suggestions.
+    As with ``set_labels``, only labels that keep their class keep their review mark."""
     before = label_states(project, assignments)
+    reviewed = _kept_reviews(before, assignments)
     now = utcnow()
     with project.writing() as session:
         ids = list(assignments)
         for chunk in in_list_chunks(ids):
             session.execute(delete(Label).where(Label.image_id.in_(chunk)))
         session.add_all(
-            Label(image_id=i, class_id=c, origin=origin, labeled_at=now) for i, c in assignments.items()
+            Label(image_id=i, class_id=c, origin=origin, labeled_at=now, reviewed_at=reviewed.get(i))
+            for i, c in assignments.items()
         )
     return before
+
+
+def mark_reviewed(project: Project, image_ids: Iterable[int], reviewed: bool = True) -> list[LabelState]:
+    """Mark labels as kept by the user (the review queue stops asking about them until they change), or
+    with ``reviewed=False`` ask again. Unlabeled images are skipped. Returns the previous states, for
+    undo with ``restore_labels``."""
+    image_ids = list(dict.fromkeys(int(i) for i in image_ids))
+    before = [state for state in label_states(project, image_ids) if state.class_id is not None]
+    with project.writing() as session:
+        for chunk in in_list_chunks([s.image_id for s in before]):
+            session.execute(update(Label).where(Label.image_id.in_(chunk))
+                            .values(reviewed_at=utcnow() if reviewed else None))
+    return before
+
+
+def reviewed_image_ids(project: Project) -> set[int]:
+    """Images whose current label the user kept in the review queue."""
+    with project.session() as session:
+        return set(session.scalars(select(Label.image_id).where(Label.reviewed_at.is_not(None))))
 
 
 def set_split(project: Project, image_ids: Iterable[int], split: str, pinned: bool = True) -> None:

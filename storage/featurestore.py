@@ -125,6 +125,15 @@ def store_vectors(project: Project, feature_set_id: int, image_ids: Sequence[int
         return len(values)
 
 
+def vector_image_ids(project: Project, backbone: str, layer: str) -> np.ndarray:
+    """Ids (int64, ascending) of the images that have a vector in (backbone, layer); empty without the set."""
+    with project.engine.connect() as connection:
+        rows = connection.exec_driver_sql(
+            "SELECT f.image_id FROM features f JOIN feature_sets s ON s.id = f.feature_set_id "
+            "WHERE s.backbone = ? AND s.layer = ? ORDER BY f.image_id", (backbone, layer)).fetchall()
+    return np.array([r[0] for r in rows], dtype=np.int64)
+
+
 def _decode(blobs: list[bytes], dim: int) -> np.ndarray:
     if not blobs:
         return np.zeros((0, dim), dtype=np.float32)

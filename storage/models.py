@@ -77,13 +77,20 @@ class ImageClass(Base):
 
 
 class Label(Base):
-    """At most one label per image; origin says who set it ('manual', 'suggestion', 'import')."""
+    """At most one label per image; origin says who set it ('manual', 'suggestion', 'import').
+
+    ``reviewed_at``: when the user kept this label after the review queue questioned it (None: not
+    reviewed). ``twins_checked``: the leak guard has compared this image with the other labeled ones.
+    A new label is a new row, so a changed label is neither reviewed nor checked.
+    """
 
     __tablename__ = "labels"
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
     class_id: Mapped[int] = mapped_column(ForeignKey("classes.id", ondelete="CASCADE"), index=True)
     labeled_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     origin: Mapped[str] = mapped_column(String(16), default="manual")
+    reviewed_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True, default=None)
+    twins_checked: Mapped[bool] = mapped_column(Boolean, default=False)
 
     image: Mapped[Image] = relationship(back_populates="label")
 
@@ -161,3 +168,24 @@ class Prediction(Base):
     margin: Mapped[float] = mapped_column(Float)  # top-1 minus top-2 probability
     probabilities: Mapped[bytes] = mapped_column(LargeBinary)  # float32 per class
     out_of_fold: Mapped[bool] = mapped_column(Boolean, default=False)  # cross-validated for labeled images
+
+
+class NearDuplicate(Base):
+    """Two labeled images whose features are nearly the same (cosine similarity at or above the
+    leak guard's threshold, in the feature space named in ``project_meta['near_duplicate_space']``);
+    ``image_a < image_b``. The train/validation split keeps them on one side."""
+
+    __tablename__ = "near_duplicates"
+    image_a: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    image_b: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True, index=True)
+    similarity: Mapped[float] = mapped_column(Float)
+
+
+class OutlierFlag(Base):
+    """An image that looked like nothing else of its class or of the project at the last outlier check;
+    ``reasons`` is a JSON list of sentences."""
+
+    __tablename__ = "outliers"
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    score: Mapped[float] = mapped_column(Float, index=True)
+    reasons: Mapped[list[Any]] = mapped_column(JSON, default=list)

@@ -281,6 +281,19 @@ def prediction_probabilities(project: Project, version: int) -> tuple[np.ndarray
     return ids, np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
 
 
+def out_of_fold_probabilities(project: Project, version: int) -> tuple[np.ndarray, np.ndarray]:
+    """(image ids, probabilities (N, K) in the model's class order) of one version's out-of-fold
+    predictions: labeled images scored by a model that did not train on them."""
+    with project.engine.connect() as connection:
+        rows = connection.exec_driver_sql(
+            "SELECT image_id, probabilities FROM predictions WHERE model_version_id = ? AND out_of_fold "
+            "ORDER BY image_id", (int(version),)).fetchall()
+    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    if not rows:
+        return ids, np.zeros((0, 0), dtype=np.float32)
+    return ids, np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), -1).astype(np.float32)
+
+
 # -- training runs ---------------------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,6 +54,14 @@ def known_revisions() -> set[str]:
     return {rev.revision for rev in ScriptDirectory.from_config(_alembic_config()).walk_revisions()}
 
 
+def float32_at(blob: bytes | None, index: int | None) -> float | None:
+    """SQL function ``float32_at(blob, i)``: the i-th little-endian float32 of a blob (a stored
+    prediction's probability of one class), NULL when there is none."""
+    if blob is None or index is None or not 0 <= int(index) < len(blob) // 4:
+        return None
+    return struct.unpack_from("<f", blob, 4 * int(index))[0]
+
+
 def _make_engine(path: Path) -> Engine:
     engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
 
@@ -66,6 +75,7 @@ def _make_engine(path: Path) -> Engine:
         cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
+        dbapi_connection.create_function("float32_at", 2, float32_at, deterministic=True)
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection):

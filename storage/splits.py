@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 
 from storage.chunks import in_list_chunks
-from storage.models import Image, ImageClass, Label, ProjectMeta
+from storage.models import Image, ProjectMeta
 from storage.project import Project
 
 ASSIGNED_AT_KEY = "splits_assigned_at"
@@ -31,17 +31,19 @@ class LabeledImage:
 
 
 def labeled_images(project: Project) -> list[LabeledImage]:
-    """Every labeled image, by image id, with its class (in display order of classes) and side."""
-    query = (
-        select(Image.id, Label.class_id, Image.source, Image.split, Image.split_pinned, Label.labeled_at,
-               Image.content_hash)
-        .join(Label, Label.image_id == Image.id)
-        .join(ImageClass, ImageClass.id == Label.class_id)
-        .order_by(Image.id)
-    )
-    with project.session() as session:
-        return [LabeledImage(int(r[0]), int(r[1]), r[2] or "", r[3] or "train", bool(r[4]), r[5], r[6])
-                for r in session.execute(query)]
+    """Every labeled image, by image id, with its class and side (one plain SQL query: training reads it
+    on every retrain, and ORM rows cost ~30 us each)."""
+    with project.engine.connect() as connection:
+        rows = connection.exec_driver_sql(
+            "SELECT i.id, l.class_id, i.source, i.split, i.split_pinned, l.labeled_at, i.content_hash "
+            "FROM images i JOIN labels l ON l.image_id = i.id JOIN classes c ON c.id = l.class_id ORDER BY i.id"
+        ).fetchall()
+    return [LabeledImage(int(r[0]), int(r[1]), r[2] or "", r[3] or "train", bool(r[4]), _timestamp(r[5]), r[6])
+            for r in rows]
+
+
+def _timestamp(value) -> dt.datetime | None:
+    return None if value is None else dt.datetime.fromisoformat(str(value))
 
 
 def image_sources(project: Project) -> dict[int, str]:

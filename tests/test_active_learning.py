@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from engine.curation.next_batch import SelectionCache, next_images
+from engine.curation.next_batch import SelectionCache, next_images, prepare_selection
 from engine.curation.selection_index import build_selection_index
-from engine.curation.selection_rules import MIN_LABELS_PER_CLASS, Strategy, choose_batch
+from engine.curation.selection_rules import SWITCH_LABELS_PER_CLASS, Strategy, choose_batch
 from engine.runtime.jobs import JobContext
 from helpers.cli import cli, cli_json
-from helpers.feature_projects import make_feature_project
+from helpers.feature_projects import BACKBONE, LAYER, add_placeholder_images, make_feature_project
+from storage.featurestore import find_feature_set, store_vectors
 
 DIM = 64
 
@@ -31,16 +32,15 @@ def blobs(sizes: list[int], seed: int = 0, spread: float = 1.0, distance: float 
 
 
 def test_cold_start_takes_the_most_typical_image_of_every_cluster():
-    X, blob, centres = blobs([220, 180, 150, 120, 90, 60])
+    X, blob, _ = blobs([220, 180, 150, 120, 90, 60])
     index = build_selection_index(X)
     selection = choose_batch(index, np.array([], dtype=np.int64), np.array([], dtype=np.int64), count=6)
     assert selection.strategy is Strategy.TYPICAL
     rows = [pick.row for pick in selection.picks]
     assert sorted(blob[rows]) == [0, 1, 2, 3, 4, 5]  # one image from each of the K = 0 + 6 clusters
-    for row in rows:  # ... and a typical one: closer to its blob's centre than most of the blob
-        members = X[blob == blob[row]]
-        distances = np.linalg.norm(members - centres[blob[row]], axis=1)
-        assert np.linalg.norm(X[row] - centres[blob[row]]) < np.quantile(distances, 0.25)
+    for row in rows:  # ... the most typical one of its blob (densest k-NN neighbourhood)
+        members = np.flatnonzero(blob == blob[row])
+        assert row == members[np.argmax(index.typicality[members])]
     assert all("no label yet" in pick.reason for pick in selection.picks)
 
 
@@ -75,7 +75,7 @@ def test_with_enough_labels_it_asks_where_the_model_hesitates():
     X, truth, _ = blobs([200, 200, 200], seed=3, spread=3.0, distance=6.0)  # overlapping classes
     index = build_selection_index(X)
     rng = np.random.default_rng(0)
-    labeled = np.concatenate([rng.choice(np.flatnonzero(truth == c), MIN_LABELS_PER_CLASS + 3, replace=False)
+    labeled = np.concatenate([rng.choice(np.flatnonzero(truth == c), SWITCH_LABELS_PER_CLASS + 3, replace=False)
                               for c in range(3)])
     model = LogisticRegression(max_iter=500).fit(X[labeled], truth[labeled])
     proba = model.predict_proba(X)
@@ -83,19 +83,24 @@ def test_with_enough_labels_it_asks_where_the_model_hesitates():
     assert selection.strategy is Strategy.UNCERTAIN
     rows = [pick.row for pick in selection.picks]
     assert len(set(rows)) == 8 and not set(rows) & set(labeled.tolist())
+    hesitating = [pick for pick in selection.picks if pick.reason.startswith("the model hesitates between ")]
+    exploring = [pick for pick in selection.picks if pick.reason.startswith("typical of a group")]
+    assert len(hesitating) == 6 and len(exploring) == 2  # a quarter of the batch keeps exploring
     top_two = np.sort(proba, axis=1)[:, -2:]
     margin = top_two[:, 1] - top_two[:, 0]
-    unlabeled = np.setdiff1d(np.arange(len(X)), labeled)
-    # every pick is among the 10 x batch least certain images: far below the typical margin
-    assert margin[rows].max() <= np.sort(margin[unlabeled])[10 * 8 - 1] + 1e-9
-    assert any(pick.reason.startswith("the model hesitates between ") for pick in selection.picks)
+    others = np.setdiff1d(np.arange(len(X)), np.concatenate([labeled, [pick.row for pick in exploring]]))
+    smallest = np.sort(margin[others])[:6]  # exactly the six least certain of the remaining images
+    np.testing.assert_allclose(np.sort(margin[[pick.row for pick in hesitating]]), smallest, atol=1e-12)
+    names = {"glass", "plastic", "paper"}
+    assert all(set(pick.reason.removeprefix("the model hesitates between ").split(" and ")) <= names
+               for pick in hesitating)
 
 
 def test_the_uncertain_phase_keeps_a_share_for_a_class_with_few_labels():
     X, truth, _ = blobs([300, 300, 60], seed=4, spread=2.5, distance=8.0)
     index = build_selection_index(X)
     rng = np.random.default_rng(1)
-    counts = [30, 30, MIN_LABELS_PER_CLASS]
+    counts = [30, 30, SWITCH_LABELS_PER_CLASS]
     labeled = np.concatenate([rng.choice(np.flatnonzero(truth == c), n, replace=False) for c, n in enumerate(counts)])
     proba = LogisticRegression(max_iter=500).fit(X[labeled], truth[labeled]).predict_proba(X)
     selection = choose_batch(index, labeled, truth[labeled], 10, proba, ["a", "b", "rare"])
@@ -111,8 +116,14 @@ def test_project_next_images_cold_start_and_cache(project):
     assert first.strategy is Strategy.TYPICAL and len(first.images) == 3
     assert {image.image_id for image in first.images} <= set(made.image_ids)
     assert all(image.path.startswith("/synthetic/") for image in first.images)
-    again = next_images(JobContext(), project, 3, cache=cache)  # same features: the same cached index
-    assert [image.image_id for image in again.images] == [image.image_id for image in first.images]
+    prepared = prepare_selection(JobContext(), project, cache=cache)
+    assert prepare_selection(JobContext(), project, cache=cache) is prepared  # features unchanged: reused
+
+    new_ids = add_placeholder_images(project, 5, start=1000)
+    feature_set = find_feature_set(project, BACKBONE, LAYER)
+    store_vectors(project, feature_set.id, new_ids, np.ones((5, 1280), dtype=np.float32))
+    rebuilt = prepare_selection(JobContext(), project, cache=cache)
+    assert rebuilt is not prepared and set(new_ids) <= set(rebuilt.image_ids.tolist())
 
 
 @pytest.fixture
@@ -121,7 +132,7 @@ def feature_project_file(tmp_path):
 
     path = tmp_path / "blobs.sortlab"
     with create_project(path) as opened:
-        make_feature_project(opened, [6, 6, 6], unlabeled=40, dim=1280, spread=0.5, seed=6)
+        make_feature_project(opened, [7, 7, 7], unlabeled=40, dim=1280, spread=0.5, seed=6)
     return path
 
 
@@ -145,12 +156,12 @@ def test_cli_next_json_shape(feature_project_file, capsys):
 
 def test_cli_images_json_shape(feature_project_file, capsys):
     every = cli_json(capsys, "images", feature_project_file)["images"]
-    assert len(every) == 58
+    assert len(every) == 61
     assert all(set(row) == {"id", "path", "label", "prediction", "probability"} for row in every)
     assert all(row["prediction"] is None and row["probability"] is None for row in every)  # no model yet
     labeled = cli_json(capsys, "images", feature_project_file, "--labeled")["images"]
     unlabeled = cli_json(capsys, "images", feature_project_file, "--unlabeled")["images"]
-    assert len(labeled) == 18 and len(unlabeled) == 40
+    assert len(labeled) == 21 and len(unlabeled) == 40
     assert {row["label"] for row in labeled} == {"c0", "c1", "c2"} and {row["label"] for row in unlabeled} == {None}
 
     cli_json(capsys, "train", feature_project_file)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 from PIL import Image
 
 from engine.images.imaging import ImageDecodeError, load_stored_image, normalize_image, open_image_file
-from engine.images.importing import import_paths
+from engine.images.importing import batch_source, import_paths
 from engine.runtime.jobs import JobContext
 from storage.images import list_images, read_image_bytes
 
@@ -168,10 +169,11 @@ def test_all_valid_kinds_import_together_with_odd_names(project, tmp_path):
         extension = {"webp": ".webp", "bmp": ".bmp", "tiff": ".tif", "cmyk tiff": ".tiff", "16-bit tiff": ".tiff"}.get(
             kind, ".gif" if "gif" in kind else ".jpg" if "jpeg" in kind else ".png")
         (folder / f"{index:02d} {kind}{extension}").write_bytes(make())
-    report = import_paths(JobContext(), project, [folder])
+    when = datetime(2026, 12, 1, 21, 40)
+    report = import_paths(JobContext(), project, [folder], imported_at=when)
     assert report.failed == [] and report.imported == len(VALID_INPUTS)
     infos = list_images(project)
-    assert {info.source for info in infos} == {"odd names ü 日本"}
+    assert {info.source for info in infos} == {batch_source("odd names ü 日本", when)}
     stored = read_image_bytes(project, [info.id for info in infos])
     assert all(Image.open(io.BytesIO(data)).mode == "RGB" for data in stored.values())
 

@@ -67,6 +67,11 @@ def test_train_json_has_the_documented_keys(trained, capsys):
     assert metrics["evaluation"] == "5-fold CV" and metrics["n_val"] == 16
     assert metrics["accuracy"] >= 0.8 and metrics["balanced_accuracy"] >= 0.8  # red versus blue: easy
     assert set(metrics["per_class"]) == set(COLOURS) and metrics["confusion_matrix"]["labels"] == ["blue", "red"]
+    advice = sorted(result["advice"], key=lambda row: row["class"])  # 8 per class: enough to tell
+    assert [set(row) for row in advice] == [{"class", "labeled", "accuracy", "more_for_plus_5_points"}] * 2
+    assert [(row["class"], row["labeled"]) for row in advice] == [("blue", 8), ("red", 8)]
+    assert all(0.0 <= row["accuracy"] <= 1.0 for row in advice)
+    assert all(row["more_for_plus_5_points"] is None or row["more_for_plus_5_points"] >= 1 for row in advice)
 
     listing = cli_json(capsys, "models", project)
     assert listing["active"] == result["model"]

@@ -28,7 +28,7 @@ from gui.map_scatter import RecordPool, fill_scatter, move_scatter
 from gui.model_report import ModelReport
 from gui.runner import QtJobRunner
 from gui.training_panel import TrainingPanel
-from gui.training_status import TimeLeftEstimator, format_seconds
+from gui.training_status import TimeLeftEstimator, done_text, format_seconds, time_left_words
 from storage.catalog import add_class, label_states, set_labels
 from storage.modelstore import NewModel, PredictionBatch, active_model, save_model_version
 
@@ -134,6 +134,92 @@ def test_start_then_cancel_from_the_panel(qtbot, runner, project):
     assert "cancelled" in panel.status.step_label.text().lower()
 
 
+def test_cancelling_thorough_goes_back_to_quick_and_says_so(qtbot, runner, project):
+    """While Thorough is chosen nothing retrains by itself, and the panel says so; a cancelled
+    Thorough run goes back to Quick, which retrains by itself again."""
+    panel = make_panel(qtbot, runner, project, slow_fake_training)
+    panel.show()
+    note = panel.options.auto_retrain_note
+    assert not note.isVisible() and panel.auto_retrain.isEnabled()
+    panel.set_method("finetune")
+    assert note.isVisible() and "nothing retrains by itself" in note.text()
+    assert not panel.auto_retrain.isEnabled() and not panel._retrains_by_itself()
+    assert panel.curves.showing_empty_text() and "Press Start training" in panel.curves.empty_text.text()
+
+    with qtbot.waitSignal(panel.training_started, timeout=2000):
+        assert panel.start()
+    qtbot.waitUntil(lambda: panel.status.progress_bar.value() > 0, timeout=5000)
+    with qtbot.waitSignal(panel.training_finished, timeout=5000) as finished:
+        panel.cancel()
+    assert finished.args[0].status is JobStatus.CANCELLED
+    assert panel.method.name == "logreg" and panel.method_buttons["logreg"].isChecked()
+    assert panel._retrains_by_itself() and not note.isVisible()
+    assert panel.status.step_label.text() == (
+        "Thorough training cancelled; the previous model is still in use. "
+        "Back to Quick: it retrains by itself as you label.")
+
+
+def test_the_panel_forgets_a_closed_project_and_an_old_failure(qtbot, runner, project, tmp_path):
+    """Another project (or none): no version, accuracy, chart point nor red failure of the last one
+    stays; a failure that new images or labels may have fixed goes away when they arrive."""
+    from storage.project import create_project
+
+    add_images(project, 4)
+    ants, bees = add_class(project, "ants"), add_class(project, "bees")
+    save_version(project, [ants, bees], {1: ants.id}, accuracy=0.75, n_labeled=12)
+    panel = make_panel(qtbot, runner, project, lambda *a, **k: train_result(version=2, accuracy=0.8),
+                       history_fn=model_history)
+    with qtbot.waitSignal(panel.training_finished, timeout=5000):
+        assert panel.start()
+    assert "Model version 2 ready" in panel.status.step_label.text()
+    assert len(panel.curves.history_curve.getData()[0]) == 1 and not panel.curves.showing_empty_text()
+
+    panel.set_project(None)
+    assert panel.status.step_label.text() == "Ready." and panel.status.progress_bar.value() == 0
+    x, _y = panel.curves.history_curve.getData()
+    assert x is None or len(x) == 0
+    assert panel.curves.showing_empty_text() and panel.curves.caption.text() == ""
+    assert panel.curves.empty_text.text().startswith("Open or create a project")
+
+    empty = create_project(tmp_path / "empty.sortlab")
+    try:
+        def no_labels(context, project_arg, method, backbone, layer):
+            raise ValueError("No labeled images yet: label a few images of each class first.")
+
+        panel._train_fn = no_labels
+        panel.set_project(empty)
+        assert panel.curves.showing_empty_text() and "Label a few images" in panel.curves.empty_text.text()
+        with qtbot.waitSignal(panel.training_finished, timeout=5000):
+            assert panel.start()
+        label = panel.status.step_label
+        assert label.text().startswith("Training failed: No labeled images yet") and "b00020" in label.styleSheet()
+        panel.project_content_changed()  # images or labels arrived (an import, a label)
+        assert label.text() == "Ready." and label.styleSheet() == ""
+    finally:
+        empty.close()
+
+
+def test_a_failed_check_for_a_gpu_says_so_in_words(qtbot, runner, project, monkeypatch):
+    import gui.training_panel
+
+    def broken(context, want_device, want_backbones):
+        raise ImportError("cannot import name 'Affinities' from partially initialized module 'openTSNE.affinity'",
+                          name="openTSNE.affinity")
+
+    monkeypatch.setattr(gui.training_panel, "training_options_job", broken)
+    panel = TrainingPanel(runner, project, train_fn=slow_fake_training)
+    qtbot.addWidget(panel)
+    assert not runner.busy  # nothing heavy until asked (the window asks once it is on screen)
+    with qtbot.waitSignal(runner.finished, timeout=5000):
+        panel.find_options()
+    device = panel.status.device_label
+    assert device.text().startswith("Could not check for a GPU. Training still works")
+    assert "Affinities" not in device.text() and "openTSNE" in device.toolTip()
+    assert panel.options.backbone_combo.count() == 1  # the default network stays offered
+    panel.find_options()
+    assert not runner.busy  # asked once only
+
+
 def test_epoch_partials_reach_the_curves(qtbot, runner, project):
     # What engine.torch.finetune streams, one per epoch.
     epochs = [EpochResult(e, "full", train_loss=1.0 / e, train_acc=0.5 + e / 10, val_loss=1.2 / e, val_acc=0.4 + e / 10)
@@ -156,8 +242,35 @@ def test_epoch_partials_reach_the_curves(qtbot, runner, project):
     np.testing.assert_allclose(x, [1, 2, 3])
     np.testing.assert_allclose(y, [50, 60, 70])  # fractions are shown as percentages
     assert panel.curves.showing_epochs()
-    assert panel.status.step_label.text() == (
-        f"Model version 1 ready in {format_seconds(finished.args[0].seconds)}. Validation accuracy 70.0%.")
+    assert panel.status.step_label.text() == done_text(finished.args[0].result, finished.args[0].seconds)
+    assert "ready in" in panel.status.step_label.text() and "70.0%" in panel.status.step_label.text()
+
+
+def test_fine_tune_chart_reads_plainly(qtbot, runner, project):
+    """Whole epochs on the x axis, plain loss numbers (no "x0.001" prefix), the legend beside the
+    plots instead of over the points, and none of pyqtgraph's own buttons."""
+    panel = make_panel(qtbot, runner, project, slow_fake_training)
+    panel.resize(700, 500)
+    panel.show()
+    qtbot.waitExposed(panel)
+    curves = panel.curves
+    curves.start_run()
+    for epoch in range(1, 4):  # small losses: pyqtgraph would rescale the axis by 1e-3
+        curves.add_epoch(EpochResult(epoch, "full", train_loss=0.004 / epoch, train_acc=0.9, val_loss=0.005 / epoch,
+                                     val_acc=0.85))
+    QApplication.processEvents()
+    for plot in (curves.loss_plot, curves.acc_plot):
+        item = plot.getPlotItem()
+        assert item.legend is None and not item.autoBtn.isVisible()
+        left, bottom = item.getAxis("left"), item.getAxis("bottom")
+        assert not left.autoSIPrefix and left.scale == 1.0 and "0.001" not in left.labelString()
+        for lo, hi in ((0.5, 3.5), (0.5, 1.5), (0.0, 40.0)):
+            ticks = [v for _spacing, values in bottom.tickValues(lo, hi, 300) for v in values]
+            assert ticks and all(float(v).is_integer() for v in ticks), (lo, hi, ticks)
+    assert "training images" in curves.epoch_legend.text() and "validation images" in curves.epoch_legend.text()
+    assert curves.epoch_legend.isVisible()
+    loss_range = curves.loss_plot.getPlotItem().getViewBox().viewRange()[0]
+    assert loss_range[0] <= 1 and loss_range[1] >= 3
 
 
 def test_quick_history_curve_and_automatic_retraining(qtbot, runner, project, monkeypatch):
@@ -257,25 +370,22 @@ def test_progress_shows_the_step_and_time_left(qtbot, runner, project):
 
     panel = make_panel(qtbot, runner, project, waits)
     now = [100.0]
-    panel.status.estimator = TimeLeftEstimator(window_s=10, clock=lambda: now[0])
+    panel.status.estimator = TimeLeftEstimator(clock=lambda: now[0])
     assert panel.start()
-    step = panel.status.step_label
-    runner.progress.emit("train", 0.0, "Extracting features (0/500)")
-    assert step.text() == "Extracting features (0/500)"  # no rate yet: no guess
-    now[0] = 104.0
-    runner.progress.emit("train", 0.2, "Extracting features (100/500)")
-    assert panel.status.progress_bar.value() == 200
-    assert step.text() == "Extracting features (100/500) — about 16 s left"
-    now[0] = 184.0
-    runner.progress.emit("train", 0.6, "Extracting features (300/500)")
-    # the first sample fell out of the 10 s window: 0.4 to go at the recent rate of 0.4 per 80 s
-    assert step.text() == "Extracting features (300/500) — about 1 min 20 s left"
+    step, bar = panel.status.step_label, panel.status.progress_bar
+    runner.progress.emit("train", 0.0, "Extracting features: 0 of 800 images")
+    assert step.text() == "Now: Extracting features: 0 of 800 images"  # no pace yet: no guess
+    now[0] = 160.0
+    runner.progress.emit("train", 0.57, "Extracting features: 656 of 800 images")
+    # The bar is the whole run and says so; the step's own count runs ahead of it.
+    assert bar.value() == 570 and bar.text() == "57% of the whole run"
+    assert step.text() == "Now: Extracting features: 656 of 800 images. In all, less than a minute left."
     runner.progress.emit("other-job", 0.9, "Importing")
     assert "Importing" not in step.text()
     with qtbot.waitSignal(panel.training_finished, timeout=5000):
         release.set()
-    assert step.text().endswith("Validation accuracy 80.0%.")
-    assert panel.status.progress_bar.value() == panel.status.progress_bar.maximum()
+    assert step.text().endswith("Right on 80.0% of the images it was tested on.")
+    assert bar.value() == bar.maximum()
 
 
 def test_device_and_backbones_come_from_the_options_job(qtbot, runner, project):
@@ -287,7 +397,8 @@ def test_device_and_backbones_come_from_the_options_job(qtbot, runner, project):
     resnet = BackboneChoice("resnet50", "ResNet-50", ("pooled", "layer3"), "pooled")
     panel._options_known(JobOutcome(JobStatus.DONE, TrainingOptions(device="CPU, 8 threads (onnxruntime)",
                                                                     backbones=[*BACKBONES, resnet])))
-    assert device.text().startswith("No GPU found") and "8 threads" in device.text()
+    assert device.text().startswith("No GPU found") and "onnxruntime" not in device.text()
+    assert device.toolTip() == "CPU, 8 threads (onnxruntime)"  # the technical words in the tooltip
     combo = panel.options.backbone_combo
     assert [combo.itemData(i) for i in range(combo.count())] == ["efficientnet_lite0", "resnet50"]
     combo.setCurrentIndex(1)
@@ -296,16 +407,30 @@ def test_device_and_backbones_come_from_the_options_job(qtbot, runner, project):
     assert gpu_panel.status.device_label.text() == "GPU in use: cuda:0"
 
 
-def test_time_left_follows_the_recent_rate():
+def test_time_left_is_smoothed_and_said_in_round_words():
+    """A steady pace gives the plain estimate; one slow stretch moves it a little, not by minutes;
+    a new run starts over. The words round the seconds so the line does not tick like a clock."""
     now = [0.0]
-    estimator = TimeLeftEstimator(window_s=10, clock=lambda: now[0])
+    estimator = TimeLeftEstimator(smoothing_s=20, clock=lambda: now[0])
     assert estimator.update(0.0) is None
-    now[0] = 2.0
-    assert estimator.update(0.1) == pytest.approx(18.0)
-    now[0] = 4.0
-    assert estimator.update(0.2) == pytest.approx(16.0)
-    now[0] = 5.0
-    assert estimator.update(0.05) is None  # a new step restarted the bar
+    for second in range(1, 61):  # 1% a second
+        now[0] = float(second)
+        left = estimator.update(second / 100)
+    assert left == pytest.approx(40.0, rel=1e-9)
+    steady = left
+    now[0] = 70.0  # ten seconds without progress (a validation pass)
+    slowed = estimator.update(0.60)
+    now[0] = 71.0
+    recovered = estimator.update(0.61)
+    assert slowed > steady and slowed - steady < 60  # the estimate grows, but not by minutes
+    assert recovered < slowed
+    now[0] = 72.0
+    assert estimator.update(0.05) is None  # a new run: its pace is not known yet
+
+    assert [time_left_words(s) for s in (5, 45, 80, 170, 185, 3 * 3600 + 1000)] == [
+        "a few seconds left", "less than a minute left", "about a minute left", "about 3 minutes left",
+        "about 3 minutes left", "about 3 hours 20 minutes left"]
+    assert format_seconds(0.4) == "under a second" and format_seconds(75) == "1 min 15 s"
 
 
 # -- model history and report -------------------------------------------------------------------
@@ -351,8 +476,8 @@ def test_report_of_the_stored_predictions_and_clicking_a_cell(qtbot, project):
     widget.resize(700, 700)
     widget.show()
     assert widget.selected_version() == newer  # the active one is shown
-    assert [widget.versions_table.item(1, c).text() for c in (0, 2, 4, 5, 6)] == [str(newer), "Quick", "10",
-                                                                                   "80.0%", "✓ in use"]
+    assert [widget.versions_table.item(1, c).text() for c in range(6)] == [
+        str(newer), "✓", "80.0%", "10", "Quick", "EfficientNet-Lite0"]
     report = widget.report
     assert report.n == 10 and report.metrics.accuracy == pytest.approx(7 / 10)
     assert report.basis.startswith("all labeled images")
@@ -377,6 +502,46 @@ def test_report_of_the_stored_predictions_and_clicking_a_cell(qtbot, project):
     assert widget.selected_version() == older and not widget.activate_button.isEnabled()
 
 
+def test_the_report_opens_on_the_version_in_use_and_follows_it(qtbot, project, tmp_path):
+    """Opened on the version in use (not version 1); a new version in use is shown at once; a
+    version the user picked stays while only the labels change; another project opens on its own."""
+    from storage.modelstore import set_active_model
+    from storage.project import create_project
+
+    add_images(project, 4)
+    ants, bees = add_class(project, "ants"), add_class(project, "bees")
+    first = save_version(project, [ants, bees], {1: ants.id}, accuracy=0.5, n_labeled=4)
+    second = save_version(project, [ants, bees], {1: bees.id}, accuracy=0.7, n_labeled=6)
+    save_version(project, [ants, bees], {1: ants.id}, accuracy=0.6, n_labeled=8, active=False)
+    set_active_model(project, second)
+    widget = ModelReport(None)
+    qtbot.addWidget(widget)
+    widget.set_project(project)
+    assert widget.selected_version() == second and widget.report_version == second
+
+    widget.versions_table.selectRow(0)  # the user looks at version 1
+    widget.refresh()  # labels changed: the same version stays on screen
+    assert widget.selected_version() == first
+    newest = save_version(project, [ants, bees], {1: ants.id}, accuracy=0.9, n_labeled=9)  # a training
+    widget.refresh()
+    assert widget.selected_version() == newest and widget.report_version == newest
+    assert widget.versions_table.item(3, 1).text() == "✓"
+
+    other = create_project(tmp_path / "other.sortlab")
+    try:
+        add_images(other, 2)
+        cats, dogs = add_class(other, "cats"), add_class(other, "dogs")
+        save_version(other, [cats, dogs], {1: cats.id}, n_labeled=2)
+        in_use = save_version(other, [cats, dogs], {1: dogs.id}, n_labeled=2)
+        widget.versions_table.selectRow(0)
+        widget.set_project(other)
+        assert widget.selected_version() == in_use
+        widget.set_project(None)
+        assert widget.versions_table.rowCount() == 0 and widget.report_version is None
+    finally:
+        other.close()
+
+
 def test_report_prefers_cross_validated_predictions(project):
     from engine.insight.report import project_report
 
@@ -386,7 +551,7 @@ def test_report_prefers_cross_validated_predictions(project):
     set_labels(project, ids[3:], bees.id)
     version = save_version(project, [ants, bees], {i: ants.id for i in ids}, out_of_fold=[1, 4])
     report = project_report(project, version)
-    assert report.n == 2 and report.basis == "cross-validated predictions of your labeled images"
+    assert report.n == 2 and report.basis.endswith("cross-validation")
     assert report.metrics.accuracy == pytest.approx(0.5)
 
 
@@ -437,7 +602,9 @@ def test_a_failed_report_says_why(qtbot, runner, project):
     widget = ModelReport(project, report_fn=broken, runner=runner)
     qtbot.addWidget(widget)
     qtbot.waitUntil(lambda: "could not be computed" in widget.view.summary.text(), timeout=5000)
-    assert widget.view.summary.text() == "The report of version 1 could not be computed: disk I/O error"
+    assert widget.view.summary.text() == ("The report of version 1 could not be computed. Select the version "
+                                          "again to retry.")
+    assert widget.view.summary.toolTip() == "disk I/O error"  # the details, for a bug report
 
 
 # -- embedding map ------------------------------------------------------------------------------
@@ -647,7 +814,8 @@ def test_stale_map_partials_are_ignored_and_project_change_cancels(qtbot, runner
         with qtbot.waitSignal(runner.finished, timeout=5000) as finished:
             view.set_project(other)
         assert finished.args[1].status is JobStatus.CANCELLED and stopped.is_set()
-        assert len(view.image_ids) == 0 and "No map yet" in view.status.text()
+        assert len(view.image_ids) == 0 and not view.showing_points
+        assert view.empty_text.text().startswith("No map yet") and view.status.text() == ""
     finally:
         other.close()
 
@@ -679,23 +847,37 @@ def test_map_colors_are_read_in_the_background(qtbot, project):
 
 
 def test_hover_shows_the_image_and_what_the_model_says(qtbot, project):
+    """The card names the file (a long name elided in the middle, the card inside the map) and says
+    the label and the model's answer in words."""
+    from storage.models import Image
+
     ids = add_images(project, 3)
+    long_name = "holiday-2025-camera-one-" + "very-long-part-" * 8 + "IMG_0042.jpg"
+    with project.writing() as session:
+        session.get(Image, 3).original_name = long_name
     ants, bees = add_class(project, "ants"), add_class(project, "bees")
     set_labels(project, [1], ants.id)
     save_version(project, [ants, bees], {1: ants.id, 2: bees.id})
     view = EmbeddingView(None, project)
     qtbot.addWidget(view)
-    view.resize(500, 400)
+    view.resize(320, 300)
     view.show()
     qtbot.waitExposed(view)
     view.set_layout(ids, np.array([[0, 0], [1, 1], [2, 0]], float))
     wait_until_laid_out(qtbot, view)
-    hover = view.hover
-    for index, caption in ((0, "#1 · ants · predicted ants"), (1, "#2 · unlabeled · predicted bees"),
-                           (2, "#3 · unlabeled")):
+    hover, card = view.hover, view.hover.card
+    for index, name, caption in ((0, "0.png", "labeled ants · the model says ants"),
+                                 (1, "1.png", "not labeled · the model says bees"), (2, None, "not labeled")):
         hover.scene_pos = view.viewbox.mapViewToScene(QPointF(*map(float, view.coords[index])))
         hover.update()
-        assert hover.index == index and hover.card.caption.text() == caption and hover.card.isVisible()
+        assert hover.index == index and card.caption.text() == caption and card.isVisible()
+        assert "#" not in card.name.text()
+        if name is not None:
+            assert card.name.text() == name
+    shown = card.name.text()  # elided in the middle: the start and the extension stay
+    assert "…" in shown and shown.startswith("holiday-") and shown.endswith("0042.jpg")
+    assert card.name.toolTip() == long_name
+    assert view.rect().contains(card.geometry())  # the card stays inside the map
     far = view.coords.mean(axis=0) + [0.0, 0.4 * np.ptp(view.coords[:, 1])]
     hover.scene_pos = view.viewbox.mapViewToScene(QPointF(*map(float, far)))
     hover.update()
@@ -810,6 +992,39 @@ def test_map_view_follows_the_layout_until_the_user_pans(qtbot):
     assert not points_in_view(), "the user's zoom is kept"
     qtbot.mouseClick(view.toolbar.fit_button, Qt.MouseButton.LeftButton)
     assert points_in_view()
+
+
+def test_the_map_says_what_will_appear_and_failures_in_plain_words(qtbot, runner, project):
+    """No project, no features, a failed layout: a sentence instead of a blank square (and never a
+    Python message on screen); points replace the sentence; no stray "A" button on the map."""
+    from gui.embedding_view import FAILED_TEXT
+
+    view = EmbeddingView(runner, None)
+    qtbot.addWidget(view)
+    view.resize(400, 300)
+    view.show()
+    qtbot.waitExposed(view)
+    assert not view.showing_points and view.empty_text.text().startswith("Open or create a project")
+    view.set_project(project)
+    assert not view.showing_points and view.empty_text.text().startswith("No map yet. Label a few images")
+
+    def broken(context, project_arg, backbone, layer):
+        raise ImportError("cannot import name 'Affinities' from partially initialized module 'openTSNE.affinity'",
+                          name="openTSNE.affinity")
+
+    with qtbot.waitSignal(view.jobs.layout_finished, timeout=5000):
+        assert view.compute("efficientnet_lite0", None, job=broken)
+    assert view.empty_text.text() == FAILED_TEXT and view.status.text() == FAILED_TEXT
+    assert "Affinities" not in view.status.text() and "openTSNE" in view.status.toolTip()
+
+    ids = add_images(project, 4)
+    view.set_layout(ids, np.random.default_rng(0).normal(size=(4, 2)))
+    assert view.showing_points
+    item = view.plot.getPlotItem()
+    item.mouseHovering = True  # as when the mouse is over the map, zoomed in by hand
+    view.viewbox.setRange(xRange=(0, 0.1), yRange=(0, 0.1))
+    item.updateButtons()
+    assert item.buttonsHidden and not item.autoBtn.isVisible()
 
 
 def test_map_tools_switch_what_a_drag_does(qtbot):

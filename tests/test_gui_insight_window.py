@@ -14,9 +14,11 @@ from engine.features.runners import device_name
 from engine.models.results import TrainResult
 from engine.runtime.jobs import JobStatus
 from gui.app import create_main_window
+from gui.dock_layout import panel_of
 from gui.labeling import SetLabelCommand
 from gui.training_status import done_text
-from storage.catalog import add_class, label_states, set_labels
+from gui.model_report import VERSION_COLUMNS
+from storage.catalog import add_class, label_states, list_classes, set_labels
 
 pytestmark = pytest.mark.gui
 FEATURE_DIM = 1280  # efficientnet_lite0's pooled layer: the cached vectors are used as they are
@@ -31,8 +33,9 @@ def open_window(qtbot, tmp_path):
         window = create_main_window(project=project, data_dir=tmp_path, projects_dir=tmp_path,
                                     settings=QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat))
         qtbot.addWidget(window)
-        window.resize(1200, 800)
+        window.resize(1366, 740)
         window.show()
+        qtbot.waitExposed(window)
         windows.append(window)
         return window
 
@@ -53,12 +56,14 @@ def test_training_from_the_window_updates_report_map_and_history(qtbot, project,
     features = make_feature_project(project, [12, 12], unlabeled=8, dim=FEATURE_DIM)
     window = open_window(project)
     panels = window.insight
-    titles = sorted(d.windowTitle() for d in window.findChildren(QDockWidget) if d.widget() in
+    titles = sorted(d.windowTitle() for d in window.findChildren(QDockWidget) if panel_of(d) in
                     (panels.training, panels.embedding, panels.report))
     assert titles == ["Map of your images", "Model report", "Training"]
     training = panels.training
-    qtbot.waitUntil(lambda: not window.runner.busy, timeout=120000)  # the options warm-up job (imports torch)
-    assert device_name().removeprefix("GPU:").strip() in training.status.device_label.text()
+    # The options warm-up job (it imports torch) starts once the window is on screen.
+    qtbot.waitUntil(lambda: panels.on_screen and not window.runner.busy, timeout=120000)
+    device = training.status.device_label
+    assert device_name().removeprefix("GPU:").strip() in device.text() + device.toolTip()
 
     with qtbot.waitSignal(training.training_finished, timeout=120000) as finished:
         qtbot.mouseClick(training.start_button, Qt.MouseButton.LeftButton)
@@ -74,12 +79,12 @@ def test_training_from_the_window_updates_report_map_and_history(qtbot, project,
     # The report recomputes the training's own evaluation from the stored out-of-fold predictions.
     report = panels.report
     qtbot.waitUntil(lambda: report.report_version == 1, timeout=30000)
-    assert report.report.basis == "cross-validated predictions of your labeled images"
+    assert report.report.basis.endswith("cross-validation")
     assert report.report.n == result.metrics.n_val == 24
     assert report.report.metrics.accuracy == pytest.approx(result.metrics.accuracy, abs=1e-12)
     assert report.report.metrics.confusion_matrix == result.metrics.confusion_matrix
     assert report.versions_table.rowCount() == 1
-    assert report.versions_table.item(0, 2).text() == "Quick"
+    assert report.versions_table.item(0, 4).text() == "Quick"
 
     # The finished training draws the map from the cached features: PCA, then t-SNE.
     view = panels.embedding
@@ -92,9 +97,10 @@ def test_training_from_the_window_updates_report_map_and_history(qtbot, project,
         window.label_images([features.image_ids[24]], features.class_by_name["c0"])
     assert finished.args[0].status is JobStatus.DONE and finished.args[0].result.model_version == 2
     assert training.curves.history_curve.getData()[0].tolist() == [24, 25]
-    # The report lists the new version as the one in use, and keeps showing the one looked at.
+    # The report lists the new version as the one in use, and shows it: version 1 is out of date.
     qtbot.waitUntil(lambda: report.versions_table.rowCount() == 2, timeout=30000)
-    assert report.versions_table.item(1, 6).text() == "✓ in use" and report.selected_version() == 1
+    assert report.versions_table.item(1, 1).text() == "✓" and report.selected_version() == 2
+    qtbot.waitUntil(lambda: report.report_version == 2, timeout=30000)
 
 
 def _jpeg(color) -> bytes:
@@ -171,3 +177,63 @@ def test_report_cells_lasso_and_model_versions_drive_the_workspace(qtbot, projec
     qtbot.mouseClick(report.activate_button, Qt.MouseButton.LeftButton)
     assert window.grid_model.model_version == older
     qtbot.waitUntil(lambda: list(view.predicted) == [cats.id] * 8, timeout=5000)
+
+
+def test_every_panel_resets_when_the_project_changes(qtbot, project, open_window, tmp_path):
+    """Closing a project leaves none of its model, accuracy, chart points, report or map on screen;
+    in a new empty project a failed start ("No labeled images yet") is said in red until images
+    arrive."""
+    from helpers.feature_projects import add_placeholder_images
+
+    from storage.project import create_project
+
+    features = make_feature_project(project, [6, 6], dim=FEATURE_DIM)
+    classes = list_classes(project)
+    save_version(project, classes, {i: classes[0].id for i in features.image_ids}, accuracy=0.75, n_labeled=12)
+    window = open_window(project)
+    panels = window.insight
+    training, report, view = panels.training, panels.report, panels.embedding
+    qtbot.waitUntil(lambda: panels.on_screen and not window.runner.busy, timeout=120000)
+    qtbot.waitUntil(lambda: report.report_version == 1 and view.showing_points, timeout=60000)
+    assert len(training.curves.history_curve.getData()[0]) == 1
+
+    window.close_project()
+    assert training.status.step_label.text() == "Ready." and training.curves.showing_empty_text()
+    assert training.curves.empty_text.text().startswith("Open or create a project")
+    assert report.versions_table.rowCount() == 0 and report.report_version is None
+    assert not view.showing_points and view.empty_text.text().startswith("Open or create a project")
+    assert not training.start_button.isEnabled()
+
+    empty = create_project(tmp_path / "empty.sortlab")
+    window.set_project(empty)
+    assert training.curves.showing_empty_text() and "Label a few images" in training.curves.empty_text.text()
+    with qtbot.waitSignal(training.training_finished, timeout=60000) as finished:
+        qtbot.mouseClick(training.start_button, Qt.MouseButton.LeftButton)
+    assert finished.args[0].status is JobStatus.FAILED
+    label = training.status.step_label
+    assert label.text().startswith("Training failed:") and "b00020" in label.styleSheet()
+    add_placeholder_images(window.project, 3)
+    window.refresh_after_import()  # what an import ends with
+    assert label.text() == "Ready." and label.styleSheet() == ""
+
+
+def test_the_report_shows_in_use_and_accuracy_at_the_docks_width(qtbot, project, open_window):
+    """At the window's first-run layout on a 1366 x 768 screen, the versions table shows the
+    "In use" column and the whole "Accuracy" column without scrolling."""
+    ids = make_feature_project(project, [3, 3], dim=8).image_ids
+    classes = list_classes(project)
+    for accuracy in (0.5, 0.875):
+        save_version(project, classes, {i: classes[0].id for i in ids}, accuracy=accuracy, n_labeled=6)
+    window = open_window(project)
+    window.restore_layout()
+    panels = window.insight
+    panels.docks["report"].raise_()
+    table = panels.report.versions_table
+    qtbot.waitUntil(lambda: table.isVisible() and table.viewport().width() > 0, timeout=5000)
+    header = table.horizontalHeader()
+    for name in ("Version", "In use", "Accuracy"):
+        column = VERSION_COLUMNS.index(name)
+        right = header.sectionViewportPosition(column) + header.sectionSize(column)
+        assert 0 <= header.sectionViewportPosition(column) and right <= table.viewport().width(), name
+        assert header.sectionSize(column) >= header.sectionSizeFromContents(column).width(), name
+    assert table.item(1, VERSION_COLUMNS.index("Accuracy")).text() == "87.5%"

@@ -173,13 +173,24 @@ def dock(window, object_name: str) -> QDockWidget:
 # -- projects and import ----------------------------------------------------------------------------
 
 
-def test_import_folder_through_the_dialog(window, qtbot, tmp_path):
+def test_import_folder_through_the_dialog(window, qtbot, tmp_path, monkeypatch):
+    from PySide6.QtWidgets import QFileDialog
+
     from engine.images.importing import ImportReport
 
     folder = tmp_path / "photos"
     make_image_folder(folder)
+    (tmp_path / "projects").mkdir()
+    offered = []
+
+    def save_as(parent, title, start, file_filter):  # the user takes the name offered
+        offered.append(start)
+        return start, file_filter
+
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", save_as)
     window.projects.import_folder_as_project(str(folder))
-    assert window.project is not None and window.project.path.parent == tmp_path / "projects"
+    assert offered == [str(tmp_path / "projects" / "photos.sortlab")]
+    assert window.project is not None and window.project.path == tmp_path / "projects" / "photos.sortlab"
     dialog = window.projects.import_dialog
     assert dialog.paths() == [str(folder)]
     assert dialog.folders_are_classes.isChecked()  # one folder with sub-folders: looks like classes
@@ -213,7 +224,7 @@ def test_demo_builds_in_background_then_opens(window, qtbot, monkeypatch):
     qtbot.waitUntil(lambda: window.project is not None, timeout=20_000)
     assert window.project.path == window.projects.demo_path()
     assert window.grid_model.rowCount() == 30
-    assert [c.name for c in window.classes_panel.classes] == [str(d) for d in range(10)]
+    assert [c.name for c in window.classes_panel.classes] == ["1", "2", "3", "4", "5", "6", "7", "8", "9", "0"]
     assert window.commands.demo_action.isEnabled()
 
 
@@ -416,9 +427,9 @@ def test_number_keys_label_and_undo_redo_writes_the_file(labeled_window, qtbot):
     press(qtbot, grid, Qt.Key.Key_2)
     assert {c for c, _o in labels_in_file(window.project.path).values()} == {dogs.id}
     assert len(labels_in_file(window.project.path)) == 12
-    press(qtbot, grid, Qt.Key.Key_0)
+    press(qtbot, grid, Qt.Key.Key_Delete)
     assert labels_in_file(window.project.path) == {}
-    assert "0 labeled" in window.counts_label.text()
+    assert "0 labeled" in window.status_line.counts_label.text()
     assert window.undo_stack.count() == 3  # the redone first label, all-dogs, clear (the undone one was dropped)
 
 
@@ -588,7 +599,9 @@ def test_viewer_walks_the_filter_and_labels_in_place(labeled_window, qtbot):
     assert viewer.image_id == ids[4] and window.grid.selected_image_ids() == [ids[4]]
     press(qtbot, viewer, Qt.Key.Key_2)
     assert labels_in_file(window.project.path) == {ids[4]: (dogs.id, "manual")}
-    assert "dogs" in viewer.label_label.text()
+    assert viewer.image_id == ids[6] and window.grid.selected_image_ids() == [ids[6]]  # it moved on
+    press(qtbot, viewer, Qt.Key.Key_Left)
+    assert viewer.image_id == ids[4] and "dogs" in viewer.label_label.text()
     press(qtbot, viewer, Qt.Key.Key_Left)
     assert viewer.image_id == ids[2]
     press(qtbot, viewer, Qt.Key.Key_Escape)
@@ -646,12 +659,14 @@ def test_classes_panel_edits_and_delete_reports_lost_labels(labeled_window, qtbo
 
 def test_rename_and_recolour_a_class(labeled_window, monkeypatch):
     from PySide6.QtGui import QColor
-    from PySide6.QtWidgets import QColorDialog, QInputDialog
+    from PySide6.QtWidgets import QColorDialog
+
+    import gui.classes_panel
 
     window, panel = labeled_window, labeled_window.classes_panel
     cats = window.cats
     panel.select_class(cats.id)
-    monkeypatch.setattr(QInputDialog, "getText", lambda *args, **kw: ("kittens", True))
+    monkeypatch.setattr(gui.classes_panel, "ask_name", lambda *args, **kw: "kittens")
     panel.rename_current()
     monkeypatch.setattr(QColorDialog, "getColor", lambda *args, **kw: QColor("#123456"))
     panel.recolor_current()

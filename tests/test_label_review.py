@@ -15,7 +15,7 @@ from engine.curation import duplicates as dup
 from engine.curation.duplicates import (
     find_duplicates,
     keep_groups_on_one_side,
-    look_alike_count,
+    look_alikes_of,
     nearest_neighbours,
     similar_pairs,
     validation_twins,
@@ -132,7 +132,6 @@ def test_copies_group_transitively_and_identical_files_always_group(small_tiles)
     groups = find_duplicates(ids, X, 0.95, hashes)
     assert [g.image_ids for g in groups] == [(1003, 1010, 1020), (1005, 1025)]
     assert groups[0].kind == "same photo" and groups[1].identical
-    assert look_alike_count(X[[3, 7]] + 0.01, np.delete(X, [3, 7], axis=0), 0.95) == 1
 
 
 def test_a_cancelled_comparison_stops_with_job_cancelled(small_tiles):
@@ -176,8 +175,116 @@ def test_the_guard_follows_pinned_images_and_never_moves_them():
     sides = {1: "train", 2: "val", 3: "val", 4: "train", 5: "val"}
     guarded = keep_groups_on_one_side([(1, 2, 3), (4, 5)], sides, pinned={1})
     assert [guarded[i] for i in (1, 2, 3)] == ["train"] * 3  # the pinned image's side wins over the majority
-    assert [guarded[i] for i in (4, 5)] == ["train", "train"]  # a tie goes to train
+    assert [guarded[i] for i in (4, 5)] == ["train", "train"]  # a tie goes to the first image's side
+    assert [keep_groups_on_one_side([(5, 4)], sides)[i] for i in (4, 5)] == ["val", "val"]
     assert keep_groups_on_one_side([(1, 2)], sides, pinned={1, 2}) == sides
+    # A new twin (3, on val) joins its settled group (1 and 4 on train) instead of pulling it over.
+    assert {keep_groups_on_one_side([(1, 3, 4)], sides, settled={1, 4})[i] for i in (1, 3, 4)} == {"train"}
+    assert keep_groups_on_one_side([(2, 4, 5)], sides, settled={4})[2] == "train"
+
+
+def test_the_import_summary_names_new_images_that_look_like_known_ones(project, monkeypatch):
+    from helpers.feature_projects import BACKBONE, LAYER, add_placeholder_images
+    from storage.featurestore import ensure_feature_set, store_vectors
+
+    monkeypatch.setattr(dup, "COLUMN_BLOCK", 4)  # known images read in several blocks
+    rng = np.random.default_rng(4)
+    known = np.maximum(rng.normal(size=(10, 64)), 0).astype(np.float32)
+    old_ids = add_placeholder_images(project, 10)
+    new_ids = add_placeholder_images(project, 4, start=100)
+    fresh = np.maximum(rng.normal(size=(3, 64)), 0).astype(np.float32)
+    copy = known[6] + 0.01 * rng.normal(size=64).astype(np.float32)
+    feature_set = ensure_feature_set(project, BACKBONE, LAYER, 64)
+    store_vectors(project, feature_set.id, old_ids, known)
+    store_vectors(project, feature_set.id, new_ids[:3], np.vstack([fresh[:2], copy]))  # the 4th: no features yet
+    summary = look_alikes_of(JobContext(), project, new_ids, backbone=BACKBONE, layer=LAYER)
+    assert [(m.image_id, m.like_id) for m in summary.matches] == [(new_ids[2], old_ids[6])]
+    assert summary.matches[0].similarity > 0.99
+    assert summary.compared == 3 and summary.missing_features == [new_ids[3]]
+
+
+# ---- reviewed marks and the grid's review, outlier and chosen filters ----------------------------------
+
+
+def labeled_with_model(project, self_confidence: dict[int, float], out_of_fold: set[int]):
+    """Images labeled "ants" (and one unlabeled), with a stored model version whose probability of "ants"
+    is ``self_confidence[image]``."""
+    from helpers.feature_projects import add_placeholder_images
+    from storage.catalog import ensure_classes, set_labels
+    from storage.modelstore import NewModel, PredictionBatch, save_model_version
+
+    ids = add_placeholder_images(project, len(self_confidence) + 1)
+    classes = ensure_classes(project, ["ants", "bees"])
+    labeled = ids[:-1]
+    set_labels(project, labeled, classes["ants"])
+    ants = np.array([self_confidence[k] for k in range(len(labeled))] + [0.5])
+    version = save_model_version(
+        project, NewModel("logreg", "b", "l", ["ants", "bees"], [classes["ants"], classes["bees"]], b"w", {"C": 1.0}),
+        PredictionBatch(np.array(ids), np.column_stack([ants, 1 - ants]),
+                        np.array([k in out_of_fold for k in range(len(ids))])))
+    return ids, classes, version
+
+
+def test_review_marks_stay_with_the_label_and_are_undone_with_it(project):
+    from storage.catalog import label_states, mark_reviewed, restore_labels, set_labels, set_labels_by_class
+
+    ids, classes, _ = labeled_with_model(project, {0: 0.2, 1: 0.3, 2: 0.9}, {0, 1, 2})
+    before = mark_reviewed(project, ids)  # the unlabeled image is skipped
+    assert [s.image_id for s in before] == ids[:3] and all(s.reviewed_at is None for s in before)
+    assert all(s.reviewed_at is not None for s in label_states(project, ids[:3]))
+    set_labels(project, ids[:1], classes["ants"])  # same class again: still reviewed
+    set_labels(project, ids[1:2], classes["bees"])  # another class: the user has not reviewed that label
+    set_labels_by_class(project, {ids[2]: classes["bees"]})
+    states = label_states(project, ids[:3])
+    assert [s.reviewed_at is not None for s in states] == [True, False, False]
+    undo = set_labels(project, ids[:1], classes["bees"])
+    restore_labels(project, undo)  # undo brings the label back with its mark
+    assert label_states(project, ids[:1])[0].reviewed_at is not None
+    restore_labels(project, before)  # undo the marking itself
+    assert all(s.reviewed_at is None for s in label_states(project, ids[:3]))
+
+
+def test_the_review_filter_ranks_labels_by_out_of_fold_self_confidence(project):
+    from storage import browse
+    from storage.catalog import mark_reviewed
+
+    ids, _, version = labeled_with_model(project, {0: 0.45, 1: 0.05, 2: 0.9, 3: 0.2, 4: 0.01}, {0, 1, 2, 3})
+
+    def shown(**query):
+        return browse.filtered_image_ids(project, browse.GridQuery(kind=browse.REVIEW, **query), version).tolist()
+
+    # 4 is in-sample (not out-of-fold): a model that trained on it cannot judge it.
+    assert shown(sort=browse.RANKED, threshold=1.0) == [ids[1], ids[3], ids[0], ids[2]]
+    assert shown(sort=browse.RANKED, threshold=0.5) == [ids[1], ids[3], ids[0]]
+    assert shown(sort=browse.RANKED, threshold=1.0, limit=2) == [ids[1], ids[3]]
+    assert shown(threshold=0.5) == [ids[0], ids[1], ids[3]]  # import order when asked
+    mark_reviewed(project, [ids[1]])
+    assert shown(sort=browse.RANKED, threshold=0.5) == [ids[3], ids[0]]
+    tiles = browse.tile_infos(project, ids, version)
+    assert [tiles[i].reviewed for i in ids] == [False, True, False, False, False, False]
+    assert browse.image_detail(project, ids[1], version).reviewed
+    assert browse.REVIEW in browse.NEEDS_MODEL
+
+
+def test_outlier_and_chosen_filters_keep_their_ranking(project):
+    from helpers.feature_projects import add_placeholder_images
+    from storage import browse
+    from storage.outliers import replace_outliers
+
+    ids = add_placeholder_images(project, 6)
+    replace_outliers(project, [(ids[4], 9.0, ["far"]), (ids[1], 12.5, ["farther"]), (ids[2], 4.0, ["odd"])])
+
+    def shown(**query):
+        return browse.filtered_image_ids(project, browse.GridQuery(**query)).tolist()
+
+    assert shown(kind=browse.OUTLIERS, sort=browse.RANKED) == [ids[1], ids[4], ids[2]]
+    assert shown(kind=browse.OUTLIERS) == [ids[1], ids[2], ids[4]]
+    group = (ids[5], ids[0], ids[3], ids[0])  # a duplicate group, in the order the duplicates job gave
+    assert shown(kind=browse.CHOSEN, image_ids=group, sort=browse.RANKED) == [ids[5], ids[0], ids[3]]
+    assert shown(kind=browse.CHOSEN, image_ids=group) == [ids[0], ids[3], ids[5]]
+    assert shown(kind=browse.CHOSEN, image_ids=group, sort=browse.RANKED, limit=2) == [ids[5], ids[0]]
+    replace_outliers(project, [])
+    assert shown(kind=browse.OUTLIERS) == []
 
 
 # ---- outliers --------------------------------------------------------------------------------------
@@ -272,11 +379,16 @@ def test_review_json_puts_the_misfiled_photo_first(curated_project, capsys):
     assert 1 <= result["suggested_count"] <= 5
 
 
-def test_outliers_json_flags_the_placeholder(curated_project, capsys):
+def test_outliers_json_flags_the_placeholder_and_keeps_the_flags_for_the_grid(curated_project, capsys):
+    from storage import browse
+
     result = cli_json(capsys, "outliers", curated_project)
     flagged = {Path(row["path"]).name: row for row in result["outliers"]}
     assert "placeholder.png" in flagged and flagged["placeholder.png"]["reasons"]
     assert result["outliers"][0]["path"].endswith("placeholder.png") and len(flagged) <= 3
+    with open_project(curated_project) as project:
+        shown = browse.filtered_image_ids(project, browse.GridQuery(kind=browse.OUTLIERS, sort=browse.RANKED))
+    assert shown.tolist() == [row["id"] for row in result["outliers"]]
 
 
 def test_review_uses_the_active_linear_models_method_and_C(curated_project, capsys):

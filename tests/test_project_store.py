@@ -7,7 +7,10 @@ import sqlite3
 import pytest
 from sqlalchemy import select, text
 
+from storage.catalog import label_states, mark_reviewed
 from storage.errors import NewerProjectError, NotAProjectError, ReadOnlyProjectError
+from storage.near_duplicates import add_near_duplicates, unchecked_labeled_ids
+from storage.outliers import replace_outliers, stored_outliers
 from storage.models import Image, ImageClass, Label
 from storage.project import (
     backup_path,
@@ -53,6 +56,38 @@ def test_upgrade_from_first_revision_keeps_data_and_makes_backup(tmp_path):
             assert image.split == "train" and image.split_pinned is False
             assert session.scalars(select(Label.class_id)).all() == [1]
             assert session.get(ImageClass, 1).name == "ant"
+    finally:
+        upgraded.close()
+
+
+def test_upgrade_from_0002_adds_review_marks_near_duplicates_and_outliers(tmp_path):
+    path = tmp_path / "before-review.sortlab"
+    old = create_project(path, revision="0002")
+    with old.engine.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO images (id, content_hash, original_name, original_path, source, width, height,"
+            " original_format, imported_at, data, thumbnail, split, split_pinned) VALUES (1, 'h', 'a.jpg',"
+            " '/a.jpg', 'cam1', 4, 3, 'JPEG', '2026-01-01 00:00:00', x'00', x'00', 'val', 1)"))
+        connection.execute(text("INSERT INTO classes (id, name, color, position) VALUES (1, 'ant', '#ff0000', 0)"))
+        connection.execute(text(
+            "INSERT INTO labels (image_id, class_id, labeled_at, origin) VALUES (1, 1, '2026-01-01', 'manual')"))
+    old.close()
+
+    upgraded = open_project(path)
+    try:
+        assert current_revision(upgraded) == head_revision()
+        assert backup_path(path, "0002").exists()
+        with upgraded.session() as session:
+            label = session.get(Label, 1)
+            assert (label.class_id, label.reviewed_at, label.twins_checked) == (1, None, False)
+            assert session.get(Image, 1).split == "val"
+        # The new tables work, and the new columns do what they are for.
+        add_near_duplicates(upgraded, [1], [1], [1.0], checked=[1])
+        assert unchecked_labeled_ids(upgraded) == []
+        assert replace_outliers(upgraded, [(1, 4.2, ["looks like no other image"])]) == 1
+        assert [o.image_id for o in stored_outliers(upgraded)] == [1]
+        mark_reviewed(upgraded, [1])
+        assert label_states(upgraded, [1])[0].reviewed_at is not None
     finally:
         upgraded.close()
 

@@ -40,16 +40,19 @@ def test_small_dataset_is_cross_validated_with_out_of_fold_predictions(project):
     assert modelstore.active_model(project).version == result.model_version
 
 
-def test_large_dataset_uses_the_stored_holdout_split(project):
-    make_feature_project(project, [130, 120], dim=16)
+def test_large_dataset_uses_the_stored_holdout_split_and_scores_every_labeled_image_out_of_fold(project):
+    fp = make_feature_project(project, [130, 120], unlabeled=20, dim=64)
     result = train(project)
     m = result.metrics
     assert m.evaluation == "holdout"
     assert m.n_train + m.n_val == 250 and 45 <= m.n_val <= 55
     assert sum(v.support for v in m.per_class.values()) == m.n_val
     val_side = {i.image_id for i in labeled_images(project) if i.split == "val"}
+    assert len(val_side) == m.n_val
     table = modelstore.predictions(project)
-    assert {i for i, p in table.items() if p.out_of_fold} == val_side
+    labeled = {i for i, c in zip(fp.image_ids, fp.class_ids) if c is not None}
+    assert {i for i, p in table.items() if p.out_of_fold} == labeled  # training side too, not only validation
+    assert (m.n_val_with_twin_before_guard, m.n_val_with_twin, m.accuracy_without_twins) == (0, 0, None)
 
 
 def test_quick_retrain_after_one_label_change_reuses_C_and_activates_the_new_version(project):
@@ -76,23 +79,26 @@ def test_svm_model_is_calibrated_and_stored_as_safetensors(project):
 
 
 def test_tiny_dataset_trains_but_is_not_evaluated(project):
-    make_feature_project(project, [1, 2, 1])
+    fp = make_feature_project(project, [1, 2, 1])
     result = train(project)
     assert result.metrics.evaluation == "not evaluated" and not result.metrics.evaluated
     assert "at least 2" in result.metrics.evaluation_note
     # The stored headline keys are there, as null, never missing (CLI `train --json` readers index them).
     stored = modelstore.active_model(project).metrics
     assert stored["accuracy"] is None and stored["balanced_accuracy"] is None
-    assert len(modelstore.predictions(project)) == 4
+    table = modelstore.predictions(project)
+    assert len(table) == 4
+    # The two c1 images are scored by models that did not see them; an image alone in its class cannot be.
+    assert {i for i, p in table.items() if p.out_of_fold} == set(fp.image_ids[1:3])
 
 
 def test_cross_validation_chooses_C_inside_each_fold_unless_retraining_quickly(project, monkeypatch):
     from engine.models import training
     from engine.models.classifiers import DEFAULT_CS
 
-    make_feature_project(project, [20, 20], dim=8)
+    make_feature_project(project, [20, 20], dim=64)  # 64-d: no near-duplicates, so the folds are plain
     fold_models = []
-    real = training.out_of_fold_probabilities
+    real = training.held_out_probabilities
 
     def spy(context, fit_fold, *args, **kwargs):
         def fit(Xf, yf):
@@ -100,7 +106,7 @@ def test_cross_validation_chooses_C_inside_each_fold_unless_retraining_quickly(p
             return fold_models[-1]
         return real(context, fit, *args, **kwargs)
 
-    monkeypatch.setattr(training, "out_of_fold_probabilities", spy)
+    monkeypatch.setattr(training, "held_out_probabilities", spy)
     first = train(project, quick=False)
     assert first.metrics.folds == 5 and len(fold_models) == 5
     # nested: every fold ran its own search over every C, on its own training part only
@@ -113,6 +119,35 @@ def test_cross_validation_chooses_C_inside_each_fold_unless_retraining_quickly(p
 def test_two_per_class_is_cross_validated_with_two_folds(project):
     make_feature_project(project, [2, 2, 2], spread=0.3)
     assert train(project).metrics.folds == 2
+
+
+def test_a_wrong_label_shows_the_right_class_as_suggestion_after_the_retrain(project):
+    """The user files a c0 image under c1 and the automatic (quick) retrain runs: the image's stored
+    suggestion comes from a model that never saw that label, so "Label disagrees" lists it with c0
+    suggested, and the review queue puts it first."""
+    from engine.curation.review import stored_review
+    from storage import browse
+
+    dim = get_backbone(BACKBONE).feature_dim(LAYER)  # the real size: train_model checks the feature cache
+    fp = make_feature_project(project, [110, 110], unlabeled=10, dim=dim, spread=2.0)
+    assert train_model(JobContext(), project).metrics.evaluation == "holdout"
+    sides = {img.image_id: img.split for img in labeled_images(project)}
+    wrong = next(i for i, c in zip(fp.image_ids, fp.class_ids) if c == fp.class_by_name["c0"] and sides[i] == "train")
+    catalog.set_labels(project, [wrong], fp.class_by_name["c1"])
+
+    retrained = train_model(JobContext(), project)
+    assert retrained.params["quick"] is True
+    version = modelstore.active_version(project)
+    prediction = modelstore.predictions(project)[wrong]
+    assert prediction.out_of_fold and prediction.class_name == "c0" and prediction.probability > 0.5
+    disagrees = browse.filtered_image_ids(project, browse.GridQuery(kind=browse.DISAGREES), version)
+    assert wrong in disagrees.tolist()
+    queue = browse.GridQuery(kind=browse.REVIEW, sort=browse.RANKED, threshold=1.0, limit=3)
+    assert browse.filtered_image_ids(project, queue, version).tolist()[0] == wrong
+    review = stored_review(project)
+    first = review.suspects()[0]
+    assert (first.image_id, first.label, first.suggested) == (wrong, fp.class_by_name["c1"], fp.class_by_name["c0"])
+    assert review.suggested_count >= 1 and review.unchecked == []
 
 
 def test_user_errors_come_before_any_feature_extraction(project):

@@ -12,8 +12,10 @@ lands anywhere from about 0.65 to 1.0 (median ~0.93) while no two distinct hymen
 distinct photo. On caltech-101 the pairs between 0.86 and 0.95 are mostly the same object or scene
 shot again; from ``SAME_PHOTO`` (0.95) up they are nearly all the same picture (mirrored, re-cropped).
 
-Leak guard: ``keep_groups_on_one_side`` moves every group to one side of the train/validation split, so a
-validation image never has its twin in training; ``validation_twins`` counts those that had one.
+Leak guard (engine.curation.leak_guard, run by every split assignment): ``keep_groups_on_one_side``
+moves every group to one side of the train/validation split, so a validation image never has its twin
+in training; ``validation_twins`` counts those that had one. ``look_alikes_of`` is the import summary's
+"12 images look like ones you already have".
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from engine.curation.project_features import load_project_features
+from engine.curation.project_features import load_project_features, resolve_feature_space
 from engine.runtime.jobs import JobContext
+from storage.featurestore import load_vectors, vector_image_ids
 from storage.project import Project
-from storage.splits import labeled_images
 
 SAME_PHOTO = 0.95
 LOOK_ALIKE = 0.86
@@ -88,6 +90,29 @@ def similar_pairs(
     if not found_a:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     return (np.concatenate(found_a).astype(np.int64), np.concatenate(found_b).astype(np.int64),
+            np.concatenate(found_s))
+
+
+def pairs_between(
+    queries: np.ndarray, base: np.ndarray, threshold: float, context: JobContext | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (query row, base row) pair whose cosine similarity is at least ``threshold``:
+    (query rows, base rows, similarities). Comparing a few new images with many known ones."""
+    context = context or JobContext()
+    Q, B = unit_rows(queries), unit_rows(base)
+    found_q, found_b, found_s = [], [], []
+    for r0, r1, columns in _tiles(len(Q), len(B)):
+        for c0, c1 in columns:
+            context.check_cancelled()
+            S = Q[r0:r1] @ B[c0:c1].T
+            rows, cols = np.nonzero(S >= threshold)
+            found_q.append(rows + r0)
+            found_b.append(cols + c0)
+            found_s.append(S[rows, cols])
+        context.progress(r1 / len(Q), f"Compared {r1} of {len(Q)} images")
+    if not found_q:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return (np.concatenate(found_q).astype(np.int64), np.concatenate(found_b).astype(np.int64),
             np.concatenate(found_s))
 
 
@@ -169,26 +194,71 @@ def find_duplicates(
     return sorted(groups, key=lambda g: (-len(g.image_ids), g.image_ids))
 
 
-def look_alike_count(new_X: np.ndarray, known_X: np.ndarray, threshold: float = LOOK_ALIKE,
-                     context: JobContext | None = None) -> int:
-    """How many new images look like one already there (the import summary's "12 images look like ...")."""
-    if len(new_X) == 0 or len(known_X) == 0:
-        return 0
-    _, sims = nearest_neighbours(new_X, known_X, k=1, context=context)
-    return int(np.sum(sims[:, 0] >= threshold))
+@dataclass(frozen=True)
+class LookAlike:
+    """A newly imported image that looks like one the project already had."""
+
+    image_id: int
+    like_id: int  # the most similar image that was there before
+    similarity: float
+
+
+@dataclass(frozen=True)
+class LookAlikeSummary:
+    """What the import summary says: "N images look like ones you already have" (``matches``, most similar
+    first). New images without cached features could not be compared yet (``missing_features``): call
+    again after the next feature extraction (training extracts them)."""
+
+    matches: list[LookAlike]
+    compared: int
+    missing_features: list[int]
+
+
+def look_alikes_of(
+    context: JobContext, project: Project, new_ids: Sequence[int], threshold: float = LOOK_ALIKE,
+    backbone: str | None = None, layer: str | None = None,
+) -> LookAlikeSummary:
+    """Which of ``new_ids`` look like an image the project had besides them, from cached features only
+    (nothing is extracted). The known images are read ``COLUMN_BLOCK`` at a time, so memory stays small
+    at 100k images."""
+    backbone, layer = resolve_feature_space(project, backbone, layer)
+    wanted = sorted({int(i) for i in new_ids})
+    query_ids, Q = load_vectors(project, backbone, layer, wanted)
+    known = vector_image_ids(project, backbone, layer)
+    known = known[~np.isin(known, wanted)]
+    best_id = np.full(len(query_ids), -1, dtype=np.int64)
+    best_sim = np.full(len(query_ids), -np.inf, dtype=np.float32)
+    for start in range(0, len(known) if len(query_ids) else 0, COLUMN_BLOCK):
+        context.check_cancelled()
+        block_ids, B = load_vectors(project, backbone, layer, known[start:start + COLUMN_BLOCK])
+        if not len(block_ids):
+            continue
+        rows, sims = nearest_neighbours(Q, B, k=1)
+        better = sims[:, 0] > best_sim
+        best_sim[better], best_id[better] = sims[better, 0], block_ids[rows[better, 0]]
+        context.progress(min(1.0, (start + COLUMN_BLOCK) / len(known)), f"Compared with {start + len(block_ids)} images")
+    found = np.flatnonzero(best_sim >= threshold)
+    matches = sorted((LookAlike(int(query_ids[r]), int(best_id[r]), float(best_sim[r])) for r in found),
+                     key=lambda m: (-m.similarity, m.image_id))
+    missing = sorted(set(wanted) - set(query_ids.tolist()))
+    return LookAlikeSummary(matches, int(len(query_ids)), missing)
 
 
 def keep_groups_on_one_side(
     groups: Iterable[Iterable[int]], sides: Mapping[int, str], pinned: Collection[int] = (),
+    settled: Collection[int] = (),
 ) -> dict[int, str]:
     """Sides after moving every group that straddles train and validation wholly to one side.
 
-    The side is the one the group's pinned images are on, else the side most of it is on (a tie goes
-    to train, which keeps the validation set free of the twin). Pinned images never move, so a group
-    the user pinned to both sides is the one case left straddling. Images not in ``sides`` are ignored.
+    The side is the one the group's pinned images are on, else the one most of its ``settled`` images
+    (placed at an earlier assignment) are on, so a new twin joins its group rather than moving it, else
+    the side most of the group is on; a tie goes to the side of the group's first image, so that ties
+    favour neither side and the validation share stays where the placement put it. Pinned images never
+    move, so a group the user pinned to both sides is the one case left straddling. Images not in
+    ``sides`` are ignored.
     """
     new_sides = dict(sides)
-    pinned = set(pinned)
+    pinned, settled = set(pinned), set(settled)
     for group in groups:
         members = [i for i in group if i in sides]
         on = {sides[i] for i in members}
@@ -198,8 +268,10 @@ def keep_groups_on_one_side(
         if len(pinned_sides) == 1:
             target = pinned_sides.pop()
         else:
-            n_val = sum(sides[i] == "val" for i in members)
-            target = "val" if n_val > len(members) - n_val else "train"
+            voters = [i for i in members if i in settled] or members
+            n_val = sum(sides[i] == "val" for i in voters)
+            n_train = len(voters) - n_val
+            target = sides[voters[0]] if n_val == n_train else "val" if n_val > n_train else "train"
         for i in members:
             if i not in pinned:
                 new_sides[i] = target
@@ -224,16 +296,3 @@ def project_duplicates(
     features = load_project_features(context.subcontext(0.0, 0.3), project, backbone, layer)
     context.progress(0.3, f"Comparing {len(features.image_ids)} images")
     return find_duplicates(features.image_ids, features.X, threshold, context=context.subcontext(0.3, 1.0))
-
-
-def labeled_duplicate_groups(
-    context: JobContext, project: Project, threshold: float = LOOK_ALIKE, backbone: str | None = None,
-    layer: str | None = None,
-) -> list[DuplicateGroup]:
-    """Look-alike groups among labeled images only (what the leak guard needs: edited copies and re-shots)."""
-    features = load_project_features(context.subcontext(0.0, 0.3), project, backbone, layer)
-    hash_of = {img.image_id: img.content_hash for img in labeled_images(project)}
-    rows = np.flatnonzero(np.isin(features.image_ids, list(hash_of)))
-    ids = features.image_ids[rows]
-    return find_duplicates(ids, features.X[rows], threshold, [hash_of[int(i)] for i in ids],
-                           context=context.subcontext(0.3, 1.0))

@@ -18,6 +18,7 @@ from engine.curation.duplicates import nearest_neighbours
 from engine.curation.project_features import load_project_features
 from engine.runtime.jobs import JobContext
 from storage.catalog import list_classes
+from storage.outliers import replace_outliers
 from storage.project import Project
 from storage.splits import labeled_images
 
@@ -88,8 +89,12 @@ def find_outliers(
 def project_outliers(
     context: JobContext, project: Project, backbone: str | None = None, layer: str | None = None,
 ) -> list[Outlier]:
-    """A background job: extract missing features, then flag images unlike their class or the project."""
+    """A background job: extract missing features, then flag images unlike their class or the project.
+    The flags replace the project's stored ones, which the grid's "Outliers" filter shows
+    (storage.browse.OUTLIERS)."""
     features = load_project_features(context.subcontext(0.0, 0.5), project, backbone, layer)
     labels = {img.image_id: img.class_id for img in labeled_images(project)}
     names = {c.id: c.name for c in list_classes(project)}
-    return find_outliers(features.image_ids, features.X, labels, names, context=context.subcontext(0.5, 1.0))
+    flagged = find_outliers(features.image_ids, features.X, labels, names, context=context.subcontext(0.5, 1.0))
+    replace_outliers(project, [(o.image_id, o.score, o.reasons) for o in flagged])
+    return flagged

@@ -11,6 +11,11 @@ self-confidence held 97 % of random flips in the top k on caltech101-dev (normal
 How many are worth a look is estimated the confident-learning way (Northcutt et al., 2021): an
 image is counted when some other class is above that class's own confidence threshold (the mean
 self-confidence of its images) and beats its given label there — the off-diagonal of the confident joint.
+
+Two ways in: ``review_labels`` (the CLI's ``review``) cross-validates afresh; ``stored_review`` reads the
+out-of-fold predictions training stores for every labeled image (engine.models.training), so the GUI
+can rank the queue and say how many are worth a look right after a retrain, with no extra fitting. The
+grid shows the same queue with one query (storage.browse.REVIEW, limited to ``suggested_count``).
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ from engine.curation.project_features import load_project_features
 from engine.models.classifiers import DEFAULT_C, CLASSIFIERS, NotEnoughLabelsError, make_classifier
 from engine.models.evaluation import out_of_fold_probabilities
 from engine.runtime.jobs import JobContext
-from storage.modelstore import active_model
+from engine.models.metrics import Metrics
+from storage.catalog import reviewed_image_ids
+from storage.modelstore import active_model, get_model, out_of_fold_probabilities as stored_out_of_fold
 from storage.project import Project
 from storage.splits import labeled_images
 
@@ -61,8 +68,8 @@ class LabelReview:
     suggested_count: int
     unchecked: list[int]
     method: str
-    C: float
-    folds: int
+    C: float | None  # None: a network's stored predictions (no C)
+    folds: int  # 0: stored predictions of a holdout-evaluated model (validation side, training side in parts)
 
     @property
     def suggested(self) -> np.ndarray:
@@ -187,3 +194,32 @@ def review_labels(
     context.progress(1.0, f"{review.suggested_count} labels worth a second look")
     return review
 
+
+def stored_review(project: Project, version: int | None = None) -> LabelReview | None:
+    """The review queue from a model version's stored out-of-fold predictions (the active one by default),
+    without fitting anything; None before any training.
+
+    Labels the user kept (storage.catalog.mark_reviewed) leave the queue, though they still set each
+    class's confidence threshold. Labeled images the stored predictions cannot judge (labeled after that
+    training, or of a class the model does not know) are in ``unchecked``."""
+    info = active_model(project) if version is None else get_model(project, version)
+    if info is None:
+        return None
+    ids, proba = stored_out_of_fold(project, info.version)
+    label_of = {img.image_id: img.class_id for img in labeled_images(project)}
+    order = np.argsort(info.class_ids, kind="stable")
+    classes = np.asarray(info.class_ids, dtype=np.int64)[order]
+    class_set = set(classes.tolist())
+    known = np.array([label_of.get(int(i), -1) in class_set for i in ids], dtype=bool)
+    ids = ids[known]
+    proba = proba[known][:, order].astype(np.float64) if len(ids) else np.zeros((0, len(classes)))
+    labels = np.array([label_of[int(i)] for i in ids], dtype=np.int64)
+    columns = label_columns(labels, classes)
+    issues = confident_issues(proba, columns) if len(ids) else np.zeros(0, dtype=bool)
+    open_rows = ~np.isin(ids, list(reviewed_image_ids(project)))
+    judged = set(ids.tolist())
+    return LabelReview(
+        ids[open_rows], labels[open_rows], classes, proba[open_rows], label_quality(proba, columns)[open_rows],
+        int(np.sum(issues & open_rows)), sorted(i for i in label_of if i not in judged), info.method,
+        float(info.params["C"]) if "C" in info.params else None, Metrics.from_json(info.metrics).folds,
+    )

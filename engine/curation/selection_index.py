@@ -145,7 +145,8 @@ def _typicality(reduced: np.ndarray, labels: np.ndarray, centres: np.ndarray, pr
     cluster and the nearest few ones (exact for all but the sparsest outskirts, and linear in N)."""
     n = len(reduced)
     typicality = np.zeros(n, dtype=np.float32)
-    members = np.split(np.argsort(labels, kind="stable"), np.cumsum(np.bincount(labels, minlength=len(centres)))[:-1])
+    boundaries = np.cumsum(np.bincount(labels, minlength=len(centres)))[:-1]
+    members = np.split(np.argsort(labels, kind="stable"), boundaries)
     nearby_count = min(NEARBY_FINE_CLUSTERS + 1, len(centres))
     centre_sq = (centres * centres).sum(axis=1)
     for cluster, rows in enumerate(members):
@@ -163,8 +164,9 @@ def _typicality(reduced: np.ndarray, labels: np.ndarray, centres: np.ndarray, pr
         a, b = reduced[rows], reduced[candidates]
         squared = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
         distances = np.sqrt(np.maximum(squared, 0.0))
-        nearest = np.partition(distances, k, axis=1)[:, 1 : k + 1]  # column 0 is the image itself
-        typicality[rows] = 1.0 / (nearest.mean(axis=1) + 1e-5)
+        closest = np.partition(distances, k, axis=1)[:, : k + 1]  # k neighbours and the image itself (~0)
+        mean_distance = (closest.sum(axis=1) - closest.min(axis=1)) / k
+        typicality[rows] = 1.0 / (mean_distance + 1e-5)
     return typicality
 
 

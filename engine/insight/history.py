@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from engine.features.backbones import BackboneUnavailable, get_backbone
 from engine.models.methods import method_title
 from engine.models.metrics import Metrics
 from storage.modelstore import ModelInfo, list_models
@@ -33,6 +34,14 @@ class VersionSummary:
     @property
     def method_title(self) -> str:
         return method_title(self.method)
+
+    @property
+    def backbone_title(self) -> str:
+        """The network as users know it ("EfficientNet-Lite0"); its stored name if no longer known."""
+        try:
+            return get_backbone(self.backbone).title
+        except BackboneUnavailable:
+            return self.backbone
 
     @classmethod
     def of(cls, info: ModelInfo) -> VersionSummary:

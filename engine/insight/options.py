@@ -3,7 +3,9 @@ device) and the start-up warm-up job that finds out. No Qt here.
 
 Finding out imports torch, the training engine and openTSNE: each first import holds the GIL for
 long stretches, which would stall the window in the middle of the user's first training or map.
-At start-up, in a background job, nobody waits for it.
+So the window runs this job once it is on screen, in the background, where nobody waits for it.
+Every import goes through ``heavy_imports()``: the map's first layout, on another thread, imports
+openTSNE at the same moment and waits for this job's import instead of racing it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine.features.backbones import DEFAULT_BACKBONE, BackboneSpec, get_backbone, list_backbones
+from engine.runtime.first_imports import heavy_imports
 from engine.runtime.jobs import JobContext
 
 
@@ -49,15 +52,19 @@ class TrainingOptions:
 
 def training_options_job(context: JobContext, want_device: bool, want_backbones: bool) -> TrainingOptions:
     """Background job body: warm up the imports (see the module docstring), then answer."""
-    import onnxruntime  # noqa: F401  (the first feature extraction imports it: ~0.3 s of GIL)
-
-    import engine.models.training  # noqa: F401
-    from engine.features.runners import device_name
     from engine.insight.projection import warm_up
 
+    warm_up()  # the map's t-SNE first: a map job of the project just opened may be waiting for it
     context.check_cancelled()
-    warm_up()  # the map's t-SNE
-    return TrainingOptions(
-        device=device_name() if want_device else None,
-        backbones=available_backbones() if want_backbones else None,
-    )
+    with heavy_imports():
+        import onnxruntime  # noqa: F401  (the first feature extraction imports it: ~0.3 s of GIL)
+
+        import engine.models.training  # noqa: F401  (scikit-learn)
+    context.check_cancelled()
+    with heavy_imports():  # torch, in the full edition (the device and the torchvision weights)
+        from engine.features.runners import device_name
+
+        return TrainingOptions(
+            device=device_name() if want_device else None,
+            backbones=available_backbones() if want_backbones else None,
+        )

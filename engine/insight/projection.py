@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from sqlalchemy import select
 
+from engine.runtime.first_imports import heavy_imports
 from engine.runtime.jobs import JobContext
 from storage.modelstore import active_version
 from storage.models import Image, Label, Prediction
@@ -53,12 +54,13 @@ def _blas_threads():
     """threadpoolctl's view of the loaded BLAS libraries, made once: finding them walks every
     loaded library in Python while holding the GIL (50 ms), so warm_up() does it at start-up."""
     global _blas_controller
-    if _blas_controller is None:
-        try:
-            from threadpoolctl import ThreadpoolController
-        except ImportError:  # comes with scikit-learn; without it BLAS keeps its own setting
-            return None
-        _blas_controller = ThreadpoolController()
+    with heavy_imports():  # one thread makes it (the warm-up job and a map job may both ask)
+        if _blas_controller is None:
+            try:
+                from threadpoolctl import ThreadpoolController
+            except ImportError:  # comes with scikit-learn; without it BLAS keeps its own setting
+                return None
+            _blas_controller = ThreadpoolController()
     return _blas_controller
 
 
@@ -120,8 +122,8 @@ def warm_up() -> None:
     """Import openTSNE and find the BLAS libraries ahead of time (from a background job at
     start-up): both hold the GIL for a long stretch, which would stall the GUI when the first
     map is computed."""
-    import openTSNE.affinity  # noqa: F401
-    import openTSNE.tsne  # noqa: F401
+    with heavy_imports():
+        import openTSNE  # noqa: F401
 
     _blas_threads()
 
@@ -162,8 +164,9 @@ def _tsne(
     n = X.shape[0]
     if n < 5:  # too few points for neighbourhoods: PCA is the honest answer
         return _pca(X, 2, seed)
-    from openTSNE import TSNEEmbedding
-    from openTSNE.affinity import PerplexityBasedNN
+    with heavy_imports():  # the start-up warm-up may be importing it on another thread
+        from openTSNE import TSNEEmbedding
+        from openTSNE.affinity import PerplexityBasedNN
 
     context.check_cancelled()
     context.progress(0.0, "Preparing the map")
@@ -222,7 +225,8 @@ def embedding_job(
     The first (PCA) partial also carries ``colors``, the points' ``MapColors``, read here so that
     the GUI thread never has to query labels and predictions of every image.
     """
-    from engine.features.extraction import load_features
+    with heavy_imports():  # the warm-up job imports the feature modules too (via training)
+        from engine.features.extraction import load_features
 
     context.progress(0.0, "Loading image features")
     image_ids, X = load_features(project, backbone, layer)

@@ -13,6 +13,7 @@ import numpy as np
 
 from engine.insight.projection import align, point_attributes, prediction_arrays
 from engine.models.metrics import ClassScores, ConfusionMatrix, Metrics, SourceScore
+from engine.runtime.first_imports import heavy_imports
 from engine.runtime.jobs import JobContext
 from storage.catalog import list_classes
 from storage.project import Project
@@ -50,8 +51,15 @@ def build_report(
 ) -> Report:
     """Metrics over the images that have both a true and a predicted class among ``class_ids``."""
     # Imported here: the window imports this module at start-up, and scikit-learn takes a second
-    # to import (the training panel's warm-up job imports it in the background meanwhile).
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support
+    # to import (the training panel's warm-up job imports it in the background meanwhile, so
+    # one thread at a time).
+    with heavy_imports():
+        from sklearn.metrics import (
+            accuracy_score,
+            balanced_accuracy_score,
+            confusion_matrix,
+            precision_recall_fscore_support,
+        )
 
     image_ids = np.asarray(image_ids, dtype=np.int64)
     positions = np.arange(len(class_ids))
@@ -107,11 +115,12 @@ def project_report(project: Project, version: int | None = None) -> Report | Non
     attributes = point_attributes(project, ids)
     labeled = attributes.class_ids >= 0
     if (labeled & out_of_fold).any():
-        use, basis = labeled & out_of_fold, "cross-validated predictions of your labeled images"
+        use = labeled & out_of_fold
+        basis = "each labeled image judged by a model that did not learn from it: cross-validation"
     elif (labeled & (attributes.splits == 1)).any():
-        use, basis = labeled & (attributes.splits == 1), "your labeled validation images"
+        use, basis = labeled & (attributes.splits == 1), "your labeled images held back for testing: validation images"
     else:
-        use, basis = labeled, "all labeled images, including training images (optimistic)"
+        use, basis = labeled, "all labeled images, including the ones it learned from, so this is optimistic"
     classes = list_classes(project)
     sources = [attributes.source_names[c] or "(no source)" for c in attributes.source_codes[use]]
     return build_report(ids[use], attributes.class_ids[use], predicted[use], [c.id for c in classes],

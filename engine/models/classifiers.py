@@ -65,7 +65,17 @@ def fold_count(counts: np.ndarray, max_folds: int = MAX_FOLDS) -> int:
     return folds if folds >= 2 else 0
 
 
-_ARRAY_FIELDS = ("classes", "mean", "scale", "coef", "intercept", "calib_a", "calib_b")
+_ARRAY_FIELDS = ("classes", "mean", "scale", "coef", "intercept", "calib_a", "calib_b", "unit_norm")
+NORMALIZATIONS = ("standardize", "unit")
+# A row shorter than this is left as it is by ``unit_rows`` (pooled features are never this small).
+MIN_NORM = 1e-12
+
+
+def unit_rows(X: np.ndarray) -> np.ndarray:
+    """Each row scaled to unit Euclidean length (float64): x / max(||x||, MIN_NORM), as the exported
+    network computes it."""
+    X = np.asarray(X, dtype=np.float64)
+    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), MIN_NORM)
 
 
 def _stored_array(value, dtype) -> np.ndarray:
@@ -77,7 +87,11 @@ def _stored_array(value, dtype) -> np.ndarray:
 
 @dataclass(frozen=True)
 class LinearPredictor:
-    """A fitted linear classifier as plain arrays: standardize, project, then softmax or calibrated sigmoids.
+    """A fitted linear classifier as plain arrays: [unit length,] standardize, project, then softmax or
+    calibrated sigmoids.
+
+    ``unit_norm`` (a one-element array holding 1.0) says the feature rows are scaled to unit length
+    first (``unit_rows``); models saved before it existed have none and use the features as they are.
 
     ``coef`` has one row for two classes (the positive, second class) and one per class otherwise.
     With ``calib_a``/``calib_b`` each decision value f becomes 1 / (1 + exp(a f + b)) (Platt scaling,
@@ -91,6 +105,7 @@ class LinearPredictor:
     intercept: np.ndarray
     calib_a: np.ndarray | None = None
     calib_b: np.ndarray | None = None
+    unit_norm: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         # The one place that fixes layout and dtype: every constructor (fit, from_bytes, warm start) goes through it.
@@ -103,10 +118,17 @@ class LinearPredictor:
     def n_features(self) -> int:
         return int(self.coef.shape[1])
 
+    @property
+    def scales_rows(self) -> bool:
+        """Whether feature rows are scaled to unit length before standardizing (``unit_rows``)."""
+        return self.unit_norm is not None and bool(self.unit_norm.reshape(-1)[0])
+
     def decision_function(self, X: np.ndarray) -> np.ndarray:
         X = np.ascontiguousarray(X, dtype=np.float64)  # same layout from every caller, same kernel
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise ValueError(f"Expected features of shape (N, {self.n_features}), got {X.shape}.")
+        if self.scales_rows:
+            X = unit_rows(X)
         return ((X - self.mean) / self.scale) @ self.coef.T + self.intercept
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
@@ -144,7 +166,7 @@ class LinearPredictor:
         if missing:
             raise ValueError(f"Not a Sortlab linear model (missing {', '.join(sorted(missing))}).")
         return cls(arrays["classes"], arrays["mean"], arrays["scale"], arrays["coef"], arrays["intercept"],
-                   arrays.get("calib_a"), arrays.get("calib_b"))
+                   arrays.get("calib_a"), arrays.get("calib_b"), arrays.get("unit_norm"))
 
 
 class _LinearFeatureClassifier(ClassifierMixin, BaseEstimator):
@@ -153,18 +175,42 @@ class _LinearFeatureClassifier(ClassifierMixin, BaseEstimator):
     cv_scoring = "balanced_accuracy"
 
     def __init__(self, C: float | None = None, Cs=DEFAULT_CS, max_folds: int = MAX_FOLDS, random_state: int = 0,
-                 warm_start_from: LinearPredictor | None = None):
+                 warm_start_from: LinearPredictor | None = None, unit_length: bool = False, standardize: bool = True):
         self.C = C
         self.Cs = Cs
         self.max_folds = max_folds
         self.random_state = random_state
         self.warm_start_from = warm_start_from
+        self.unit_length = unit_length
+        self.standardize = standardize
 
     def _linear_model(self, C: float):
         raise NotImplementedError
 
     def _pipeline(self, C: float) -> Pipeline:
-        return Pipeline([("scale", StandardScaler()), ("model", self._linear_model(C))])
+        scaler = StandardScaler() if self.standardize else StandardScaler(with_mean=False, with_std=False)
+        return Pipeline([("scale", scaler), ("model", self._linear_model(C))])
+
+    def _prepared(self, X: np.ndarray) -> np.ndarray:
+        """The rows the pipeline sees: scaled to length sqrt(D) when ``unit_length`` (the squared length a
+        standardized row has on average, so that C means about the same with either normalization)."""
+        return unit_rows(X) * np.sqrt(X.shape[1]) if self.unit_length else X
+
+    def _scaling(self, scaler: StandardScaler) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, scale) of the fitted scaler on the predictor's input (unit rows when ``unit_length``:
+        the pipeline's sqrt(D) factor is folded in)."""
+        dim = self.n_features_in_
+        mean = scaler.mean_ if self.standardize else np.zeros(dim)
+        scale = scaler.scale_ if self.standardize else np.ones(dim)
+        if self.unit_length:
+            return mean / np.sqrt(dim), scale / np.sqrt(dim)
+        return mean, scale
+
+    def _predictor(self, scaler: StandardScaler, model, calib_a=None, calib_b=None) -> LinearPredictor:
+        """The arrays of a fitted pipeline, for ``LinearPredictor`` to predict from unprepared features."""
+        mean, scale = self._scaling(scaler)
+        return LinearPredictor(self.classes_, mean, scale, model.coef_, model.intercept_, calib_a, calib_b,
+                               np.ones(1) if self.unit_length else None)
 
     def _choose_C(self, X: np.ndarray, y: np.ndarray, counts: np.ndarray) -> float:
         folds = fold_count(counts, self.max_folds)
@@ -196,6 +242,7 @@ class _LinearFeatureClassifier(ClassifierMixin, BaseEstimator):
         self.n_features_in_ = X.shape[1]
         self.cv_results_ = []
         with threadpool_limits(1 if X.size < SINGLE_THREAD_BELOW else None):
+            X = self._prepared(X)
             self.C_ = self._choose_C(X, y, counts)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
@@ -236,20 +283,20 @@ class LogisticClassifier(_LinearFeatureClassifier):
     def _fit_predictor(self, X, y, counts) -> LinearPredictor:
         pipeline = self._pipeline(self.C_)
         warm = self.warm_start_from
-        if warm is not None and np.array_equal(warm.classes, self.classes_) and warm.n_features == X.shape[1]:
-            scaler = pipeline.named_steps["scale"].fit(X)
-            model = pipeline.named_steps["model"]
+        scaler, model = pipeline.named_steps["scale"], pipeline.named_steps["model"]
+        if (warm is not None and np.array_equal(warm.classes, self.classes_) and warm.n_features == X.shape[1]
+                and warm.scales_rows == self.unit_length):
+            mean, scale = self._scaling(scaler.fit(X))
             # Move the old solution into the new scaling: w' = w * s_new / s_old, b' shifted to match.
-            coef = warm.coef * (scaler.scale_ / warm.scale)
-            intercept = warm.intercept + warm.coef @ ((scaler.mean_ - warm.mean) / warm.scale)
+            coef = warm.coef * (scale / warm.scale)
+            intercept = warm.intercept + warm.coef @ ((mean - warm.mean) / warm.scale)
             model.set_params(warm_start=True)
             model.coef_, model.intercept_ = coef, intercept
             model.fit(scaler.transform(X), y)
         else:
             pipeline.fit(X, y)
-        scaler, model = pipeline.named_steps["scale"], pipeline.named_steps["model"]
         self.n_iter_ = int(np.max(model.n_iter_))
-        return LinearPredictor(self.classes_, scaler.mean_, scaler.scale_, model.coef_, model.intercept_)
+        return self._predictor(scaler, model)
 
 
 class LinearSVMClassifier(_LinearFeatureClassifier):
@@ -277,9 +324,7 @@ class LinearSVMClassifier(_LinearFeatureClassifier):
         else:
             pipeline = self._pipeline(self.C_).fit(X, y)
             calib_a, calib_b = _platt_on_training_scores(pipeline.decision_function(X), y, self.classes_)
-        scaler, model = pipeline.named_steps["scale"], pipeline.named_steps["model"]
-        return LinearPredictor(self.classes_, scaler.mean_, scaler.scale_, model.coef_, model.intercept_,
-                               calib_a, calib_b)
+        return self._predictor(pipeline.named_steps["scale"], pipeline.named_steps["model"], calib_a, calib_b)
 
 
 def _platt_on_training_scores(scores: np.ndarray, y: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

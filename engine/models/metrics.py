@@ -53,6 +53,11 @@ class Metrics:
     folds: int = 0
     best_epoch: int | None = None  # fine-tuning only
     stopped_early: bool | None = None  # fine-tuning only
+    # Leak guard (linear methods; None where no near-duplicate check ran). Evaluated images ("val"): the
+    # validation side, or every labeled image under cross-validation.
+    n_val_with_twin_before_guard: int | None = None  # would have had a near-duplicate in training without it
+    n_val_with_twin: int | None = None  # have a near-duplicate among the labeled images (kept on their side)
+    accuracy_without_twins: float | None = None  # accuracy of the others; None when none has a twin
 
     @property
     def evaluated(self) -> bool:
@@ -66,7 +71,8 @@ class Metrics:
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict (what the project stores and ``--json`` prints); empty optional parts left out."""
         data = asdict(self)
-        for key in ("top_3_accuracy", "top_5_accuracy", "best_epoch", "stopped_early", "confusion_matrix"):
+        for key in ("top_3_accuracy", "top_5_accuracy", "best_epoch", "stopped_early", "confusion_matrix",
+                    "n_val_with_twin_before_guard", "n_val_with_twin", "accuracy_without_twins"):
             if data[key] is None:
                 del data[key]
         for key in ("per_source", "evaluation_note"):
@@ -98,8 +104,15 @@ class Metrics:
             folds=int(data.get("folds") or 0),
             best_epoch=data.get("best_epoch"),
             stopped_early=data.get("stopped_early"),
+            n_val_with_twin_before_guard=_int(data.get("n_val_with_twin_before_guard")),
+            n_val_with_twin=_int(data.get("n_val_with_twin")),
+            accuracy_without_twins=_float(data.get("accuracy_without_twins")),
         )
 
 
 def _float(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)

@@ -117,7 +117,12 @@ def run_job(fn: Callable[..., Any], context: JobContext, *args: Any, **kwargs: A
 
 
 def user_message(exc: BaseException) -> str:
-    """One clear line for the user: our own errors carry their message; others get their type too."""
+    """One clear line for the user: our own errors carry their message; others get their type too.
+    A library that failed to import says so in words (its Python message stays in the details)."""
+    if isinstance(exc, ImportError):
+        part = f" ({exc.name.split('.')[0]})" if exc.name else ""
+        return (f"A part of Sortlab could not be loaded{part}. Restart Sortlab; if this happens again, "
+                "reinstall it.")
     text = str(exc).strip() or exc.__class__.__name__
     if isinstance(exc, (OSError, MemoryError)) and not isinstance(exc, FileNotFoundError):
         if getattr(exc, "errno", None) == 28:

@@ -103,7 +103,8 @@ def export_onnx(network, input_size: int) -> bytes:
 
 
 def head_arrays(project: Project, info: ModelInfo) -> bytes | None:
-    """The linear classifier alone (standardization folded in) as an .npz of plain arrays;
+    """The linear classifier alone (standardization folded in; ``unit_norm`` present when feature rows are
+    scaled to unit length first) as an .npz of plain arrays;
     None for a fine-tuned network, which has no separate head to ship."""
     if is_network_model(info):
         return None
@@ -118,6 +119,8 @@ def head_arrays(project: Project, info: ModelInfo) -> bytes | None:
     }
     if predictor.calib_a is not None:
         arrays.update(calib_a=predictor.calib_a, calib_b=predictor.calib_b)
+    if predictor.unit_norm is not None:  # rows scaled to unit length before ``weight`` applies
+        arrays.update(unit_norm=predictor.unit_norm)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()

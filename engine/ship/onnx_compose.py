@@ -4,7 +4,8 @@ The export bundle's ``model.onnx`` for a feature model (logreg, svm, probe) is t
 copy of the backbone's feature extractor (engine.features.onnx_backend; the very graph Sortlab computed the
 features with on a CPU) followed by the classifier as a few ONNX operators:
 
-    scores = features @ W + b          (standardization folded into W and b: ``folded_linear``)
+    x = features / max(||features||, MIN_NORM)   only for a head on unit-length rows (``unit_norm``)
+    scores = x @ W + b                 (standardization folded into W and b: ``folded_linear``)
     softmax(scores)                    several classes, uncalibrated (logistic regression)
     [1 - s, s], s = sigmoid(scores)    two classes, uncalibrated
     p = sigmoid(-(a * scores + c))     calibrated SVM (Platt), then [1 - p, p] for two classes,
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.models.classifiers import LinearPredictor
+from engine.models.classifiers import MIN_NORM, LinearPredictor
 
 BACKBONE_INPUT = "pixels"  # names engine.features.onnx_backend gives the feature extractor's graph
 BACKBONE_OUTPUT = "features"
@@ -48,7 +49,16 @@ def _head_nodes(predictor: LinearPredictor, features: str, output: str):
         numpy_helper.from_array(bias.astype(np.float32), "head_bias"),
         numpy_helper.from_array(np.array([1.0], dtype=np.float32), "head_one"),
     ]
-    nodes = [
+    nodes = []
+    if predictor.scales_rows:  # x / max(||x||, MIN_NORM), as engine.models.classifiers.unit_rows
+        inits.append(numpy_helper.from_array(np.array([MIN_NORM], dtype=np.float32), "head_min_norm"))
+        nodes += [
+            helper.make_node("ReduceL2", [features], ["head_norm"], axes=[1], keepdims=1),
+            helper.make_node("Max", ["head_norm", "head_min_norm"], ["head_safe_norm"]),
+            helper.make_node("Div", [features, "head_safe_norm"], ["head_unit"]),
+        ]
+        features = "head_unit"
+    nodes += [
         helper.make_node("MatMul", [features, "head_weight"], ["head_product"]),
         helper.make_node("Add", ["head_product", "head_bias"], ["head_scores"]),
     ]

@@ -1,8 +1,8 @@
 """The torch modules that turn a Sortlab model version into ONE network for ONNX export
 (engine.torch.onnx_export writes it and runs it for the check).
 
-``FeaturesThenLinear``: the backbone's feature extractor, then the linear classifier with its
-standardization folded into the weights (``folded_linear``), then the same probability function
+``FeaturesThenLinear``: the backbone's feature extractor, then the linear classifier (rows scaled to
+unit length first when its ``unit_norm`` says so) with its standardization folded into the weights (``folded_linear``), then the same probability function
 Sortlab uses (softmax, logistic sigmoid for two classes, or Platt-calibrated sigmoids). Callers
 outside engine.torch (engine.ship, engine.features.onnx_backend) reach this module only after
 ``require_torch``/``torch_available``.
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from engine.features.backbones import BackboneSpec
-from engine.models.classifiers import LinearPredictor
+from engine.models.classifiers import MIN_NORM, LinearPredictor
 from engine.ship.onnx_compose import folded_linear  # shared with the torch-free export
 from engine.torch.extractors import load_feature_extractor
 
@@ -31,6 +31,7 @@ class LinearProbabilityHead(nn.Module):
             self.linear.weight.copy_(torch.from_numpy(weight.astype(np.float32)))
             self.linear.bias.copy_(torch.from_numpy(bias.astype(np.float32)))
         self.binary = weight.shape[0] == 1
+        self.unit_rows = predictor.scales_rows
         self.calibrated = predictor.calib_a is not None
         a = np.zeros(weight.shape[0]) if predictor.calib_a is None else np.asarray(predictor.calib_a)
         b = np.zeros(weight.shape[0]) if predictor.calib_b is None else np.asarray(predictor.calib_b)
@@ -38,6 +39,8 @@ class LinearProbabilityHead(nn.Module):
         self.register_buffer("calib_b", torch.from_numpy(b.astype(np.float32)))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.unit_rows:  # as engine.models.classifiers.unit_rows
+            features = features / torch.clamp(torch.linalg.vector_norm(features, dim=1, keepdim=True), min=MIN_NORM)
         scores = self.linear(features)
         if self.calibrated:
             p = torch.sigmoid(-(self.calib_a * scores + self.calib_b))
