@@ -91,7 +91,9 @@ FEATURES = {
         FeatureRecipe("lite2-pooled", ((LITE["lite2"], None),)),
         FeatureRecipe("lite0-pooled+block6", ((LITE["lite0"], None), (LITE["lite0"], "block6"))),
         FeatureRecipe("lite0-flip", ((LITE["lite0"], None),), flip=True),
-        FeatureRecipe("lite2-flip", ((LITE["lite2"], None),), flip=True),
+        FeatureRecipe("lite1-pooled+block6", ((LITE["lite1"], None), (LITE["lite1"], "block6"))),
+        FeatureRecipe("lite1-flip", ((LITE["lite1"], None),), flip=True),
+        FeatureRecipe("lite0+lite1-pooled", ((LITE["lite0"], None), (LITE["lite1"], None))),
         FeatureRecipe("lite0-pooled+block6-flip", ((LITE["lite0"], None), (LITE["lite0"], "block6")), flip=True),
     )
 }

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SKIP = {"run_all.py", "__init__.py"}
+SKIP = {"run_all.py", "__init__.py", "dataset_features.py"}  # dataset_features: a shared helper, not a benchmark
 
 
 def last_json_line(output: str) -> dict | None:

@@ -148,9 +148,11 @@ class EmbeddingView(QWidget):
         self.plot.forget_points()
         self._show_empty(NO_MAP_TEXT if project is not None else NO_PROJECT_TEXT)
 
-    def _show_empty(self, text: str) -> None:
-        """The sentence shown while there are no points; a status line of its own would repeat it."""
+    def _show_empty(self, text: str, details: str = "") -> None:
+        """The sentence shown while there are no points (``details`` in its tooltip); a status
+        line of its own would repeat it."""
         self.empty_text.setText(text)
+        self.empty_text.setToolTip(details)
         if not len(self.image_ids):
             self.pages.setCurrentWidget(self.empty_text)
         self.status.clear()
@@ -271,9 +273,9 @@ class EmbeddingView(QWidget):
         elif outcome.status is JobStatus.CANCELLED:
             if n:
                 self.status.setText(f"{n:,} images (map refinement stopped).")
-        else:  # a plain sentence; what went wrong, for a bug report, in the tooltip
-            if not n:
-                self._show_empty(FAILED_TEXT)
+        elif not n:  # a plain sentence; what went wrong, for a bug report, in the tooltip
+            self._show_empty(FAILED_TEXT, outcome.error)
+        else:
             self.status.setText(FAILED_TEXT)
             self.status.setToolTip(outcome.error)
 

@@ -243,3 +243,30 @@ def test_training_reports_twins_before_and_after_the_guard(project):
     sides = {img.image_id: img.split for img in labeled_images(project)}
     assert all(sides[o] == sides[c] for o, c in zip(originals, copies))
     assert Metrics.from_json(metrics.to_json()) == metrics
+
+
+def test_metrics_match_sklearns_own_scores():
+    """classification_metrics reads every score off one confusion matrix: the same numbers sklearn's
+    scoring functions give, on random predictions (classes missing from the truth included)."""
+    import warnings
+
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, precision_recall_fscore_support
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        k = int(rng.integers(2, 8))
+        classes = np.sort(rng.choice(100, k, replace=False))
+        y = rng.choice(classes[: rng.integers(1, k + 1)], int(rng.integers(1, 60)))
+        proba = rng.dirichlet(np.ones(k), len(y))
+        m = classification_metrics(y, proba, classes, [str(c) for c in classes])
+        predicted = classes[proba.argmax(axis=1)]
+        precision, recall, f1, support = precision_recall_fscore_support(y, predicted, labels=classes, zero_division=0)
+        with warnings.catch_warnings():  # "y_pred contains classes not in y_true"
+            warnings.simplefilter("ignore")
+            balanced = balanced_accuracy_score(y, predicted)
+        np.testing.assert_allclose([m.accuracy, m.balanced_accuracy], [accuracy_score(y, predicted), balanced],
+                                   atol=1e-12)
+        scores = list(m.per_class.values())
+        np.testing.assert_allclose([[c.precision, c.recall, c.f1] for c in scores],
+                                   np.column_stack([precision, recall, f1]), atol=1e-12)
+        assert [c.support for c in scores] == support.tolist()

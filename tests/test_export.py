@@ -128,24 +128,60 @@ def _load_template():
 # ------------------------------------------------------------------------------------ the head
 
 
-@pytest.mark.parametrize("classifier, n_classes", [
-    (LogisticClassifier, 2), (LogisticClassifier, 3), (LinearSVMClassifier, 2), (LinearSVMClassifier, 4),
-])
-def test_torch_head_computes_what_sortlab_computes(classifier, n_classes):
-    import torch
+HEADS = [(LogisticClassifier, 2), (LogisticClassifier, 3), (LinearSVMClassifier, 2), (LinearSVMClassifier, 4)]
+# Every way a head can see its features: unit-length rows as they are, unit-length rows standardized,
+# and (models saved before unit length existed) the raw features standardized.
+NORMALIZATIONS = [dict(unit_length=True, standardize=False), dict(unit_length=True, standardize=True),
+                  dict(unit_length=False, standardize=True)]
 
-    from engine.torch.torch_export import LinearProbabilityHead
 
+def _head_data(n_classes: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(n_classes)
     centers = rng.normal(0, 3, size=(n_classes, 12))
     y = np.repeat(np.arange(1, n_classes + 1) * 10, 12)
     X = (centers[(y // 10) - 1] + rng.normal(0, 2.5, size=(len(y), 12)) + 5).astype(np.float32)
-    predictor = classifier(C=0.5).fit(X, y).predictor_
+    return X, y
+
+
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+@pytest.mark.parametrize("classifier, n_classes", HEADS)
+def test_torch_head_computes_what_sortlab_computes(classifier, n_classes, normalization):
+    import torch
+
+    from engine.torch.torch_export import LinearProbabilityHead
+
+    X, y = _head_data(n_classes)
+    predictor = classifier(C=0.5, **normalization).fit(X, y).predictor_
+    assert predictor.scales_rows == normalization["unit_length"]
     head = LinearProbabilityHead(predictor).eval()
     with torch.no_grad():
         got = head(torch.from_numpy(X)).numpy()
     expected = predictor.predict_proba(X)
     assert got.shape == expected.shape == (len(y), n_classes)
+    np.testing.assert_allclose(got, expected, atol=2e-5)
+    assert np.array_equal(got.argmax(1), expected.argmax(1))
+
+
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+@pytest.mark.parametrize("classifier, n_classes", HEADS)
+def test_composed_onnx_head_computes_what_sortlab_computes(classifier, n_classes, normalization):
+    """The torch-free export (onnx_compose) on a stand-in feature graph that passes the pixels through."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from engine.ship.onnx_compose import compose
+
+    X, y = _head_data(n_classes)
+    predictor = classifier(C=0.5, **normalization).fit(X, y).predictor_
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["pixels"], ["features"], axis=1)], "stand_in",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 3, 2, 2])],
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 12])],
+    )
+    backbone = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    session = ort.InferenceSession(compose(backbone, predictor), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"images": X.reshape(-1, 3, 2, 2)})[0]
+    expected = predictor.predict_proba(X)
     np.testing.assert_allclose(got, expected, atol=2e-5)
     assert np.array_equal(got.argmax(1), expected.argmax(1))
 

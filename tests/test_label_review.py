@@ -21,7 +21,7 @@ from engine.curation.duplicates import (
     validation_twins,
 )
 from engine.curation.outliers import find_outliers, robust_z
-from engine.curation.review import confident_issues, label_quality, review_arrays, review_settings
+from engine.curation.review import confident_issues, label_quality, review_arrays, review_settings, stored_review
 from engine.models.classifiers import DEFAULT_C, NotEnoughLabelsError
 from engine.models.evaluation import place_new_images
 from engine.runtime.jobs import JobCancelled, JobContext
@@ -258,8 +258,12 @@ def test_the_review_filter_ranks_labels_by_out_of_fold_self_confidence(project):
     assert shown(sort=browse.RANKED, threshold=0.5) == [ids[1], ids[3], ids[0]]
     assert shown(sort=browse.RANKED, threshold=1.0, limit=2) == [ids[1], ids[3]]
     assert shown(threshold=0.5) == [ids[0], ids[1], ids[3]]  # import order when asked
+    review = stored_review(project)  # the same queue, from the stored predictions, for the GUI's count
+    assert [s.image_id for s in review.suspects()] == [ids[1], ids[3], ids[0], ids[2]]
+    assert review.unchecked == [ids[4]]
     mark_reviewed(project, [ids[1]])
     assert shown(sort=browse.RANKED, threshold=0.5) == [ids[3], ids[0]]
+    assert [s.image_id for s in stored_review(project).suspects()] == [ids[3], ids[0], ids[2]]
     tiles = browse.tile_infos(project, ids, version)
     assert [tiles[i].reviewed for i in ids] == [False, True, False, False, False, False]
     assert browse.image_detail(project, ids[1], version).reviewed

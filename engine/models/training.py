@@ -44,7 +44,7 @@ from engine.models.methods import DEFAULT_METHOD, get_method
 from engine.models.metrics import Metrics
 from engine.models.results import TrainResult
 from engine.runtime.jobs import JobCancelled, JobContext, user_message
-from storage.catalog import list_classes
+from storage.catalog import labeled_class_count, list_classes
 from storage.featurestore import load_vectors
 from storage.modelstore import (
     ModelInfo,
@@ -93,7 +93,8 @@ def train_model(
     previous C when the labels barely changed), True always reuses it, False searches C again."""
     training_method = get_method(method)
     backbone, layer = resolve_backbone(backbone, layer)
-    check_labels(np.array([img.class_id for img in labeled_images(project)], dtype=np.int64))
+    # Two labeled classes at least, checked before any extraction (a couple of index look-ups).
+    check_labels(np.arange(labeled_class_count(project, at_most=2)))
     if not training_method.trains_on_features:
         from engine.runtime.edition import require_torch
 
