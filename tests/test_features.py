@@ -13,7 +13,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from engine.features import onnx_backend
-from engine.features.backbones import get_backbone
+from engine.features.backbones import DEFAULT_BACKBONE, get_backbone
 from engine.features.extraction import device_name, ensure_features, features_for_files, get_runner, load_features
 from engine.runtime.jobs import JobCancelled, JobContext
 from storage.featurestore import (
@@ -251,7 +251,7 @@ def test_extract_cli_json_and_errors(tmp_path, capsys):
     assert run_cli(["extract", str(path), "--json"]) == 0
     first = json.loads(capsys.readouterr().out)
     assert first["extracted"] == 2 and first["cached"] == 0 and first["dim"] == 1280
-    assert first["backbone"] == LITE0 and first["layer"] == "pooled" and "device" in first
+    assert first["backbone"] == DEFAULT_BACKBONE and first["layer"] == "pooled" and "device" in first
     assert run_cli(["extract", str(path), "--layer", "block5", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["dim"] == 112
     assert run_cli(["extract", str(path), "--json"]) == 0
@@ -263,4 +263,4 @@ def test_extract_cli_json_and_errors(tmp_path, capsys):
     assert "Unknown network" in capsys.readouterr().err
     assert run_cli(["backbones", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert listed[0]["name"] == LITE0 and listed[0]["available"]
+    assert listed[0]["name"] == DEFAULT_BACKBONE and listed[0]["available"]
