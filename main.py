@@ -33,8 +33,8 @@ def os_error_line(exc: OSError) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from cli import (
-        explain_commands, feature_commands, model_commands, next_commands, project_commands, review_commands,
-        ship_commands,
+        backup_commands, check_commands, explain_commands, feature_commands, model_commands, next_commands,
+        project_commands, review_commands, ship_commands, team_commands,
     )
     from storage.project import app_version
 
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"Sortlab {app_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in (project_commands, feature_commands, model_commands, ship_commands, review_commands, next_commands,
-                   explain_commands):
+                   explain_commands, check_commands, team_commands, backup_commands):
         module.register(subparsers)
     return parser
 
@@ -89,7 +89,8 @@ def run_gui(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or (len(argv) == 1 and argv[0].endswith(".sortlab") and os.path.exists(argv[0])):
+    if not argv or (len(argv) == 1 and argv[0].endswith(".sortlab") and os.path.exists(argv[0])) or (
+            len(argv) == 1 and argv[0].startswith(("postgresql://", "postgresql+psycopg://"))):  # a team project
         return run_gui(argv)
     return run_cli(argv)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.runtime.jobs import JobContext, PartialCallback
+from storage.backends import is_database_url
 from storage.errors import ProjectError
 from storage.project import Project, open_project
 
@@ -39,6 +40,12 @@ def add_json_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def open_existing_project(path: str) -> Project:
+    """Open a project file, or a team project named by a database URL (postgresql+psycopg://...)."""
+    if is_database_url(path):
+        try:
+            return open_project(path)
+        except ProjectError as exc:
+            raise CliError(str(exc)) from exc
     project_path = Path(path)
     if not project_path.exists():
         raise CliError(f"Project {path} does not exist.")
@@ -49,6 +56,11 @@ def open_existing_project(path: str) -> Project:
 
 
 def open_or_create_project(path: str) -> Project:
+    if is_database_url(path):
+        try:
+            return open_project(path, create=True)
+        except ProjectError as exc:
+            raise CliError(str(exc)) from exc
     project_path = Path(path)
     if not project_path.exists() and project_path.suffix != ".sortlab":
         raise CliError(f"New project files must end in .sortlab: {path}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from cli.cluster_commands import add_cluster_option, run_extract_on_cluster
 from cli.common import (
     EXIT_CANCELLED,
     CancelOnSignals,
@@ -30,6 +31,7 @@ def register(subparsers) -> None:
                          help=f"network (default {DEFAULT_BACKBONE}; see 'sortlab backbones')")
     extract.add_argument("--layer", default=None, metavar="NAME",
                          help="feature layer (default: the network's pooled penultimate layer)")
+    add_cluster_option(extract)
     add_json_flag(extract)
     extract.set_defaults(handler=run_extract)
 
@@ -51,6 +53,8 @@ def _resolve(backbone: str, layer: str | None):
 
 def run_extract(args: argparse.Namespace) -> CommandResult:
     spec, layer_spec = _resolve(args.backbone, args.layer)
+    if args.cluster:
+        return run_extract_on_cluster(args, spec.name, layer_spec.name)
     context = stderr_progress_context()
     with open_existing_project(args.project) as project, CancelOnSignals(context):
         try:

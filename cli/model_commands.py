@@ -12,6 +12,8 @@ import csv
 import io
 import sys
 
+from cli.cluster_commands import add_cluster_option, run_predict_on_cluster
+from cli.cluster_torchrun import launched_by_torchrun, run_distributed_train
 from cli.common import (
     EXIT_CANCELLED,
     CancelOnSignals,
@@ -77,6 +79,7 @@ def register(subparsers) -> None:
     predict.add_argument("--only-new", action="store_true", help="with --watch: ignore images already there")
     predict.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
                          help="with --watch: seconds between looks at the folder")
+    add_cluster_option(predict)
     predict.set_defaults(handler=run_predict)
 
     models = subparsers.add_parser("models", help="list model versions with their metrics")
@@ -101,6 +104,8 @@ def _advice(context: JobContext, project, result: TrainResult, seed: int) -> Adv
 
 
 def run_train(args: argparse.Namespace) -> CommandResult:
+    if launched_by_torchrun():  # one rank of `torchrun --nproc_per_node=N main.py train ...`
+        return run_distributed_train(args)
     context = stderr_progress_context()
     with open_existing_project(args.project) as project, CancelOnSignals(context):
         try:
@@ -135,6 +140,8 @@ def _csv(result: FilePredictions) -> str:
 
 
 def run_predict(args: argparse.Namespace) -> CommandResult:
+    if args.cluster:
+        return run_predict_on_cluster(args)
     if args.watch:
         from cli.ship_commands import watch_command
 

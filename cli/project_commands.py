@@ -24,6 +24,7 @@ from engine.images.demo import build_demo_project
 from engine.images.importing import ImportReport, import_paths
 from engine.runtime.jobs import JobCancelled, JobContext, user_message
 from storage import catalog
+from storage.class_order import classes_ordered, set_classes_ordered
 from storage.errors import ProjectError
 from storage.images import project_summary, rename_source
 from storage.project import SUFFIX
@@ -54,6 +55,11 @@ def register(subparsers) -> None:
     classes = subparsers.add_parser("classes", help="list, add, rename or remove classes")
     classes.add_argument("project")
     add_json_flag(classes)
+    ordering = classes.add_mutually_exclusive_group()
+    ordering.add_argument("--ordered", dest="ordered", action="store_true", default=None,
+                          help="mark the classes as ordered levels (e.g. fill levels), lowest first in list order: "
+                          "training and the metrics then respect the order")
+    ordering.add_argument("--unordered", dest="ordered", action="store_false", help="the classes are not ordered")
     classes.set_defaults(handler=run_classes, action="list")
     actions = classes.add_subparsers(dest="action", metavar="ACTION")
     add = actions.add_parser("add", help="add classes")
@@ -64,7 +70,9 @@ def register(subparsers) -> None:
     remove = actions.add_parser("remove", help="remove a class (its images become unlabeled)")
     remove.add_argument("name", metavar="NAME")
     listing = actions.add_parser("list", help="list classes with their image counts")
-    for action_parser in (add, rename, remove, listing):
+    order = actions.add_parser("order", help="set the class order (every class, lowest level first)")
+    order.add_argument("names", nargs="+", metavar="NAME")
+    for action_parser in (add, rename, remove, listing, order):
         # SUPPRESS keeps a --json given before the action from being reset to False here.
         action_parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                                    help="print one JSON document on stdout")
@@ -168,9 +176,12 @@ def run_info(args: argparse.Namespace) -> CommandResult:
 
 def _classes_result(project, message: str = "") -> CommandResult:
     infos = catalog.list_classes(project)
+    ordered = classes_ordered(project)
     data = {"classes": [{"id": c.id, "name": c.name, "color": c.color, "shortcut": c.shortcut, "count": c.count}
-                        for c in infos]}
+                        for c in infos], "ordered": ordered}
     lines = [message] if message else []
+    if ordered:
+        lines.append("Ordered classes, lowest level first:")
     lines.extend(f"{c.shortcut or ' '}  {c.name}  ({c.count} images)" for c in infos)
     if not infos:
         lines.append("No classes yet.")
@@ -180,6 +191,11 @@ def _classes_result(project, message: str = "") -> CommandResult:
 def run_classes(args: argparse.Namespace) -> CommandResult:
     with open_existing_project(args.project) as project:
         try:
+            if getattr(args, "ordered", None) is not None:
+                set_classes_ordered(project, args.ordered)
+            if args.action == "order":
+                catalog.reorder_classes(project, [catalog.find_class(project, name).id for name in args.names])
+                return _classes_result(project, "Class order set.")
             if args.action == "add":
                 for name in args.names:
                     catalog.add_class(project, name)

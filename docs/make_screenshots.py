@@ -6,8 +6,9 @@ IMAGE_FOLDER is a folder-per-class collection (default: ../shared/data/hymenopte
 it, the bundled handwritten-digits demo). The script builds a throwaway project in a temporary
 folder, labels a growing share of the images and trains after each step (so the training panel
 has a history to plot), leaves a third unlabeled (so suggestions show), then opens the real main
-window, waits for the embedding map to finish and saves three PNGs into docs/screenshots/.
-Run it under a real X server (``xvfb-run -s '-screen 0 1600x1000x24' ...``) for real fonts; the
+window, waits for the embedding map to finish and saves four PNGs into docs/screenshots/ (the window at
+1366 x 768, the training panel, the map, the viewer's heat map).
+Run it under a real X server (``xvfb-run -s '-screen 0 1366x768x24' ...``) for real fonts; the
 offscreen platform works too.
 """
 
@@ -56,7 +57,7 @@ def build_project(path: Path, folder: Path | None):
         catalog.set_labels(project, ordered_ids[step:], None)
         catalog.set_labels_by_class(project, {i: final_labels[i] for i in ordered_ids[:step]})
         result = train_model(context, project)
-        print(f"trained with {step} labels: accuracy {result.metrics.get('accuracy')}", flush=True)
+        print(f"trained with {step} labels: accuracy {result.metrics.accuracy}", flush=True)
     return project
 
 
@@ -79,6 +80,23 @@ def wait_until(app, condition, seconds: float) -> bool:
     return False
 
 
+def save_heat_map(app, window) -> None:
+    """The viewer on a labeled image with "Where the model looks" on (H), once the heat map is painted."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtTest import QTest
+
+    labeled = [row for row in range(window.grid_model.rowCount()) if window.grid_model.tile(row).class_id is not None]
+    viewer = window.open_viewer(labeled[0] if labeled else 0)
+    viewer.resize(760, 620)
+    wait_until(app, lambda: False, 0.5)
+    QTest.keyClick(viewer, Qt.Key.Key_H)
+    painted = wait_until(app, lambda: viewer.explanation is not None, 180)
+    print(f"heat map painted: {painted}", flush=True)
+    wait_until(app, lambda: False, 0.5)
+    viewer.grab().save(str(OUT / "heatmap.png"))
+    viewer.close()
+
+
 def main(argv: list[str]) -> int:
     import numpy as np
     from PySide6.QtWidgets import QApplication
@@ -97,7 +115,7 @@ def main(argv: list[str]) -> int:
         settings = QSettings(str(Path(tmp) / "settings.ini"), QSettings.Format.IniFormat)
         window = create_main_window(settings=settings, data_dir=Path(tmp), projects_dir=Path(tmp))
         panels = window.insight  # the training panel, map and report, docked as the app docks them
-        window.resize(1500, 880)
+        window.resize(1366, 768)  # a laptop screen, every panel open (issue 12)
         window.show()
         window.open_project_file(project_path)
         wait_until(app, lambda: False, 1.0)
@@ -122,10 +140,13 @@ def main(argv: list[str]) -> int:
         center = embedding.coords.mean(axis=0)
         index = int(unlabeled[np.argmin(np.linalg.norm(embedding.coords[unlabeled] - center, axis=1))])
         x, y = (float(v) for v in embedding.coords[index])
-        embedding._hover_pos = embedding.viewbox.mapViewToScene(QPointF(x, y))
-        embedding._set_hover(index)
+        hover = embedding.hover
+        hover.scene_pos = hover.canvas.viewbox.mapViewToScene(QPointF(x, y))
+        hover.show_point(index)
         wait_until(app, lambda: False, 0.5)
         embedding.grab().save(str(OUT / "embedding.png"))
+        panels.docks["map"].setFloating(False)
+        save_heat_map(app, window)
         window.close()
     print(f"saved {', '.join(p.name for p in sorted(OUT.glob('*.png')))} in {OUT}")
     return 0

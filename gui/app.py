@@ -42,4 +42,6 @@ def run_app(argv: list[str]) -> int:
     projects = [a for a in argv if a.endswith(".sortlab")]
     if projects and Path(projects[0]).exists():
         window.open_project_file(projects[0])
+    elif argv and argv[0].startswith(("postgresql://", "postgresql+psycopg://")):
+        window.team.open_url(argv[0])  # a team project (libpq's ~/.pgpass or PGPASSWORD for its password)
     return app.exec()

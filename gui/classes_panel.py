@@ -10,6 +10,7 @@ from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QColor, QIcon, QPainter, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QCheckBox,
     QColorDialog,
     QDialog,
     QGridLayout,
@@ -25,6 +26,7 @@ from PySide6.QtWidgets import (
 )
 
 from storage import catalog
+from storage.class_order import classes_ordered, set_classes_ordered
 from storage.errors import ProjectError
 
 CLASS_ID_ROLE = Qt.ItemDataRole.UserRole + 1
@@ -100,6 +102,7 @@ class ClassesPanel(QWidget):
         self.hint.setWordWrap(True)
         self.hint.setStyleSheet("color: palette(placeholder-text);")
 
+        self.read_only = False  # a team project role that may not change classes (gui.team_session)
         self.buttons: dict[str, QToolButton] = {}
         grid = QGridLayout()  # two rows of three: the panel stays narrow beside the grid
         grid.setSpacing(2)
@@ -119,9 +122,15 @@ class ClassesPanel(QWidget):
             self.buttons[key] = button
             grid.addWidget(button, position // 3, position % 3)
 
+        self.ordered = QCheckBox("Ordered levels (top = lowest)")
+        self.ordered.setToolTip("The classes are levels of one scale, e.g. how full a bin is: the list order is the "
+                                "level order. Training and the model report then treat a near miss as a small error.")
+        self.ordered.toggled.connect(lambda on: self._edit(lambda: set_classes_ordered(self.project, on)))
+
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
         layout.addWidget(self.list, 1)
+        layout.addWidget(self.ordered)
         layout.addLayout(grid)
         layout.addWidget(self.hint)
         self._update_buttons()
@@ -135,6 +144,9 @@ class ClassesPanel(QWidget):
         """Re-read classes and counts (a grouped count over the labels index: cheap)."""
         current = self.current_class_id()
         self.classes = catalog.list_classes(self.project) if self.project is not None else []
+        self.ordered.blockSignals(True)
+        self.ordered.setChecked(self.project is not None and classes_ordered(self.project))
+        self.ordered.blockSignals(False)
         self.list.clear()
         for info in self.classes:
             key = info.shortcut or " "
@@ -169,9 +181,10 @@ class ClassesPanel(QWidget):
         return next((info for info in self.classes if info.id == class_id), None)
 
     def _update_buttons(self) -> None:
-        has_project = self.project is not None
+        has_project = self.project is not None and not self.read_only
         chosen = self.current_class_id() is not None
         self.buttons["add"].setEnabled(has_project)
+        self.ordered.setEnabled(has_project and len(self.classes) >= 2)
         for key in ("rename", "color", "up", "down", "delete"):
             self.buttons[key].setEnabled(has_project and chosen)
 

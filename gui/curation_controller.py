@@ -14,19 +14,36 @@ Engine entry points are looked up on their modules when a job starts (tests repl
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from PySide6.QtCore import QObject
 from PySide6.QtGui import QUndoCommand
 from PySide6.QtWidgets import QLabel
 
 import engine.curation.duplicates as duplicates
 import engine.curation.next_batch as next_batch
-import engine.curation.review as review
+from engine.curation.look_alike_review import groups_to_review
 from engine.models.metrics import Metrics
 from engine.runtime.jobs import JobOutcome, JobStatus
 from gui.filter_bar import LABEL_NEXT, LOOK_ALIKES, REVIEW_LABELS
 from gui.labeling import count_text
+from gui.look_alike_actions import LookAlikeActions
 from storage import browse, modelstore
 from storage.catalog import label_states, mark_reviewed, restore_labels, reviewed_image_ids
+
+if TYPE_CHECKING:
+    import engine.curation.review as review
+
+
+def review_labels(context, project):
+    """engine.curation.review.review_labels, imported on the worker thread when first asked for: it brings
+    scikit-learn, which the window does not need to appear."""
+    from engine.runtime.first_imports import heavy_imports
+
+    with heavy_imports():
+        from engine.curation.review import review_labels as run
+    return run(context, project)
+
 
 JOB_NAMES = {LABEL_NEXT: "label-next", REVIEW_LABELS: "review-labels", LOOK_ALIKES: "look-alikes"}
 WORKING = {
@@ -76,6 +93,7 @@ class CurationController(QObject):
         self.summary.setVisible(False)
         self.summary.setContentsMargins(12, 0, 4, 0)  # apart from the project's counts beside it
         window.statusBar().addPermanentWidget(self.summary)
+        self.look_alikes = LookAlikeActions(window, self._show_groups, self._rerun_look_alikes)
         window.filter_bar.curation_requested.connect(self.start)
         window.filter_bar.query_changed.connect(self._query_changed)
         window.labels_changed.connect(self._labels_changed)
@@ -99,7 +117,7 @@ class CurationController(QObject):
         self._say(WORKING[mode])
         jobs = {
             LABEL_NEXT: (next_batch.next_images, (self.project, BATCH_SIZE)),
-            REVIEW_LABELS: (review.review_labels, (self.project,)),
+            REVIEW_LABELS: (review_labels, (self.project,)),
             LOOK_ALIKES: (duplicates.project_duplicates, (self.project,)),
         }
         shows = {LABEL_NEXT: self._show_batch, REVIEW_LABELS: self._show_review, LOOK_ALIKES: self._show_groups}
@@ -128,6 +146,7 @@ class CurationController(QObject):
         self._run += 1
         self._notes, self._batch, self._suspects = {}, [], {}
         self.window.grid_model.set_notes({})
+        self.look_alikes.set_groups([])
         self.summary.setVisible(False)
         self.summary.setContentsMargins(12, 0, 4, 0)  # apart from the project's counts beside it
 
@@ -185,7 +204,7 @@ class CurationController(QObject):
         _images, labeled = browse.image_and_label_counts(self.project)
         model = modelstore.active_model(self.project)
         accuracy = Metrics.from_json(model.metrics).accuracy if model is not None else None
-        score = f"validation accuracy {percent(accuracy)}" if accuracy is not None else "no model yet"
+        score = f"the model is right on {percent(accuracy)} of its tests" if accuracy is not None else "no model yet"
         self._say(f"You labeled {count_text(labeled, 'image')} · {score}")
 
     def _job_succeeded(self, _name: str, _result) -> None:
@@ -273,7 +292,13 @@ class CurationController(QObject):
         return True
 
     # -- look-alikes ----------------------------------------------------------------------------
+    def _rerun_look_alikes(self) -> None:
+        if self.mode == LOOK_ALIKES:
+            self.start(LOOK_ALIKES)
+
     def _show_groups(self, groups: list[duplicates.DuplicateGroup]) -> None:
+        groups = groups_to_review(self.project, groups)  # not those the user kept whole
+        self.look_alikes.set_groups(groups)
         ids: list[int] = []
         self._notes = {}
         for number, group in enumerate(groups, start=1):

@@ -110,8 +110,10 @@ class TrainingCurves(QWidget):
         column.addWidget(self.epoch_legend)
 
         self.history_plot = themed_plot(
-            "Validation accuracy as you label more images", "validation accuracy %", "labeled images"
+            "How often the model is right, as you label more images", "right on test images %", "labeled images"
         )
+        self.history_plot.setToolTip("Validation accuracy: the share of images held back for testing (or, with "
+                                     "few labels, cross-validated) that the model gets right")
         self.history_plot.setYRange(0, 100, padding=0.02)
         self.history_curve = _curve(self.history_plot, VAL_COLOR, 7)
 
@@ -240,7 +242,7 @@ class TrainingCurves(QWidget):
         count = self._history_points()
         accuracy, n_labeled = self._latest
         self.caption.setText(
-            f"{count} model version{'s' if count != 1 else ''}; the latest is right on "
+            f"{count} training{'s' if count != 1 else ''} so far; the latest model is right on "
             f"{accuracy:.1f}% of the images it was tested on, with {n_labeled} labeled images."
         )
 

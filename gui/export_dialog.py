@@ -32,6 +32,7 @@ from engine.models.metrics import Metrics
 from engine.runtime.jobs import JobOutcome, JobStatus
 from engine.ship.dataset_export import DatasetExportReport, export_dataset
 from engine.ship.export import ExportReport, export_bundle
+from engine.ship.verify import VerificationResult
 from gui.runner import QtJobRunner
 from storage.modelstore import ModelInfo, list_models
 from storage.project import Project
@@ -43,10 +44,20 @@ def _model_title(info: ModelInfo) -> str:
     accuracy = Metrics.from_json(info.metrics).accuracy
     parts = [f"Version {info.version}", method_title(info.method), f"{len(info.class_names)} classes"]
     if accuracy is not None:
-        parts.append(f"validation accuracy {accuracy * 100:.1f}%")
+        parts.append(f"right on {accuracy * 100:.1f}% of its tests")
     if info.is_active:
-        parts.append("active")
+        parts.append("in use")
     return " · ".join(parts)
+
+
+IMAGES_CHECKED = {"validation": "images held back for testing", "labeled": "labeled images", "all": "images"}
+
+
+def check_words(verification: VerificationResult) -> str:
+    """The export check in plain words; the figures (ONNX, largest probability difference) go in a tooltip."""
+    images = IMAGES_CHECKED.get(verification.images, "images")
+    return (f"Checked: the exported model gives the same answer as Sortlab on {verification.agreed} of "
+            f"{verification.compared} {images}, with the same confidence.")
 
 
 class _FolderPicker(QWidget):
@@ -83,7 +94,7 @@ class ExportDialog(QDialog):
         self._written_so_far: DatasetExportReport | None = None  # a cancelled dataset export's partial
         self.setWindowTitle("Export")
         self.setMinimumWidth(560)
-        base = project.path.parent
+        base = project.path.parent if project.path is not None else Path.home()  # a team project: no folder
 
         self.tabs = QTabWidget()
         model_tab = QWidget()
@@ -144,6 +155,7 @@ class ExportDialog(QDialog):
     def start_export(self) -> None:
         if self.running:
             return
+        self.status.setToolTip("")
         if self.tabs.currentIndex() == 0:
             target = self.model_target.path()
             version = self.model_combo.currentData()
@@ -190,7 +202,8 @@ class ExportDialog(QDialog):
             if isinstance(result, ExportReport):
                 created = (f"Created the folder {result.created_folder} (it did not exist).\n"
                            if result.created_folder is not None else "")
-                self.status.setText(f"{created}Saved to {result.path}.\n{result.verification.summary()}.")
+                self.status.setText(f"{created}Saved to {result.path}.\n{check_words(result.verification)}")
+                self.status.setToolTip(f"{result.verification.summary()}.")
             else:
                 self.status.setText(f"Saved {result.images} images to {result.out_dir}.")
         elif outcome.status is JobStatus.CANCELLED:

@@ -7,12 +7,16 @@ the app shows what ``sortlab explain --out`` writes.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from PySide6.QtCore import QPointF, Qt
 from PySide6.QtGui import QColor, QImage, QPainter, QPen, QPixmap
 
-from engine.insight.explain import Explanation
 from engine.insight.heatmap import DEFAULT_OPACITY, heat_colors, heat_over_image, peak_pixel
+
+if TYPE_CHECKING:  # the explanation module brings scikit-learn: not needed for the window to appear
+    from engine.insight.explain import Explanation
 
 
 def heat_layer(explanation: Explanation, width: int, height: int, opacity: float = DEFAULT_OPACITY) -> QImage:

@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
 
 from engine.images.importing import ImportReport, import_paths
 from engine.runtime.jobs import JobOutcome, JobStatus
+from gui.import_check import ImportCheckView
 from gui.runner import QtJobRunner
 
 JOB_NAME = "import"
@@ -76,6 +77,7 @@ class ImportDialog(QDialog):
         self.failures.setHeaderLabels(["File", "What happened"])
         self.failures.setColumnWidth(0, 380)
         self.failures.setVisible(False)
+        self.check = ImportCheckView(runner)  # look-alikes and unusual images among the new ones
 
         self.import_button = QPushButton("Import")
         self.import_button.setDefault(True)
@@ -96,6 +98,7 @@ class ImportDialog(QDialog):
         layout.addWidget(self.folders_are_classes)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
+        layout.addWidget(self.check)
         layout.addWidget(self.failures, 1)
         layout.addLayout(buttons)
         self.resize(680, 460)
@@ -183,6 +186,8 @@ class ImportDialog(QDialog):
             self.report = self._imported_so_far if cancelled else outcome.result
             self.progress.setValue(1000)
             self._show_report(self.report, cancelled)
+            if not cancelled:
+                self.check.start(self.project, self.report.image_ids)
         self._update_buttons()
         self.finished_import.emit(self.report)
 

@@ -112,6 +112,7 @@ class InsightPanels(QObject):
         if self.closed:
             return
         self.training.set_project(project)
+        self.training.advice.refresh(project)
         self.embedding.set_project(project)
         self.report.set_project(project)
         if project is not None and self.on_screen:
@@ -136,6 +137,8 @@ class InsightPanels(QObject):
         if outcome.status is not JobStatus.DONE or self.closed:
             return
         self.report.refresh()
+        if not outcome.result.params.get("quick"):  # a quick retrain after a label edit barely moves the curves
+            self.training.advice.refresh(self.training.project)
         # Features exist now: draw the map (or only recolor it when the images are the same).
         self.embedding.compute(self.training.backbone, self.training.layer)
 
@@ -164,7 +167,9 @@ class InsightPanels(QObject):
             return
         self.on_screen = True
         self.training.find_options()
-        QTimer.singleShot(0, self._show_existing_map)  # after the paint that got us here
+        QTimer.singleShot(0, self._show_existing_map)
+        if self.training.project is not None:
+            self.training.advice.refresh(self.training.project)  # after the paint that got us here
 
     def _window_maybe_closed(self) -> None:
         if not self.window.isVisible():
@@ -180,6 +185,7 @@ class InsightPanels(QObject):
         self.training._retrain_timer.stop()
         self.embedding.cancel()
         self.report.cancel()
+        self.training.advice.shutdown()
         for runner in (self.map_runner, self.read_runner):
             runner.shutdown()
 

@@ -39,8 +39,10 @@ from gui.grid_view import ThumbnailGrid
 from gui.labeling import SetLabelCommand
 from gui.labeling_controller import LabelingController
 from gui.project_controller import PREDICT_JOB, ProjectController
+from gui.backup_scheduler import BackupScheduler
 from gui.runner import QtJobRunner
 from gui.status_line import StatusLine
+from gui.team_session import TeamSession
 from gui.tile_menu import TileMenu
 from gui.viewer import ImageViewer
 from gui.welcome import WelcomePage
@@ -86,6 +88,8 @@ class MainWindow(QMainWindow):
         self.grid.customContextMenuRequested.connect(self.tile_menu.show_at)
         self.status_line = StatusLine(self.statusBar(), self.runner)
         self.curation = CurationController(self)  # the "Label next", "Review labels", "Look-alikes" modes
+        self.backups = BackupScheduler(self)  # the daily backup, File > Restore a Backup…, labels as of a time
+        self.team = TeamSession(self)  # team projects: File > Open Team Project…, teammates' labels, roles
         self.runner.succeeded.connect(self._job_succeeded)
         self.projects.remember(None)
         self.classes_dock.setVisible(False)
@@ -350,6 +354,8 @@ class MainWindow(QMainWindow):
 
     def _update_actions(self) -> None:
         self.commands.update(self.project is not None, bool(self.grid.selectionModel().hasSelection()), self._has_model)
+        if getattr(self, "team", None) is not None:
+            self.team.apply_role()  # grey out what a team project's role may not do
 
     # -- jobs -----------------------------------------------------------------------------------
     def _job_succeeded(self, name: str, _result) -> None:

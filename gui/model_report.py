@@ -10,15 +10,24 @@ from PySide6.QtWidgets import QAbstractItemView, QHBoxLayout, QLabel, QPushButto
 
 from engine.insight.history import VersionSummary, list_versions
 from engine.insight.report import Report, ReportFn, project_report, report_job
+from engine.models.evolving import ACCURACY_STEP
 from engine.runtime.jobs import JobOutcome, JobStatus
 from gui.report_view import ReportView, percent, readonly_table
 from gui.runner import QtJobRunner
 from storage.modelstore import set_active_model
 
 REPORT_JOB = "model-report"
+NO_PROJECT_TEXT = "Open or create a project: its model versions, and how well each one does, appear here."
 # What matters first comes first, so a narrow dock still shows which version is in use and how good each is.
 VERSION_COLUMNS = ["Version", "In use", "Accuracy", "Labeled", "Method", "Network", "Date"]
+EVOLVING_TIP = (
+    "Retrained by itself as you label: each retrain replaces it, and the accuracy it had along the way stays "
+    "on the training chart. It becomes a version of its own when you train on purpose, export it, or its "
+    "accuracy moves by {step:.0f} points or more."
+).format(step=ACCURACY_STEP * 100)
 VERSION_TIPS = {
+    "Version": "Versions you trained on purpose or exported are kept; the one marked “updating” follows "
+               "your labels",
     "In use": "The version that sorts your images and makes the suggestions",
     "Accuracy": "Right on this share of the images it was tested on (validation accuracy)",
     "Labeled": "Labeled images it was trained with",
@@ -28,7 +37,7 @@ VERSION_TIPS = {
 def version_cells(summary: VersionSummary) -> list[str]:
     """One row of the versions table."""
     return [
-        str(summary.version),
+        f"{summary.version} · updating" if summary.evolving else str(summary.version),
         "✓" if summary.is_active else "",
         percent(summary.metrics.accuracy),
         str(summary.n_labeled),
@@ -129,6 +138,8 @@ class ModelReport(QWidget):
                 item = QTableWidgetItem(text)
                 if VERSION_COLUMNS[column] == "Date":
                     item.setToolTip(summary.created_at.strftime("%Y-%m-%d %H:%M:%S"))
+                elif VERSION_COLUMNS[column] == "Version" and summary.evolving:
+                    item.setToolTip(EVOLVING_TIP)
                 if summary.is_active:
                     font = item.font()
                     font.setBold(True)
@@ -142,6 +153,8 @@ class ModelReport(QWidget):
         else:
             self._generation += 1
             self.view.show_report(None, None)
+            if self.project is None:
+                self.view.say(NO_PROJECT_TEXT)
             self.report_shown.emit(None)
             self.activate_button.setEnabled(False)
 

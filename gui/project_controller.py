@@ -19,9 +19,11 @@ from engine.runtime.jobs import JobOutcome, JobStatus
 from gui import project_files
 from gui.import_dialog import ImportDialog
 from gui.source_dialog import RenameSourceDialog
+from gui.untrusted_project import strip_and_open
 from storage import browse, modelstore
 from storage.errors import ProjectError
 from storage.project import Project, create_project, open_project
+from storage.trust import UntrustedProjectError
 
 if TYPE_CHECKING:  # engine modules are imported when first used: the window opens without them
     from engine.images.importing import ImportReport
@@ -48,6 +50,10 @@ class ProjectController(QObject):
     def open_file(self, path: str | os.PathLike) -> bool:
         try:
             project = open_project(path)
+        except UntrustedProjectError as exc:  # offer to remove what Sortlab did not make (backup first)
+            project = strip_and_open(self.window, path, exc)
+            if project is None:
+                return False
         except ProjectError as exc:
             QMessageBox.warning(self.window, "Cannot open project", str(exc))
             return False
@@ -82,7 +88,7 @@ class ProjectController(QObject):
     def remember(self, project: Project | None) -> None:
         """Put this project first among the recent ones (None: only refresh the list)."""
         settings = self.window.settings
-        recent = (project_files.remember_project(settings, project.path) if project is not None
+        recent = (project_files.remember_project(settings, project.path) if project is not None and project.path
                   else project_files.recent_projects(settings))
         self.window.welcome.set_recent(recent)
 
@@ -157,6 +163,7 @@ class ProjectController(QObject):
             current.close()  # finished (its Import button is off): the new files get a fresh dialog
         dialog = ImportDialog(window.project, window.runner, paths, window)
         dialog.finished_import.connect(self._import_finished)
+        dialog.check.show_images.connect(window.show_images)
         self.import_dialog = dialog
         dialog.show()
         return dialog

@@ -118,6 +118,9 @@ class ReportView(QWidget):
             f"<b>Version {version}</b> is right on <b>{percent(metrics.accuracy)}</b> of {report.n} "
             f"images ({report.basis}). Counting every class the same, however few its images: "
             f"<b>{percent(metrics.balanced_accuracy)}</b>."
+            + (f" Ordered levels: within one level on <b>{percent(metrics.within_one_accuracy)}</b>, "
+               f"off by <b>{metrics.mean_absolute_error_levels:.2f}</b> levels on average."
+               if metrics.ordered else "")
         )
         self.summary.setToolTip(
             f"Accuracy {percent(metrics.accuracy)}; balanced accuracy {percent(metrics.balanced_accuracy)} "

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from PySide6.QtCore import QTimer, Signal
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QSizePolicy, QTabWidget, QVBoxLayout, QWidget
 
 from engine.insight.history import AccuracyHistory, model_history
 from engine.insight.options import BackboneChoice, TrainingOptions, default_backbone_choice, training_options_job
@@ -20,6 +20,7 @@ from engine.models.methods import TrainingMethod
 from engine.models.results import EpochResult
 from engine.runtime.first_imports import heavy_imports
 from engine.runtime.jobs import JobOutcome, JobStatus
+from gui.advice_view import AdviceView
 from gui.curves import TrainingCurves
 from gui.runner import QtJobRunner
 from gui.training_options import TrainingOptionsForm
@@ -44,6 +45,14 @@ def train_model(context, project, **options):
         from engine.models.training import train_model as train
 
     return train(context, project, **options)
+
+
+class ChartTabs(QTabWidget):
+    """The panel's two charts, one at a time. Their word-wrapped captions would otherwise ask for the
+    height the text needs at the dock's width, and make the whole panel scroll inside its dock."""
+
+    def hasHeightForWidth(self) -> bool:
+        return False
 
 
 class TrainingPanel(QWidget):
@@ -96,7 +105,16 @@ class TrainingPanel(QWidget):
         layout.addWidget(self.options)
         layout.addLayout(buttons)
         layout.addWidget(self.status)
-        layout.addWidget(self.curves, 1)
+        self.advice = AdviceView()  # how many more labels each class needs (the window refreshes it)
+        # The two charts take turns: one above the other, a 768-pixel-high screen squeezed both flat.
+        self.charts = ChartTabs()
+        self.charts.setDocumentMode(True)
+        self.charts.addTab(self.curves, "Progress")
+        self.charts.addTab(self.advice, "More labels?")
+        self.charts.setTabToolTip(1, "How many more labels each class needs for a better model")
+        # The charts take the height left over, never more: a taller panel would scroll inside its dock.
+        self.charts.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Ignored)
+        layout.addWidget(self.charts, 1)
 
         self._retrain_timer = QTimer(self)
         self._retrain_timer.setSingleShot(True)
@@ -195,13 +213,17 @@ class TrainingPanel(QWidget):
         self._running_automatic = automatic
         self._running_project = self.project
         self.status.show_started(automatic)
+        if not automatic:
+            self.charts.setCurrentWidget(self.curves)  # the run's progress
         if not method.trains_on_features:
             self.curves.start_run()
         self._update_buttons()
+        # An automatic rerun is stored as the evolving version (engine.models.evolving), one on purpose is kept.
+        extra = {"automatic": True} if automatic else {}
         self.runner.submit(
             JOB_NAME, self._train_fn, self.project,
             method=method.name, backbone=self.backbone, layer=self.layer,
-            on_done=self._on_done,
+            on_done=self._on_done, **extra,
         )
         self.training_started.emit(method.name)
         return True
@@ -236,13 +258,17 @@ class TrainingPanel(QWidget):
             self.start(automatic=True)
 
     # -- job signals --------------------------------------------------------------------------
+    def _showing_the_run(self) -> bool:
+        """A run is going on for the project on screen (not one closed meanwhile, still stopping)."""
+        return self.is_running and self._running_project is self.project
+
     def _on_progress(self, name: str, fraction: float, message: str) -> None:
-        if name == JOB_NAME and self.is_running:
+        if name == JOB_NAME and self._showing_the_run():
             self.status.show_progress(fraction, message)
 
     def _on_partial(self, name: str, result: Any) -> None:
         """Per-epoch results of network training (engine.torch.finetune streams an EpochResult each epoch)."""
-        if name == JOB_NAME and isinstance(result, EpochResult):
+        if name == JOB_NAME and isinstance(result, EpochResult) and self._showing_the_run():
             self.curves.add_epoch(result)
 
     def _on_done(self, outcome: JobOutcome) -> None:

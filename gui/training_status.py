@@ -84,8 +84,15 @@ class TimeLeftEstimator:
 
 
 def done_text(result: TrainResult, seconds: float) -> str:
-    """What a finished run says: the new version, how long it took, and how good it is."""
-    text = f"Model version {result.model_version} ready in {format_seconds(seconds)}."
+    """What a finished run says: the new version, how long it took, and how good it is. An automatic
+    retrain updates the evolving version (engine.models.evolving) unless its accuracy moved enough to keep it."""
+    took = format_seconds(seconds)
+    if result.params.get("automatic") and not result.params.get("kept"):
+        text = f"Model updated with your latest labels (took {took})."
+    elif result.params.get("automatic"):
+        text = f"Model updated (took {took}) and kept as version {result.model_version}: its accuracy moved."
+    else:
+        text = f"Model version {result.model_version} ready (took {took})."
     if result.metrics.accuracy is not None:
         text += f" Right on {result.metrics.accuracy * 100:.1f}% of the images it was tested on."
     return text

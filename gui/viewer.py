@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QEvent, Qt, Signal
 from PySide6.QtGui import QKeyEvent, QKeySequence, QPixmap, QUndoStack
@@ -23,14 +24,27 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.insight.explain import Explanation, explain_image
 from engine.runtime.jobs import JobOutcome, JobStatus
 from gui.grid_model import ThumbnailGridModel
 from gui.heatmap_overlay import heat_caption, with_heat_map
 from gui.runner import QtJobRunner
 from storage import browse, modelstore
 from storage.catalog import ClassInfo
+
+if TYPE_CHECKING:
+    from engine.insight.explain import Explanation
+
+
+def explain_image(context, *args, **kwargs):
+    """engine.insight.explain.explain_image, imported on the worker thread when first asked for: it brings
+    scikit-learn and SciPy, which the window does not need to appear."""
+    from engine.runtime.first_imports import heavy_imports
+
+    with heavy_imports():
+        from engine.insight.explain import explain_image as run
+    return run(context, *args, **kwargs)
 from storage.images import read_image_bytes
+from storage.trust_blobs import refusal_reason
 
 LabelKeyHandler = Callable[[list[int], str], bool]
 LABELING_KEYS = (Qt.Key.Key_Return, Qt.Key.Key_Enter, Qt.Key.Key_Backspace, Qt.Key.Key_Delete)
@@ -281,7 +295,8 @@ class ImageViewer(QDialog):
 
     def _fit_pixmap(self) -> None:
         if self._pixmap.isNull():
-            self.image_label.setText("(image not available)")
+            reason = refusal_reason(self.model.project, "image", self.image_id)  # storage.trust_blobs
+            self.image_label.setText(f"(image not available: {reason})" if reason else "(image not available)")
             return
         shown = self._pixmap.scaled(self.image_label.size(), Qt.AspectRatioMode.KeepAspectRatio,
                                     Qt.TransformationMode.SmoothTransformation)

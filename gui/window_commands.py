@@ -86,6 +86,8 @@ class WindowCommands:
         standard = QKeySequence.StandardKey
         self.new_action = self._action("&New Project…", projects.new_project, [standard.New])
         self.open_action = self._action("&Open Project…", projects.open_dialog, [standard.Open])
+        self.open_team_action = self._action("Open &Team Project…", lambda: window.team.open_dialog(),
+                                             tip="Open a project shared in a PostgreSQL database")
         self.demo_action = self._action("Open the &Demo Project", projects.open_demo)
         self.import_action = self._action("&Import Images…", projects.show_import_dialog, ["Ctrl+I"],
                                           "Bring image files or folders into this project")
@@ -95,6 +97,12 @@ class WindowCommands:
         self.export_dataset_action = self._action(
             "Export &Dataset…", lambda: projects.show_export_dialog(EXPORT_DATASET_TAB),
             tip="Copy the labeled images into a folder per class, with dataset.csv")
+        self.backups_action = self._action(
+            "Restore a &Backup…", lambda: window.backups.show_restore_dialog(),
+            tip="The daily backups of this project: open one side by side, or go back to it")
+        self.as_of_action = self._action(
+            "Labels As They &Were At…", lambda: window.backups.show_as_of_dialog(),
+            tip="Give the selected images (or all) the labels they had at a time you pick")
         self.close_action = self._action("&Close Project", window.close_project, [standard.Close])
         self.quit_action = self._action("&Quit", window.close, [standard.Quit])
         self.undo_action = window.undo_stack.createUndoAction(window, "&Undo")
@@ -134,17 +142,18 @@ class WindowCommands:
         file_menu = bar.addMenu("&File")
         file_menu.addAction(self.new_action)
         file_menu.addAction(self.open_action)
+        file_menu.addAction(self.open_team_action)
         self.recent_menu = file_menu.addMenu("Open &Recent")
         self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
         self._add(file_menu, self.demo_action, None, self.import_action, self.export_model_action,
-                  self.export_dataset_action, None, self.close_action, self.quit_action)
+                  self.export_dataset_action, None, self.backups_action, None, self.close_action, self.quit_action)
 
         edit_menu = bar.addMenu("&Edit")
         self._add(edit_menu, self.undo_action, self.redo_action, None, self.select_all_action, None,
                   self.accept_action, self.keep_action, self.clear_action)
         self.label_menu = edit_menu.addMenu("&Label Selection As")
         self.label_menu.aboutToShow.connect(self._fill_label_menu)
-        self._add(edit_menu, None, self.add_class_action, self.rename_source_action)
+        self._add(edit_menu, None, self.as_of_action, None, self.add_class_action, self.rename_source_action)
 
         self.view_menu = bar.addMenu("&View")
         self._add(self.view_menu, self.view_action, self.refresh_action, self.all_action, self.unlabeled_action, None)
@@ -170,7 +179,7 @@ class WindowCommands:
         """Enable what can act now: project commands with a project, labeling with a selection."""
         for action in (self.import_action, self.close_action, self.select_all_action, self.refresh_action,
                        self.unlabeled_action, self.all_action, self.add_class_action, self.export_dataset_action,
-                       self.rename_source_action):
+                       self.rename_source_action, self.backups_action, self.as_of_action):
             action.setEnabled(has_project)
         self.export_model_action.setEnabled(has_project and has_model)
         for action in (self.accept_action, self.keep_action, self.clear_action, self.view_action, *self.label_actions):

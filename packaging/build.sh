@@ -32,6 +32,10 @@ started=$(date +%s)
 echo "== installing PyInstaller (the 'package' extra)"
 "$PYTHON" -m pip install --quiet -e ".[package]"
 
+echo "== THIRD_PARTY_LICENSES of the packages being bundled -> build/THIRD_PARTY_LICENSES"
+mkdir -p build
+"$PYTHON" packaging/third_party_licenses.py --output build/THIRD_PARTY_LICENSES
+
 echo "== verified ONNX copies of the bundled backbones -> $ONNX_MODELS"
 # Made with the venv's torch and checked against it (max abs difference <= 1e-3); reused when present.
 "$PYTHON" -m engine.features.onnx_backend ship "$ONNX_MODELS"
@@ -40,6 +44,7 @@ echo "== building the $EDITION edition (this takes several minutes)"
 rm -rf "$DIST/sortlab" build/pyinstaller
 SORTLAB_EDITION="$EDITION" SORTLAB_SHIPPED_ONNX="$ONNX_MODELS" "$VENV/bin/pyinstaller" --noconfirm \
     --log-level WARN --distpath "$DIST" --workpath build/pyinstaller packaging/sortlab.spec
+cp build/THIRD_PARTY_LICENSES "$DIST/sortlab/THIRD_PARTY_LICENSES"  # beside the executable, where users look
 finished=$(date +%s)
 
 size_human=$(du -sh "$DIST/sortlab" | cut -f1)

@@ -11,10 +11,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
 
+from storage.backends import lock_images_for_labeling
 from storage.chunks import in_list_chunks
 from storage.errors import ProjectError
-from storage.models import Image, ImageClass, Label, utcnow
+from storage.models import Image, ImageClass, Label, LabelEvent, utcnow
 from storage.project import Project
 
 # Distinct, colour-blind-friendly defaults (Okabe-Ito first, then Tableau).
@@ -50,6 +52,33 @@ class LabelState:
     origin: str | None
     labeled_at: dt.datetime | None
     reviewed_at: dt.datetime | None = None
+
+
+def record_label_events(session: Session, project: Project, changes: Iterable[tuple[int, int | None, int | None]],
+                        origin: str) -> int:
+    """Write the label history of ``changes`` ((image_id, previous_class_id, class_id); None = no label)
+    in the caller's write transaction, as ``project.actor``, now. Unchanged labels are skipped; one
+    executemany, so a label key stays a few-row write. Returns how many events were written."""
+    at = utcnow()
+    actor = getattr(project, "actor", "") or ""
+    # Team projects also keep a label given again (a teammate confirming it): agreement needs it
+    # (storage.team_agreement).
+    confirmations = getattr(project, "is_database", False)
+    rows = [{"image_id": i, "previous_class_id": p, "class_id": c, "origin": origin, "actor": actor, "at": at}
+            for i, p, c in changes if p != c or (confirmations and c is not None)]
+    if rows:
+        session.execute(LabelEvent.__table__.insert(), rows)  # Core executemany, not the ORM bulk path
+    return len(rows)
+
+
+def current_label_states(session: Session, image_ids: list[int]) -> dict[int, LabelState]:
+    lock_images_for_labeling(session, image_ids)  # team projects: one writer per image at a time
+    columns = select(Label.image_id, Label.class_id, Label.origin, Label.labeled_at, Label.reviewed_at)
+    return {
+        row[0]: LabelState(*row)
+        for chunk in in_list_chunks(image_ids)
+        for row in session.execute(columns.where(Label.image_id.in_(chunk)))
+    }
 
 
 def _validate_name(name: str) -> str:
@@ -154,6 +183,8 @@ def remove_class(project: Project, class_id: int) -> int:
         row = session.get(ImageClass, class_id)
         if row is None:
             raise UnknownClassError(f"No class with id {class_id}.")
+        labeled = session.scalars(select(Label.image_id).where(Label.class_id == class_id)).all()
+        record_label_events(session, project, ((i, class_id, None) for i in labeled), "class removed")
         removed = session.execute(delete(Label).where(Label.class_id == class_id)).rowcount
         session.delete(row)
     remaining = [c.id for c in list_classes(project)]
@@ -165,17 +196,8 @@ def label_states(project: Project, image_ids: Iterable[int]) -> list[LabelState]
     """Current labels of these images (for undo), in the order given."""
     image_ids = list(image_ids)
     with project.session() as session:
-        rows = {
-            row.image_id: row
-            for chunk in in_list_chunks(image_ids)
-            for row in session.scalars(select(Label).where(Label.image_id.in_(chunk)))
-        }
-    return [
-        LabelState(i, rows[i].class_id, rows[i].origin, rows[i].labeled_at, rows[i].reviewed_at)
-        if i in rows
-        else LabelState(i, None, None, None)
-        for i in image_ids
-    ]
+        rows = current_label_states(session, image_ids)
+    return [rows.get(i) or LabelState(i, None, None, None) for i in image_ids]
 
 
 def _kept_reviews(before: Iterable[LabelState], class_of: dict[int, int | None]) -> dict[int, dt.datetime]:
@@ -192,8 +214,6 @@ def set_labels(
     if origin not in LABEL_ORIGINS:
         raise ValueError(f"origin must be one of {LABEL_ORIGINS}")
     image_ids = list(dict.fromkeys(image_ids))
-    before = label_states(project, image_ids)
-    reviewed = _kept_reviews(before, dict.fromkeys(image_ids, class_id))
     now = utcnow()
     with project.writing() as session:
         if class_id is not None and session.get(ImageClass, class_id) is None:
@@ -204,6 +224,10 @@ def set_labels(
         missing = [i for i in image_ids if i not in existing_images]
         if missing:
             raise ProjectError(f"No image with id {', '.join(map(str, missing[:5]))}.")
+        current = current_label_states(session, image_ids)
+        before = [current.get(i) or LabelState(i, None, None, None) for i in image_ids]
+        reviewed = _kept_reviews(before, dict.fromkeys(image_ids, class_id))
+        record_label_events(session, project, ((s.image_id, s.class_id, class_id) for s in before), origin)
         for chunk in in_list_chunks(image_ids):
             session.execute(delete(Label).where(Label.image_id.in_(chunk)))
         if class_id is not None:
@@ -214,27 +238,43 @@ def set_labels(
 
 def restore_labels(project: Project, states: Iterable[LabelState]) -> None:
     """Put labels back exactly as they were, review marks included (undo/redo)."""
+    restore_label_states(project, states, origin="undo")
+
+
+def restore_label_states(project: Project, states: Iterable[LabelState], origin: str) -> None:
+    """``restore_labels`` with the label history naming ``origin`` as what made the change."""
     states = list(states)
     with project.writing() as session:
         ids = [s.image_id for s in states]
+        current = current_label_states(session, ids)
+        if origin == "undo":  # team projects: a teammate's later label stays (undo undoes only your own)
+            from storage.team_store import without_teammates_changes
+
+            states = without_teammates_changes(session, project, states)
+            ids = [s.image_id for s in states]
+        previous = {i: state.class_id for i, state in current.items()}
+        record_label_events(session, project, ((s.image_id, previous.get(s.image_id), s.class_id) for s in states),
+                            origin)
         for chunk in in_list_chunks(ids):
             session.execute(delete(Label).where(Label.image_id.in_(chunk)))
-        session.add_all(
-            Label(image_id=s.image_id, class_id=s.class_id, origin=s.origin or "manual",
-                  labeled_at=s.labeled_at or utcnow(), reviewed_at=s.reviewed_at)
-            for s in states
-            if s.class_id is not None
-        )
+        rows = [{"image_id": s.image_id, "class_id": s.class_id, "origin": s.origin or "manual",
+                 "labeled_at": s.labeled_at or utcnow(), "reviewed_at": s.reviewed_at, "twins_checked": False}
+                for s in states if s.class_id is not None]
+        if rows:
+            session.execute(Label.__table__.insert(), rows)  # one Core executemany: undoing a large step stays quick
 
 
 def set_labels_by_class(project: Project, assignments: dict[int, int], origin: str = "manual") -> list[LabelState]:
     """Give each image its own class in one transaction ({image_id: class_id}), e.g. accepting suggestions.
     As with ``set_labels``, only labels that keep their class keep their review mark."""
-    before = label_states(project, assignments)
-    reviewed = _kept_reviews(before, assignments)
     now = utcnow()
     with project.writing() as session:
         ids = list(assignments)
+        current = current_label_states(session, ids)
+        before = [current.get(i) or LabelState(i, None, None, None) for i in ids]
+        reviewed = _kept_reviews(before, assignments)
+        record_label_events(session, project, ((s.image_id, s.class_id, assignments[s.image_id]) for s in before),
+                            origin)
         for chunk in in_list_chunks(ids):
             session.execute(delete(Label).where(Label.image_id.in_(chunk)))
         session.add_all(

@@ -19,3 +19,7 @@ class ReadOnlyProjectError(ProjectError):
 
 class DiskFullError(ProjectError):
     """A write failed because the disk (or the file system holding the project) is full."""
+
+
+class PermissionDeniedError(ProjectError):
+    """The team project's database refused a change the user's role may not make."""

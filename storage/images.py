@@ -10,12 +10,16 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 
+from storage.catalog import record_label_events
 from storage.chunks import in_list_chunks
 from storage.errors import ProjectError
 from storage.models import Image, ImageClass, Label, utcnow
 from storage.project import Project
+from storage.trust_blobs import (
+    MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MAX_THUMBNAIL_BYTES, MAX_THUMBNAIL_PIXELS, read_bounded_images,
+)
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,9 @@ def add_images(project: Project, rows: Sequence[NewImage]) -> list[int]:
             Label(image_id=image.id, class_id=row.class_id, origin=row.label_origin, labeled_at=now)
             for image, row in labels
         )
+        for origin in {row.label_origin for _, row in labels}:
+            record_label_events(session, project, ((image.id, None, row.class_id) for image, row in labels
+                                                   if row.label_origin == origin), origin)
     return [ids_by_hash[row.content_hash] for row in rows]
 
 
@@ -147,6 +154,8 @@ def label_known_images(project: Project, class_by_hash: dict[str, int], origin: 
             Label(image_id=image_id, class_id=class_by_hash[content_hash], origin=origin, labeled_at=now)
             for content_hash, image_id in labeled.items()
         )
+        record_label_events(session, project, ((image_id, None, class_by_hash[content_hash])
+                                               for content_hash, image_id in labeled.items()), origin)
     return KnownImageLabels(labeled, kept)
 
 
@@ -181,6 +190,16 @@ def image_count(project: Project) -> int:
         return session.scalar(select(func.count()).select_from(Image)) or 0
 
 
+def remove_images(project: Project, ids: Iterable[int]) -> int:
+    """Delete images from the project (their labels, features and predictions go with them, by the
+    schema's cascades) in one write transaction; returns how many were there."""
+    removed = 0
+    with project.writing() as session:
+        for chunk in in_list_chunks(sorted({int(i) for i in ids})):
+            removed += session.execute(delete(Image).where(Image.id.in_(chunk))).rowcount or 0
+    return removed
+
+
 def image_ids(project: Project) -> list[int]:
     """All image ids in import order."""
     with project.session() as session:
@@ -207,22 +226,16 @@ def list_images(project: Project, ids: Iterable[int] | None = None) -> list[Imag
         ]
 
 
-def _read_column(project: Project, column, ids: Iterable[int]) -> dict[int, bytes]:
-    found: dict[int, bytes] = {}
-    with project.session() as session:
-        for chunk in in_list_chunks(ids):
-            found.update(session.execute(select(Image.id, column).where(Image.id.in_(chunk))).all())
-    return found
-
-
 def read_image_bytes(project: Project, image_ids: Iterable[int]) -> dict[int, bytes]:
-    """Normalized JPEG bytes (RGB, max side bounded) by image id; unknown ids are left out."""
-    return _read_column(project, Image.data, image_ids)
+    """Normalized JPEG bytes (RGB, max side bounded) by image id; unknown ids are left out, and so are
+    values over the size limit or unreadable (recorded in ``storage.trust_blobs.refusals``)."""
+    return read_bounded_images(project, Image.data, image_ids, MAX_IMAGE_BYTES, "image", MAX_IMAGE_PIXELS)
 
 
 def read_thumbnails(project: Project, image_ids: Iterable[int]) -> dict[int, bytes]:
-    """Thumbnail JPEG bytes by image id; unknown ids are left out."""
-    return _read_column(project, Image.thumbnail, image_ids)
+    """Thumbnail JPEG bytes by image id; unknown, oversized and unreadable ones are left out."""
+    return read_bounded_images(project, Image.thumbnail, image_ids, MAX_THUMBNAIL_BYTES, "thumbnail",
+                               MAX_THUMBNAIL_PIXELS)
 
 
 def project_summary(project: Project) -> ProjectSummary:

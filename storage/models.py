@@ -18,6 +18,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -189,3 +190,20 @@ class OutlierFlag(Base):
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
     score: Mapped[float] = mapped_column(Float, index=True)
     reasons: Mapped[list[Any]] = mapped_column(JSON, default=list)
+
+
+class LabelEvent(Base):
+    """One change of one image's label: who (``actor``), what (``class_id``; None = label removed,
+    ``previous_class_id``; None = had none) and when (``at``, naive UTC like every stored time).
+    ``origin`` says what made it: 'manual', 'suggestion', 'import', 'undo', 'class removed', 'as of'.
+    Class ids carry no foreign key: the history outlives a removed class. See ``storage.label_history``."""
+
+    __tablename__ = "label_events"
+    __table_args__ = (Index("ix_label_events_image_at", "image_id", "at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    class_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    previous_class_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    origin: Mapped[str] = mapped_column(String(24))
+    actor: Mapped[str] = mapped_column(String(255), default="")
+    at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)

@@ -1,11 +1,13 @@
 """Trained model versions, their training runs (curves) and their predictions, as plain data.
 
-A model version is saved together with its predictions and made active in ONE write transaction,
-so the GUI never sees a new active model without its suggestions. Weights are safetensors bytes.
+A model version is saved with its predictions in short write transactions and made active in one short
+last one, so the GUI never sees a new active model without its suggestions, and a label written
+meanwhile never waits long for the write lock. Weights are safetensors bytes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,8 +17,9 @@ import numpy as np
 from sqlalchemy import delete, select, update
 
 from storage.errors import ProjectError
-from storage.models import ImageClass, ModelVersion, Prediction, TrainingRun, utcnow
+from storage.models import ImageClass, ModelVersion, Prediction, ProjectMeta, TrainingRun, utcnow
 from storage.project import Project
+from storage.trust_blobs import read_vetted_weights
 
 
 class NoModelError(ProjectError):
@@ -97,15 +100,14 @@ def _prediction_rows(version: int, class_ids: Sequence[int], batch: PredictionBa
     margin = top_p - second_p
     oof = np.zeros(n, dtype=bool) if batch.out_of_fold is None else np.asarray(batch.out_of_fold, dtype=bool)
     ids = np.asarray(batch.image_ids, dtype=np.int64)
-    class_array = np.asarray(class_ids, dtype=np.int64)
-    return [
-        (version, int(ids[i]), int(top[i]), int(class_array[top[i]]), float(top_p[i]), float(margin[i]),
-         proba[i].tobytes(), bool(oof[i]))
-        for i in range(n)
-    ]
+    top_class = np.asarray(class_ids, dtype=np.int64)[top] if n else np.zeros(0, dtype=np.int64)
+    return list(zip([version] * n, ids.tolist(), top.tolist(), top_class.tolist(), top_p.tolist(), margin.tolist(),
+                    [row.tobytes() for row in proba], oof.tolist()))
 
 
-PREDICTION_CHUNK = 5000  # rows per write transaction when refreshing predictions (see store_predictions)
+PREDICTION_CHUNK = 2000  # rows per write transaction when storing predictions (a few ms each at 100k images)
+PENDING_KEY = "model_pending:"  # project_meta key prefix: a version whose predictions are still being stored
+PENDING_STALE = dt.timedelta(hours=6)  # a mark this old was left by a save that never finished (a crash)
 
 _INSERT_PREDICTION = (
     "INSERT OR REPLACE INTO predictions (model_version_id, image_id, class_index, class_id, probability, "
@@ -113,34 +115,87 @@ _INSERT_PREDICTION = (
 )
 
 
-def _write_predictions(session, version: int, class_ids: Sequence[int], batch: PredictionBatch) -> int:
-    rows = _prediction_rows(version, class_ids, batch)
+def _insert_rows(session, class_ids: Sequence[int], rows: list[tuple]) -> int:
+    """One chunk of prebuilt rows (built outside the transaction, so the write lock is held only for the insert)."""
     if rows:
         # Class ids of classes deleted since training become NULL (the foreign key would refuse them).
         existing = set(session.scalars(select(ImageClass.id)))
-        rows = [row if row[3] in existing else (*row[:3], None, *row[4:]) for row in rows]
+        if not existing.issuperset(int(c) for c in class_ids):
+            rows = [row if row[3] in existing else (*row[:3], None, *row[4:]) for row in rows]
         session.connection().exec_driver_sql(_INSERT_PREDICTION, rows)
     return len(rows)
+
+
+def _pending_versions(session) -> dict[int, str]:
+    """Versions still being saved (their predictions are not all stored yet): id -> when the save began."""
+    keys = session.execute(select(ProjectMeta.key, ProjectMeta.value).where(ProjectMeta.key.startswith(PENDING_KEY)))
+    return {int(key[len(PENDING_KEY):]): value for key, value in keys}
+
+
+def _discard_version(project: Project, version: int) -> None:
+    """Remove a version that never finished saving, its predictions in short transactions too."""
+    while True:
+        with project.writing() as session:
+            ids = session.scalars(select(Prediction.image_id).where(Prediction.model_version_id == int(version))
+                                  .limit(PREDICTION_CHUNK)).all()
+            if ids:
+                session.execute(delete(Prediction).where(Prediction.model_version_id == int(version),
+                                                         Prediction.image_id.in_(ids)))
+        if len(ids) < PREDICTION_CHUNK:
+            break
+    with project.writing() as session:
+        session.execute(delete(ModelVersion).where(ModelVersion.id == int(version)))
+        session.execute(delete(ProjectMeta).where(ProjectMeta.key == f"{PENDING_KEY}{int(version)}"))
 
 
 def save_model_version(
     project: Project, model: NewModel, predictions: PredictionBatch | None = None, activate: bool = True
 ) -> int:
-    """Store a model version (and its predictions), making it the active one; returns its version."""
+    """Store a model version and its predictions, then make it the active one; returns its version.
+
+    The version is first stored marked pending (``project_meta``): neither active nor listed. Its
+    predictions go in transactions of PREDICTION_CHUNK rows, so a label written from the GUI meanwhile
+    waits for one chunk (a few ms) instead of every prediction (over a second at 100k images). One short
+    last transaction clears the mark and activates it: readers see the old active model or the new one
+    with all its predictions, never a half-written one. A save cut short is removed (by the next save
+    if the process died)."""
+    now = utcnow()
     with project.writing() as session:
-        if activate:
-            session.execute(update(ModelVersion).values(is_active=False))
+        stale = [v for v, began in _pending_versions(session).items() if _older_than(began, now - PENDING_STALE)]
         row = ModelVersion(
             method=model.method, backbone=model.backbone, layer=model.layer, params=model.params,
             class_names=list(model.class_names), class_ids=[int(c) for c in model.class_ids],
-            metrics=model.metrics, weights=model.weights, is_active=activate, n_labeled=model.n_labeled,
-            created_at=utcnow(),
+            metrics=model.metrics, weights=model.weights, is_active=False, n_labeled=model.n_labeled,
+            created_at=now,
         )
         session.add(row)
         session.flush()
-        if predictions is not None:
-            _write_predictions(session, row.id, model.class_ids, predictions)
-        return row.id
+        version = int(row.id)
+        session.add(ProjectMeta(key=f"{PENDING_KEY}{version}", value=now.isoformat()))
+    for old in stale:
+        _discard_version(project, old)
+    try:
+        rows = [] if predictions is None else _prediction_rows(version, model.class_ids, predictions)
+        for start in range(0, len(rows), PREDICTION_CHUNK):
+            with project.writing() as session:
+                _insert_rows(session, model.class_ids, rows[start:start + PREDICTION_CHUNK])
+        with project.writing() as session:
+            if activate:
+                session.execute(update(ModelVersion).where(ModelVersion.is_active).values(is_active=False))
+                session.execute(update(ModelVersion).where(ModelVersion.id == version).values(is_active=True))
+            session.execute(delete(ProjectMeta).where(ProjectMeta.key == f"{PENDING_KEY}{version}"))
+    except BaseException:
+        with contextlib.suppress(Exception):  # if even that fails, the next save removes it
+            _discard_version(project, version)
+        raise
+    return version
+
+
+def _older_than(stamp: str, limit: dt.datetime) -> bool:
+    try:
+        return dt.datetime.fromisoformat(stamp) < limit
+    except (TypeError, ValueError):
+        return True
 
 
 def store_predictions(project: Project, version: int, predictions: PredictionBatch, keep_out_of_fold: bool = True) -> int:
@@ -149,7 +204,7 @@ def store_predictions(project: Project, version: int, predictions: PredictionBat
 
     Rows are written in transactions of PREDICTION_CHUNK rows: each upsert stands on its own (a refresh
     cut short leaves every row either as it was or refreshed), and a label written from the GUI in the
-    meantime waits for one chunk (tens of ms) instead of the whole refresh (over a second at 100k images)."""
+    meantime waits for one chunk (a few ms) instead of the whole refresh (over a second at 100k images)."""
     with project.session() as session:
         row = session.get(ModelVersion, version)
         if row is None:
@@ -162,24 +217,25 @@ def store_predictions(project: Project, version: int, predictions: PredictionBat
     probabilities = np.asarray(predictions.probabilities)
     out_of_fold = None if predictions.out_of_fold is None else np.asarray(predictions.out_of_fold)
     if kept:
-        mask = np.asarray([int(i) not in kept for i in image_ids], dtype=bool)
+        mask = ~np.isin(image_ids.astype(np.int64), np.fromiter(kept, dtype=np.int64, count=len(kept)))
         image_ids, probabilities = image_ids[mask], probabilities[mask]
         out_of_fold = None if out_of_fold is None else out_of_fold[mask]
+    rows = _prediction_rows(version, class_ids, PredictionBatch(image_ids, probabilities, out_of_fold))
     written = 0
-    for start in range(0, len(image_ids), PREDICTION_CHUNK):
-        part = slice(start, start + PREDICTION_CHUNK)
-        batch = PredictionBatch(image_ids[part], probabilities[part], None if out_of_fold is None else out_of_fold[part])
+    for start in range(0, len(rows), PREDICTION_CHUNK):
         with project.writing() as session:
             if session.get(ModelVersion, version) is None:  # deleted meanwhile: nothing left to refresh
                 raise NoModelError(f"There is no model version {version}.")
-            written += _write_predictions(session, version, class_ids, batch)
+            written += _insert_rows(session, class_ids, rows[start:start + PREDICTION_CHUNK])
     return written
 
 
 def list_models(project: Project) -> list[ModelInfo]:
-    """All model versions, oldest first."""
+    """All model versions, oldest first (not those still being saved)."""
     with project.session() as session:
-        return [_info(row) for row in session.scalars(select(ModelVersion).order_by(ModelVersion.id))]
+        pending = _pending_versions(session)
+        return [_info(row) for row in session.scalars(select(ModelVersion).order_by(ModelVersion.id))
+                if row.id not in pending]
 
 
 # "Which model is active" is answered here and nowhere else (the grid, the map, the dataset export and
@@ -220,7 +276,7 @@ def get_model(project: Project, version: int | None = None) -> ModelInfo:
 
 def model_weights(project: Project, version: int) -> bytes:
     with project.session() as session:
-        weights = session.scalar(select(ModelVersion.weights).where(ModelVersion.id == int(version)))
+        weights = read_vetted_weights(session, int(version))  # size and shapes checked (storage.trust_blobs)
     if weights is None:
         raise NoModelError(f"There is no model version {version}.")
     return weights
@@ -228,7 +284,7 @@ def model_weights(project: Project, version: int) -> bytes:
 
 def set_active_model(project: Project, version: int) -> None:
     with project.writing() as session:
-        if session.get(ModelVersion, int(version)) is None:
+        if session.get(ModelVersion, int(version)) is None or int(version) in _pending_versions(session):
             raise NoModelError(f"There is no model version {version}.")
         session.execute(update(ModelVersion).values(is_active=False))
         session.execute(update(ModelVersion).where(ModelVersion.id == int(version)).values(is_active=True))
@@ -239,9 +295,20 @@ def delete_model(project: Project, version: int) -> None:
     with project.writing() as session:
         session.execute(delete(ModelVersion).where(ModelVersion.id == int(version)))
         if session.scalar(_newest_active(ModelVersion.id)) is None:
-            newest = session.scalar(select(ModelVersion.id).order_by(ModelVersion.id.desc()))
+            pending = list(_pending_versions(session))
+            newest = session.scalar(select(ModelVersion.id).where(ModelVersion.id.not_in(pending))
+                                    .order_by(ModelVersion.id.desc()))
             if newest is not None:
                 session.execute(update(ModelVersion).where(ModelVersion.id == newest).values(is_active=True))
+
+
+def update_model_params(project: Project, version: int, changes: dict[str, Any]) -> None:
+    """Merge ``changes`` into a version's params (engine.models.evolving marks an exported version kept)."""
+    with project.writing() as session:
+        row = session.get(ModelVersion, int(version))
+        if row is None:
+            raise NoModelError(f"There is no model version {version}.")
+        row.params = {**(row.params or {}), **changes}
 
 
 def predictions(project: Project, version: int | None = None) -> dict[int, PredictionInfo]:

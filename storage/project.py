@@ -1,4 +1,5 @@
-"""Open, create and migrate a Sortlab project file (one SQLite database, suffix ``.sortlab``).
+"""Open, create and migrate a Sortlab project: a file (one SQLite database, suffix ``.sortlab``) or,
+for a team, a PostgreSQL database named by its URL (``storage.backends``, ``storage.team_store``).
 
 Threading rule: the ``Project`` (and its SQLAlchemy Engine) may be shared between threads, but each
 thread opens its own short-lived session with ``project.session()`` (reads) or ``project.writing()``
@@ -9,6 +10,7 @@ other instead of failing with "database is locked"). ORM objects never leave the
 from __future__ import annotations
 
 import contextlib
+import getpass
 import os
 import sqlite3
 import struct
@@ -21,6 +23,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, event, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import OperationalError as SQLAlchemyOperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -31,6 +34,7 @@ from storage.errors import (
     ProjectError,
     ReadOnlyProjectError,
 )
+from storage import trust
 from storage.models import ProjectMeta
 
 SUFFIX = ".sortlab"
@@ -76,6 +80,7 @@ def _make_engine(path: Path) -> Engine:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
         dbapi_connection.create_function("float32_at", 2, float32_at, deterministic=True)
+        trust.harden(dbapi_connection)  # trusted_schema=OFF, defensive mode (storage.trust)
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection):
@@ -94,6 +99,7 @@ def _check_is_project_file(path: Path) -> str | None:
     try:
         connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
+            trust.harden(connection)
             tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if "project_meta" not in tables or "alembic_version" not in tables:
                 raise NotAProjectError(f"{path.name} is a database, but not a Sortlab project.")
@@ -126,12 +132,34 @@ def _backup(path: Path, revision: str | None) -> Path:
     return target
 
 
-class Project:
-    """An open project file. Cheap to share between threads; sessions are per thread."""
+ACTOR_ENV = "SORTLAB_USER"
 
-    def __init__(self, path: Path, engine: Engine):
+
+def default_actor() -> str:
+    """Who labels in a file project: the name the user gave (``SORTLAB_USER``), else the OS login."""
+    try:
+        return os.environ.get(ACTOR_ENV) or getpass.getuser()
+    except Exception:  # no login name in this environment (a container, a service)
+        return ""
+
+
+class Project:
+    """An open project. Cheap to share between threads; sessions are per thread.
+
+    ``path`` is the project file (None for a database project), ``location`` what Sortlab shows and
+    keys caches by (the file path, or the database URL without its password), ``actor`` who makes the
+    changes recorded in the label history (the database user for a team project).
+    """
+
+    def __init__(self, path: Path | None, engine: Engine, *, location: str | None = None,
+                 database_name: str | None = None, actor: str | None = None):
         self.path = path
         self.engine = engine
+        self.location = location if location is not None else str(path)
+        self.database_name = database_name
+        # Who the label history names for this session's label writes (settable; team projects set
+        # the database user). See storage.label_history.
+        self.actor: str = actor or default_actor()
         self._read_sessions = sessionmaker(bind=engine, expire_on_commit=False)
         self._write_sessions = sessionmaker(
             bind=engine.execution_options(sortlab_write=True), expire_on_commit=False
@@ -139,13 +167,28 @@ class Project:
 
     @property
     def name(self) -> str:
-        return self.path.stem
+        return self.database_name if self.path is None else self.path.stem
+
+    @property
+    def is_database(self) -> bool:
+        """A team project in a database server (PostgreSQL), not a file."""
+        return self.engine.dialect.name != "sqlite"
 
     @contextlib.contextmanager
     def session(self) -> Iterator[Session]:
-        """A read session (it may write too, but prefer ``writing()`` for anything that writes)."""
-        with self._read_sessions() as session:
-            yield session
+        """A read session (it may write too, but prefer ``writing()`` for anything that writes).
+        In a team project, what the user's role may not read raises PermissionDeniedError."""
+        try:
+            with self._read_sessions() as session:
+                yield session
+        except DBAPIError as exc:
+            if self.path is None:
+                from storage.team_store import clear_database_error
+
+                clear = clear_database_error(self, exc)
+                if clear is not None:
+                    raise clear from exc
+            raise
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[Session]:
@@ -159,13 +202,23 @@ class Project:
                 with session.begin():
                     yield session
         except (SQLAlchemyOperationalError, sqlite3.OperationalError) as exc:
-            clear = _clear_write_error(self.path, exc)
+            clear = _clear_write_error(self.path, exc) if self.path is not None else None
             if clear is None:
                 raise
             raise clear from exc
+        except DBAPIError as exc:
+            if self.path is None:
+                from storage.team_store import clear_database_error
+
+                clear = clear_database_error(self, exc)
+                if clear is not None:
+                    raise clear from exc
+            raise
 
     def close(self) -> None:
         self.engine.dispose()
+        if self.path is not None:
+            trust.remember_file(self.path)  # Sortlab's own writes need no first-open check next time
 
     def __enter__(self) -> Project:
         return self
@@ -189,8 +242,15 @@ def _clear_write_error(path: Path, exc: Exception) -> ProjectError | None:
     return None
 
 
-def create_project(path: str | os.PathLike, *, revision: str = "head") -> Project:
-    """Create a new, empty project file. ``revision`` exists so tests can make old-format files."""
+def create_project(path: str | os.PathLike, *, revision: str = "head", password: str | None = None) -> Project:
+    """Create a new, empty project file, or a project in an empty database named by a URL.
+    ``revision`` exists so tests can make old-format projects."""
+    from storage.backends import is_database_url
+
+    if is_database_url(path):
+        from storage.team_store import create_database_project
+
+        return create_database_project(str(path), revision=revision, password=password)
     path = Path(path)
     if path.exists() and path.stat().st_size > 0:
         raise ProjectError(f"{path} already exists; open it instead.")
@@ -229,8 +289,15 @@ def _migrate(engine: Engine, revision: str) -> None:
             connection.connection.driver_connection.execute("PRAGMA foreign_keys=ON")
 
 
-def open_project(path: str | os.PathLike, *, create: bool = False) -> Project:
-    """Open a project, upgrading its format (after a backup copy) if it was made by an older Sortlab."""
+def open_project(path: str | os.PathLike, *, create: bool = False, password: str | None = None) -> Project:
+    """Open a project, upgrading its format (after a backup copy) if it was made by an older Sortlab.
+    ``path`` may be a database URL (a team project; ``password`` when libpq does not supply one)."""
+    from storage.backends import is_database_url
+
+    if is_database_url(path):
+        from storage.team_store import open_database_project
+
+        return open_database_project(str(path), create=create, password=password)
     path = Path(path)
     if not path.exists() or path.stat().st_size == 0:
         if create:
@@ -248,6 +315,7 @@ def open_project(path: str | os.PathLike, *, create: bool = False) -> Project:
             f"{path.name} was made by a newer version of Sortlab (format {revision}); "
             "please update Sortlab to open it."
         )
+    trust.vet_project_file(path, revision)  # foreign triggers/views/tables, damaged pages: refused
     if not _is_writable(path) or not os.access(path.parent, os.W_OK):
         raise ReadOnlyProjectError(
             f"{path} is read-only. Copy it to a folder you can write to, or change its permissions."

@@ -134,3 +134,40 @@ def test_the_advice_view_shows_the_sentences_and_the_curve(qtbot):
     view.choice.setCurrentIndex(1)
     assert view.today.value() == 40 and view.fitted.getData()[0].max() == pytest.approx(80.0)
     assert not view.grab().isNull()
+
+
+def test_the_training_panel_shows_advice_computed_in_the_background_for_the_current_project(qtbot):
+    """refresh() runs the advice job on the view's own worker and shows its sentences; a result that
+    arrives for a project no longer on screen is dropped; no project clears it."""
+    import threading
+
+    from gui.advice_view import NO_ADVICE_TEXT, AdviceView
+    from gui.runner import QtJobRunner
+    from gui.training_panel import TrainingPanel
+
+    release = threading.Event()
+    overall = ClassAdvice(None, 80, 0.84, 70, (40, None))
+
+    def fake_advice(context, project):
+        if project == "old":
+            release.wait(10)
+        return Advice([ClassAdvice(f"{project}-class", 40, reason="only 4 labeled; label at least 5 to get advice.")],
+                      overall)
+
+    runner = QtJobRunner()
+    panel = TrainingPanel(runner, None, backbones=[], device="CPU")
+    panel.advice.shutdown()
+    panel.advice = advice = AdviceView(advice_fn=fake_advice)
+    qtbot.addWidget(panel)
+    qtbot.addWidget(advice)
+    assert panel.findChild(AdviceView) is not None  # docked in the training panel
+    advice.refresh("old")
+    advice.refresh("new")  # the old job is still running: its advice must not show
+    release.set()
+    qtbot.waitUntil(lambda: "new-class" in advice.sentences.text(), timeout=10_000)
+    assert "About 70 more labeled images overall" in advice.sentences.text()
+    assert not advice.choice.isVisibleTo(advice)  # no curve to choose from
+    advice.refresh(None)
+    assert advice.sentences.text() == NO_ADVICE_TEXT
+    advice.shutdown()
+    runner.shutdown()

@@ -10,10 +10,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import StandardScaler, normalize
 from sklearn.svm import LinearSVC
+from sklearn.utils.class_weight import compute_sample_weight
 
 from engine.models.classifiers import (
+    DEFAULT_C,
+    SVM_CS,
     LinearPredictor,
     LinearSVMClassifier,
     LogisticClassifier,
@@ -41,7 +44,7 @@ def test_fit_predict_follow_sklearn_conventions(cls, k):
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-9)
     assert np.array_equal(model.predict(X), model.classes_[proba.argmax(axis=1)])
     assert model.score(X, y) > 0.85
-    assert model.C_ in model.get_params()["Cs"]
+    assert model.C_ in model.search_Cs
     assert set(clone(model).get_params()) >= {"C", "Cs", "random_state"}
 
 
@@ -80,16 +83,56 @@ def test_saved_and_loaded_model_gives_the_same_probabilities(cls, k):
     assert np.array_equal(loaded.classes, model.classes_)
 
 
-def test_exported_arrays_match_the_sklearn_pipelines():
+def test_exported_arrays_match_independent_sklearn_models():
+    """Unit-length rows (times sqrt(D)) into plain sklearn models give what the saved arrays give."""
     X, y = blobs(90, 3, seed=4)
+    rows = normalize(X.astype(np.float64)) * np.sqrt(X.shape[1])
     logreg = LogisticClassifier(C=0.1).fit(X, y)
-    reference = logreg._pipeline(0.1).fit(X, y)
-    np.testing.assert_allclose(logreg.predict_proba(X), reference.predict_proba(X), atol=1e-6)
+    reference = LogisticRegression(C=0.1, class_weight="balanced", max_iter=2000).fit(rows, y)
+    np.testing.assert_allclose(logreg.predict_proba(X), reference.predict_proba(rows), atol=1e-6)
     svm = LinearSVMClassifier(C=0.1, random_state=0).fit(X, y)
     calibrated = CalibratedClassifierCV(
-        svm._pipeline(0.1), method="sigmoid", ensemble=False, cv=StratifiedKFold(5, shuffle=True, random_state=0)
-    ).fit(X, y)
-    np.testing.assert_allclose(svm.predict_proba(X), calibrated.predict_proba(X), atol=1e-6)
+        LinearSVC(C=0.1, class_weight="balanced", max_iter=5000, random_state=0), method="sigmoid", ensemble=False,
+        cv=StratifiedKFold(5, shuffle=True, random_state=0),
+    ).fit(rows, y, sample_weight=compute_sample_weight("balanced", y))
+    np.testing.assert_allclose(svm.predict_proba(X), calibrated.predict_proba(rows), atol=1e-6)
+    old_recipe = LogisticClassifier(C=0.1, unit_length=False, standardize=True).fit(X, y)
+    standardized = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, class_weight="balanced", max_iter=2000))
+    np.testing.assert_allclose(old_recipe.predict_proba(X), standardized.fit(X, y).predict_proba(X), atol=1e-6)
+
+
+@pytest.mark.parametrize("cls", [LogisticClassifier, LinearSVMClassifier])
+def test_a_row_scaled_by_a_positive_factor_gets_the_same_answer(cls):
+    """Unit-length rows: brightness-like changes of a feature vector's overall size do not move predictions;
+    the same model standardizing raw features would change its mind."""
+    X, y = blobs(60, 3, seed=11)
+    X = np.abs(X)
+    model = cls(C=1.0, random_state=0).fit(X, y)
+    loaded = LinearPredictor.from_bytes(model.to_bytes())
+    assert loaded.scales_rows
+    np.testing.assert_allclose(loaded.predict_proba(3.0 * X), model.predict_proba(X), atol=1e-6)  # float32 rounding of 3x
+    raw = cls(C=1.0, random_state=0, unit_length=False, standardize=True).fit(X, y)
+    assert not LinearPredictor.from_bytes(raw.to_bytes()).scales_rows
+    assert np.abs(raw.predict_proba(3.0 * X) - raw.predict_proba(X)).max() > 0.1
+
+
+def test_logistic_regression_uses_its_fixed_C_and_the_svm_searches():
+    X, y = blobs(60, 3, seed=12)
+    logreg = LogisticClassifier().fit(X, y)
+    assert logreg.C_ == DEFAULT_C and logreg.cv_results_ == []
+    svm = LinearSVMClassifier().fit(X, y)
+    assert [r["C"] for r in svm.cv_results_] == list(SVM_CS) and svm.C_ in SVM_CS
+
+
+def test_a_previous_model_on_other_features_is_not_a_warm_start():
+    """A model saved with standardized raw features (before unit length) cannot start a unit-length fit:
+    the new fit is the cold one."""
+    X, y = blobs(120, 3, dim=32, seed=13)
+    old = LogisticClassifier(C=1.0, unit_length=False, standardize=True).fit(X, y).predictor_
+    warm = LogisticClassifier(C=1.0, warm_start_from=old).fit(X, y)
+    cold = LogisticClassifier(C=1.0).fit(X, y)
+    np.testing.assert_allclose(warm.predict_proba(X), cold.predict_proba(X), atol=1e-9)
+    assert warm.n_iter_ == cold.n_iter_
 
 
 @pytest.mark.parametrize("method", ["logreg", "svm"])

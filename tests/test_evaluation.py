@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from helpers.feature_projects import BACKBONE, LAYER, add_placeholder_images, make_feature_project
 
+from engine.curation.leak_guard import GuardFeatures
 from engine.models.evaluation import (
     MIN_LABELED_FOR_HOLDOUT,
     EvaluationPlan,
@@ -22,6 +23,7 @@ from engine.models.evaluation import (
 from engine.models.metrics import ConfusionMatrix, Metrics
 from engine.runtime.jobs import JobCancelled, JobContext
 from storage import catalog
+from storage.featurestore import load_vectors
 from storage.splits import labeled_images
 
 
@@ -169,7 +171,8 @@ def test_near_duplicates_never_straddle_train_and_validation(project):
     pinned_val = originals[0]
     catalog.set_split(project, [pinned_val], "val")
 
-    split = split_labeled_images(project)
+    ids, X = load_vectors(project, BACKBONE, LAYER)
+    split = split_labeled_images(project, features=GuardFeatures(BACKBONE, LAYER, ids, X))
     sides = split.sides
     assert set(split.groups) == {tuple(sorted(pair)) for pair in zip(originals, copies)}
     assert all(sides[o] == sides[c] for o, c in zip(originals, copies))
@@ -177,7 +180,8 @@ def test_near_duplicates_never_straddle_train_and_validation(project):
     # Without the guard, the hash order alone would have split some pairs (else this proves nothing).
     assert twins_without_guard(labeled_images(project), split.groups) > 0
 
-    # A later twin joins its original's side, and the original does not move.
+    # A later twin joins its original's side, and the original does not move. (assign_splits finds the
+    # cached vectors by itself: those of the feature space the guard last ran in.)
     settled = dict(sides)
     new_copy = fp.image_ids[-1]
     plant_twins(project, [originals[5]], [new_copy], seed=1)

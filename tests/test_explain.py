@@ -185,7 +185,8 @@ def test_the_pooling_input_is_found_behind_shape_only_nodes():
 
 
 def test_a_linear_head_spreads_its_decision_over_the_map():
-    """mean over positions of heat_c == the class's decision value less its intercept and offset."""
+    """mean over positions of heat_c == the class's decision value less its intercept and offset (softmax
+    heads: centred over the classes, which leaves the probabilities as they are)."""
     rng = np.random.default_rng(3)
     maps = rng.uniform(0, 6, size=(12, 4, 5))
     for n_scores in (1, 3):
@@ -197,7 +198,8 @@ def test_a_linear_head_spreads_its_decision_over_the_map():
         for c in range(max(2, n_scores)):
             row = 0 if n_scores == 1 else c
             sign = (1 if c == 1 else -1) if n_scores == 1 else 1
-            expected = sign * (decision[row] - predictor.intercept[row] + offset[row])
+            linear = decision - predictor.intercept + offset
+            expected = sign * linear[row] if n_scores == 1 else linear[row] - linear.mean()
             np.testing.assert_allclose(class_heat(evidence, c, maps).mean(), expected, rtol=1e-10, atol=1e-10)
 
 

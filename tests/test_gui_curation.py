@@ -98,8 +98,8 @@ def test_label_next_shows_the_batch_in_order_and_appends_the_next(window, qtbot,
     assert window.grid.selected_image_ids() == [ids[0]]
     assert HESITATES in tooltip(window, 3)
     # Two classes labeled: the training panel retrains by itself and the counter shows its accuracy.
-    qtbot.waitUntil(lambda: window.curation.summary.text() == "You labeled 3 images · validation accuracy 100 %",
-                    timeout=JOB_TIMEOUT)
+    qtbot.waitUntil(lambda: window.curation.summary.text()
+                    == "You labeled 3 images · the model is right on 100 % of its tests", timeout=JOB_TIMEOUT)
     assert window.filter_bar.count_label.text() == "5 of 12 images"
 
 

@@ -409,4 +409,8 @@ def test_the_export_dialog_says_it_made_the_missing_folder(labeled_window, qtbot
     assert asked == [target]
     assert dialog.status.text().startswith(f"Created the folder {tmp_path / 'new folder'} (it did not exist).\n"
                                            f"Saved to {target}.")
+    # The check in plain words; the technical figures in the tooltip (issue 12, item 14).
+    assert "the same answer as Sortlab on 12 of 12 labeled images" in dialog.status.text()
+    assert "ONNX" not in dialog.status.text() and "e-07" not in dialog.status.text()
+    assert "max probability difference 1.00e-07" in dialog.status.toolTip()
     dialog.reject()

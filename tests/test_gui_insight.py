@@ -17,6 +17,7 @@ from PySide6.QtWidgets import QApplication
 
 from engine.insight.history import model_history
 from engine.insight.map_geometry import normalize_layout, points_in_polygon
+from engine.features.backbones import DEFAULT_BACKBONE, DEFAULT_LAYER, get_backbone
 from engine.insight.options import BackboneChoice, TrainingOptions
 from engine.insight.projection import MapLayout
 from engine.insight.report import build_report
@@ -56,7 +57,7 @@ def add_images(project, n, sources=("phone", "camera")):
 
 
 def save_version(project, classes, predicted: dict[int, int], *, accuracy: float | None = None, n_labeled: int = 0,
-                 active: bool = True, out_of_fold=()) -> int:
+                 active: bool = True, out_of_fold=(), params: dict | None = None) -> int:
     """A stored model version whose prediction for each image is ``predicted[image_id]`` (a class id)."""
     class_ids = [c.id for c in classes]
     ids = np.asarray(sorted(predicted), dtype=np.int64)
@@ -64,18 +65,20 @@ def save_version(project, classes, predicted: dict[int, int], *, accuracy: float
     proba[np.arange(len(ids)), [class_ids.index(predicted[i]) for i in ids]] = 0.9
     metrics = Metrics(accuracy=accuracy, evaluation="holdout" if accuracy is not None else "not evaluated",
                       n_labeled=n_labeled)
-    model = NewModel(method="logreg", backbone="efficientnet_lite0", layer="pooled",
+    # The default network's features: those make_feature_project caches, so the map can draw the model.
+    model = NewModel(method="logreg", backbone=DEFAULT_BACKBONE, layer=DEFAULT_LAYER,
                      class_names=[c.name for c in classes], class_ids=class_ids, weights=b"",
-                     metrics=metrics.to_json(), n_labeled=n_labeled)
+                     metrics=metrics.to_json(), n_labeled=n_labeled, params=params or {})
     oof = np.isin(ids, list(out_of_fold))
     return save_model_version(project, model, PredictionBatch(ids, proba, oof), activate=active)
 
 
-def train_result(version: int = 1, accuracy: float | None = 0.9, method: str = "logreg") -> TrainResult:
+def train_result(version: int = 1, accuracy: float | None = 0.9, method: str = "logreg",
+                 params: dict | None = None) -> TrainResult:
     """What engine.models.training.train_model returns."""
     return TrainResult(model_version=version, method=method, backbone="efficientnet_lite0", layer="pooled",
                        metrics=Metrics(accuracy=accuracy, evaluation="5-fold CV", n_labeled=20, n_val=20, folds=5),
-                       n_labeled=20, training_run=version)
+                       n_labeled=20, training_run=version, params=params or {})
 
 
 def make_panel(qtbot, runner, project, train_fn, **kwargs):
@@ -243,7 +246,7 @@ def test_epoch_partials_reach_the_curves(qtbot, runner, project):
     np.testing.assert_allclose(y, [50, 60, 70])  # fractions are shown as percentages
     assert panel.curves.showing_epochs()
     assert panel.status.step_label.text() == done_text(finished.args[0].result, finished.args[0].seconds)
-    assert "ready in" in panel.status.step_label.text() and "70.0%" in panel.status.step_label.text()
+    assert "ready (took" in panel.status.step_label.text() and "70.0%" in panel.status.step_label.text()
 
 
 def test_fine_tune_chart_reads_plainly(qtbot, runner, project):
@@ -281,11 +284,12 @@ def test_quick_history_curve_and_automatic_retraining(qtbot, runner, project, mo
     for n_labeled, accuracy in ((10, 0.6), (40, 0.9), (25, 0.8), (30, None)):  # the last was not evaluated
         save_version(project, [ants, bees], {1: ants.id}, accuracy=accuracy, n_labeled=n_labeled)
     set_labels(project, ids[:2], ants.id)  # one class only: training cannot succeed yet
-    runs = []
+    runs, automatic_runs = [], []
 
-    def quick(context, project_arg, method, backbone, layer):
+    def quick(context, project_arg, method, backbone, layer, automatic=False):
         runs.append(method)
-        return train_result(version=5)
+        automatic_runs.append(automatic)
+        return train_result(version=5, params={"automatic": automatic, "kept": False})
 
     monkeypatch.setattr(gui.training_panel, "AUTO_RETRAIN_DELAY_MS", 20)
     panel = make_panel(qtbot, runner, project, quick)
@@ -302,6 +306,8 @@ def test_quick_history_curve_and_automatic_retraining(qtbot, runner, project, mo
         for _ in range(5):  # a burst of labeling: one retraining
             panel.labels_changed([3])
     assert runs == ["logreg"]
+    assert automatic_runs == [True]  # stored as the evolving version (engine.models.evolving)
+    assert panel.status.step_label.text().startswith("Model updated with your latest labels")
     assert not panel._retrain_timer.isActive() and not panel.is_running  # and no second one on its way
     panel.auto_retrain.setChecked(False)
     panel.labels_changed([2])
@@ -317,7 +323,7 @@ def test_labels_during_a_run_retrain_once_it_ends(qtbot, runner, project, monkey
     set_labels(project, ids[2:], bees.id)
     release, runs = threading.Event(), []
 
-    def quick(context, project_arg, method, backbone, layer):
+    def quick(context, project_arg, method, backbone, layer, automatic=False):
         runs.append(method)
         release.wait(5)
         return train_result(version=len(runs))
@@ -343,7 +349,7 @@ def test_automatic_failure_is_quiet_but_start_button_failure_is_clear(qtbot, run
     set_labels(project, ids[:2], ants.id)
     set_labels(project, ids[2:], bees.id)
 
-    def refuses(context, project_arg, method, backbone, layer):
+    def refuses(context, project_arg, method, backbone, layer, automatic=False):
         raise ValueError("Every class needs at least 2 labeled images.")
 
     monkeypatch.setattr(gui.training_panel, "AUTO_RETRAIN_DELAY_MS", 10)
@@ -364,7 +370,7 @@ def test_automatic_failure_is_quiet_but_start_button_failure_is_clear(qtbot, run
 def test_progress_shows_the_step_and_time_left(qtbot, runner, project):
     release = threading.Event()
 
-    def waits(context, project_arg, method, backbone, layer):
+    def waits(context, project_arg, method, backbone, layer, automatic=False):
         release.wait(5)
         return train_result(accuracy=0.8)
 
@@ -477,7 +483,7 @@ def test_report_of_the_stored_predictions_and_clicking_a_cell(qtbot, project):
     widget.show()
     assert widget.selected_version() == newer  # the active one is shown
     assert [widget.versions_table.item(1, c).text() for c in range(6)] == [
-        str(newer), "✓", "80.0%", "10", "Quick", "EfficientNet-Lite0"]
+        str(newer), "✓", "80.0%", "10", "Quick", get_backbone(DEFAULT_BACKBONE).title]
     report = widget.report
     assert report.n == 10 and report.metrics.accuracy == pytest.approx(7 / 10)
     assert report.basis.startswith("all labeled images")
@@ -500,6 +506,26 @@ def test_report_of_the_stored_predictions_and_clicking_a_cell(qtbot, project):
         qtbot.mouseClick(widget.activate_button, Qt.MouseButton.LeftButton)
     assert changed.args == [older] and active_model(project).version == older
     assert widget.selected_version() == older and not widget.activate_button.isEnabled()
+
+
+def test_the_report_marks_the_evolving_version_and_the_chart_keeps_the_points_it_replaced(qtbot, project, runner):
+    """Automatic retrains keep one evolving version (engine.models.evolving): the report says it is
+    "updating", and the accuracy chart still shows the automatic retrains it replaced."""
+    from gui.model_report import EVOLVING_TIP
+
+    add_images(project, 4)
+    ants, bees = add_class(project, "ants"), add_class(project, "bees")
+    save_version(project, [ants, bees], {1: ants.id}, accuracy=0.5, n_labeled=4)
+    save_version(project, [ants, bees], {1: bees.id}, accuracy=0.55, n_labeled=7,
+                 params={"automatic": True, "kept": False, "history": [[5, 0.52], [6, 0.54]]})
+    widget = ModelReport(project)
+    qtbot.addWidget(widget)
+    cells = [widget.versions_table.item(row, 0) for row in range(2)]
+    assert [c.text() for c in cells] == ["1", "2 · updating"] and cells[1].toolTip() == EVOLVING_TIP
+    panel = make_panel(qtbot, runner, project, slow_fake_training)
+    x, y = panel.curves.history_curve.getData()
+    np.testing.assert_allclose(x, [4, 5, 6, 7])
+    np.testing.assert_allclose(y, [50, 52, 54, 55])
 
 
 def test_the_report_opens_on_the_version_in_use_and_follows_it(qtbot, project, tmp_path):
@@ -538,6 +564,7 @@ def test_the_report_opens_on_the_version_in_use_and_follows_it(qtbot, project, t
         assert widget.selected_version() == in_use
         widget.set_project(None)
         assert widget.versions_table.rowCount() == 0 and widget.report_version is None
+        assert widget.view.summary.text().startswith("Open or create a project")
     finally:
         other.close()
 
@@ -669,7 +696,7 @@ def map_position(view, x, y) -> QPoint:
     return QPoint(point.x(), point.y())
 
 
-def wait_until_laid_out(qtbot, view):
+def wait_until_laid_out(qtbot, view, timeout: int = 5000):
     """Until the fitted map fills most of its viewport (the view's layout has settled)."""
     def filled() -> bool:
         corners = [map_position(view, *view.coords.min(axis=0)), map_position(view, *view.coords.max(axis=0))]
@@ -677,7 +704,7 @@ def wait_until_laid_out(qtbot, view):
         return (abs(corners[1].x() - corners[0].x()) > 0.8 * size.width()
                 and abs(corners[1].y() - corners[0].y()) > 0.8 * size.height())
 
-    qtbot.waitUntil(filled, timeout=5000)
+    qtbot.waitUntil(filled, timeout=timeout)
 
 
 def lasso_around(view, coords):

@@ -18,10 +18,11 @@ from gui.dock_layout import panel_of
 from gui.labeling import SetLabelCommand
 from gui.training_status import done_text
 from gui.model_report import VERSION_COLUMNS
+from gui.runner import QtJobRunner
 from storage.catalog import add_class, label_states, list_classes, set_labels
 
 pytestmark = pytest.mark.gui
-FEATURE_DIM = 1280  # efficientnet_lite0's pooled layer: the cached vectors are used as they are
+FEATURE_DIM = 1280  # the default network's pooled layer: the cached vectors are used as they are
 
 
 @pytest.fixture
@@ -41,8 +42,11 @@ def open_window(qtbot, tmp_path):
 
     yield make
     for window in windows:
-        window.runner.cancel_all()  # a test that failed mid-job must not leave the window asking "quit?"
-        qtbot.waitUntil(lambda: not window.runner.busy, timeout=60000)
+        # A test that failed mid-job must not leave the window asking "quit?" (a modal box nobody answers).
+        runners = window.findChildren(QtJobRunner)
+        for runner in runners:
+            runner.cancel_all()
+        qtbot.waitUntil(lambda: not any(r.busy for r in runners), timeout=120000)
         window.close()
         qtbot.waitUntil(lambda: window.insight.closed, timeout=30000)
         assert window.insight.map_runner.closed and window.insight.read_runner.closed
@@ -113,7 +117,19 @@ def _jpeg(color) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.slow  # flaky under heavy load (the map's colour read can lag): runs in `make test-slow` until fixed
+def wait_all_idle(qtbot, window, timeout: int = 120_000) -> None:
+    """Until every job runner of the window (its own, the map's, the reads') is idle on three checks in a
+    row, event-loop turns apart: a job a zero-delay timer submits (the opening map) is seen before we go on."""
+    runners = window.findChildren(QtJobRunner)
+    idle_checks = [0]
+
+    def settled() -> bool:
+        idle_checks[0] = 0 if any(r.busy for r in runners) else idle_checks[0] + 1
+        return idle_checks[0] >= 3
+
+    qtbot.waitUntil(settled, timeout=timeout)
+
+
 def test_report_cells_lasso_and_model_versions_drive_the_workspace(qtbot, project, open_window):
     """The report's confusion cell filters the grid to exactly those images; a real lasso on the
     map selects those images in the grid too, a number key labels them as one step of the
@@ -136,11 +152,12 @@ def test_report_cells_lasso_and_model_versions_drive_the_workspace(qtbot, projec
     window = open_window(project)
     panels = window.insight
     panels.training.auto_retrain.setChecked(False)  # these images have no features to train on
-    qtbot.waitUntil(lambda: not window.runner.busy, timeout=120000)
+    qtbot.waitUntil(lambda: panels.on_screen, timeout=60000)
+    wait_all_idle(qtbot, window)  # the start-up jobs and the opening map (no features: nothing to draw)
 
     report = panels.report
     assert report.selected_version() == newer
-    qtbot.waitUntil(lambda: report.report is not None, timeout=10000)  # computed on the read runner
+    qtbot.waitUntil(lambda: report.report is not None, timeout=30000)  # computed on the read runner
     assert report.report.n == 6 and report.report.metrics.accuracy == pytest.approx(3 / 6)
     panels.docks["report"].raise_()
     matrix = report.view.matrix
@@ -151,25 +168,25 @@ def test_report_cells_lasso_and_model_versions_drive_the_workspace(qtbot, projec
 
     # The map: images 1-6 on the left, 7 and 8 (unlabeled) on the right; lasso around 7 and 8.
     view = panels.embedding
-    qtbot.waitUntil(lambda: not panels.map_runner.busy, timeout=10000)  # the (empty: no features) opening map
     panels.docks["map"].raise_()
     qtbot.waitExposed(view)
+    wait_all_idle(qtbot, window)  # nothing left that could replace the layout set below
     view.set_layout(np.arange(1, 9), np.array([[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2], [5, 0], [5, 2]], float))
-    qtbot.waitUntil(lambda: list(view.predicted) == [said[i] for i in range(1, 9)], timeout=30000)
-    wait_until_laid_out(qtbot, view)
+    qtbot.waitUntil(lambda: list(view.predicted) == [said[i] for i in range(1, 9)], timeout=60000)
+    wait_until_laid_out(qtbot, view, timeout=30000)
     lasso_around(view, view.coords[6:])
     assert sorted(view.selected_ids) == [7, 8]
-    qtbot.waitUntil(lambda: sorted(window.selected_image_ids()) == [7, 8], timeout=3000)  # the grid selects them too
+    qtbot.waitUntil(lambda: sorted(window.selected_image_ids()) == [7, 8], timeout=15000)  # the grid selects them too
 
     qtbot.keyClick(view.plot, "2")  # key 2 = dogs
     assert window.undo_stack.count() == 1
     assert isinstance(window.undo_stack.command(0), SetLabelCommand)  # the workspace's own command
     assert [s.class_id for s in label_states(project, [7, 8])] == [dogs.id, dogs.id]
-    qtbot.waitUntil(lambda: list(view.class_ids[6:]) == [dogs.id, dogs.id], timeout=30000)
+    qtbot.waitUntil(lambda: list(view.class_ids[6:]) == [dogs.id, dogs.id], timeout=60000)
     window.undo_stack.undo()
     assert [s.class_id for s in label_states(project, [7, 8])] == [None, None]
     assert [s.class_id for s in label_states(project, [1, 4])] == [cats.id, dogs.id]
-    qtbot.waitUntil(lambda: list(view.class_ids[6:]) == [-1, -1], timeout=30000)
+    qtbot.waitUntil(lambda: list(view.class_ids[6:]) == [-1, -1], timeout=60000)
 
     # Make the older version the one in use: the grid and the map follow.
     assert window.grid_model.model_version == newer
@@ -177,7 +194,7 @@ def test_report_cells_lasso_and_model_versions_drive_the_workspace(qtbot, projec
     assert report.selected_version() == older and report.activate_button.isEnabled()
     qtbot.mouseClick(report.activate_button, Qt.MouseButton.LeftButton)
     assert window.grid_model.model_version == older
-    qtbot.waitUntil(lambda: list(view.predicted) == [cats.id] * 8, timeout=30000)
+    qtbot.waitUntil(lambda: list(view.predicted) == [cats.id] * 8, timeout=60000)
 
 
 def test_every_panel_resets_when_the_project_changes(qtbot, project, open_window, tmp_path):

@@ -75,7 +75,8 @@ class FakeTrainer:
         self.calls: list[str] = []
 
     def __call__(self, context, project, method: str = DEFAULT_METHOD, backbone: str | None = DEFAULT_BACKBONE,
-                 layer: str | None = None, seed: int = 0, quick: bool | None = None) -> TrainResult:
+                 layer: str | None = None, seed: int = 0, quick: bool | None = None,
+                 automatic: bool = False) -> TrainResult:
         self.calls.append(method)
         classes = [c.id for c in list_classes(project)]
         labels = {s.image_id: s.class_id for s in label_states(project, image_ids(project))}

@@ -92,6 +92,38 @@ def test_upgrade_from_0002_adds_review_marks_near_duplicates_and_outliers(tmp_pa
         upgraded.close()
 
 
+def test_upgrade_from_0003_adds_the_label_history(tmp_path):
+    import datetime as dt
+
+    from storage.catalog import set_labels
+    from storage.label_history import label_history, labels_as_of
+
+    path = tmp_path / "before-history.sortlab"
+    old = create_project(path, revision="0003")
+    with old.engine.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO images (id, content_hash, original_name, original_path, source, width, height,"
+            " original_format, imported_at, data, thumbnail) VALUES (1, 'h', 'a.jpg', '/a.jpg', 'cam1', 4, 3,"
+            " 'JPEG', '2026-01-01 00:00:00', x'00', x'00')"))
+        connection.execute(text("INSERT INTO classes (id, name, color, position) VALUES (1, 'ant', '#ff0000', 0),"
+                                " (2, 'bee', '#00ff00', 1)"))
+        connection.execute(text(
+            "INSERT INTO labels (image_id, class_id, labeled_at, origin) VALUES (1, 1, '2026-01-01', 'manual')"))
+    old.close()
+
+    upgraded = open_project(path)
+    try:
+        assert current_revision(upgraded) == head_revision()
+        assert backup_path(path, "0003").exists()
+        assert label_history(upgraded) == []
+        before_any_change = dt.datetime.now(dt.timezone.utc)
+        set_labels(upgraded, [1], 2)
+        assert [(e.previous_class_id, e.class_id) for e in label_history(upgraded, 1)] == [(1, 2)]
+        assert labels_as_of(upgraded, before_any_change) == {1: 1}  # the label from before the history
+    finally:
+        upgraded.close()
+
+
 def test_not_a_project_gives_clear_message(tmp_path):
     text_file = tmp_path / "notes.sortlab"
     text_file.write_text("hello")

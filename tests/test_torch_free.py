@@ -72,14 +72,16 @@ QUICK_LOOP = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def shipped_models(tmp_path_factory):
-    """A folder of shipped ONNX copies (Lite0, pooled layer only), made here with torch."""
+    """A folder of shipped ONNX copies (pooled layer only: the default network's, and Lite0's, which other
+    tests' projects use), made here with torch."""
     from engine.features import onnx_backend
-    from engine.features.backbones import get_backbone
+    from engine.features.backbones import DEFAULT_BACKBONE, get_backbone
 
     folder = tmp_path_factory.mktemp("shipped")
     with pytest.MonkeyPatch.context() as patch:  # reuse the session's export (see test_features)
         patch.setenv("SORTLAB_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "sortlab-cache"))
-        path = onnx_backend.ship(get_backbone("efficientnet_lite0"), "pooled", folder)
+        onnx_backend.ship(get_backbone("efficientnet_lite0"), "pooled", folder)
+        path = onnx_backend.ship(get_backbone(DEFAULT_BACKBONE), "pooled", folder)
     assert path.parent == folder and path.stat().st_size > 1_000_000
     return folder
 

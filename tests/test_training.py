@@ -57,16 +57,51 @@ def test_large_dataset_uses_the_stored_holdout_split_and_scores_every_labeled_im
 
 def test_quick_retrain_after_one_label_change_reuses_C_and_activates_the_new_version(project):
     fp = make_feature_project(project, [40, 40, 40], unlabeled=30, spread=3.0)
-    first = train(project)
+    first = train(project, method="svm")  # a method that searches C
     assert first.params["quick"] is False and first.params["cv_results"]
     catalog.set_labels(project, fp.image_ids[:1], fp.class_by_name["c1"])
-    second = train(project)  # auto: barely changed labels -> quick
+    second = train(project, method="svm")  # auto: barely changed labels -> quick
     assert second.params["quick"] is True and second.params["C"] == first.params["C"]
     assert not second.params["cv_results"]
     versions = modelstore.list_models(project)
     assert [(v.version, v.is_active) for v in versions] == [(first.model_version, False), (second.model_version, True)]
     assert len(modelstore.predictions(project, first.model_version)) == len(fp.image_ids)
-    assert train(project, quick=False).params["quick"] is False
+    assert train(project, method="svm", quick=False).params["quick"] is False
+
+
+def test_a_model_saved_before_unit_length_rows_still_predicts_and_is_not_reused_for_a_quick_retrain(project):
+    """Models saved with standardized raw features (no ``unit_norm``) predict new images as they always did;
+    the next training does not reuse their C (chosen for standardized features) but trains the new recipe."""
+    from engine.models.classifiers import DEFAULT_C, LogisticClassifier
+    from engine.models.predicting import refresh_if_model
+    from storage.featurestore import load_vectors
+
+    dim = get_backbone(BACKBONE).feature_dim(LAYER)  # the real size: refreshing extracts into a mismatched set
+    fp = make_feature_project(project, [20, 20], dim=dim, spread=2.0)
+    ids, X = load_vectors(project, BACKBONE, LAYER)
+    assert ids.tolist() == fp.image_ids
+    labeled = [i for i, c in enumerate(fp.class_ids) if c is not None]
+    y = np.array([fp.class_ids[i] for i in labeled])
+    old = LogisticClassifier(C=0.03, unit_length=False, standardize=True).fit(X[labeled], y).predictor_
+    assert not old.scales_rows and "unit_norm" not in old.arrays()
+    version = modelstore.save_model_version(project, modelstore.NewModel(
+        "logreg", BACKBONE, LAYER, ["c0", "c1"], [int(c) for c in old.classes], old.to_bytes(),
+        {"C": 0.03, "seed": 0, "quick": False, "n_features": dim, "cv_results": []}, {}, len(labeled)))
+    new_ids = add_placeholder_images(project, 3, start=900)
+    new_X = (fp.centers[[0, 1, 0]] + 0.1).astype(np.float32)
+    store_vectors(project, ensure_feature_set(project, BACKBONE, LAYER, dim).id, new_ids, new_X)
+    refresh_if_model(JobContext(), project)
+    stored_ids, stored = modelstore.prediction_probabilities(project, version)
+    stored = stored[np.isin(stored_ids, new_ids)]
+    expected = LinearPredictor.from_bytes(modelstore.model_weights(project, version)).predict_proba(new_X)
+    np.testing.assert_allclose(stored, expected, atol=1e-6)  # stored as float32
+    np.testing.assert_array_equal(expected, old.predict_proba(new_X))  # loaded = saved, bit for bit
+    by_formula = 1 / (1 + np.exp(-(((new_X - old.mean) / old.scale) @ old.coef[0] + old.intercept[0])))
+    np.testing.assert_allclose(expected[:, 1], by_formula, atol=1e-9)  # standardize, project: no unit length
+    catalog.set_labels(project, fp.image_ids[:1], fp.class_by_name["c1"])  # a small change: quick if it could
+    result = train(project)
+    assert result.params["quick"] is False and result.params["C"] == DEFAULT_C
+    assert LinearPredictor.from_bytes(modelstore.model_weights(project, result.model_version)).scales_rows
 
 
 def test_svm_model_is_calibrated_and_stored_as_safetensors(project):
@@ -94,7 +129,6 @@ def test_tiny_dataset_trains_but_is_not_evaluated(project):
 
 def test_cross_validation_chooses_C_inside_each_fold_unless_retraining_quickly(project, monkeypatch):
     from engine.models import training
-    from engine.models.classifiers import DEFAULT_CS
 
     make_feature_project(project, [20, 20], dim=64)  # 64-d: no near-duplicates, so the folds are plain
     fold_models = []
@@ -107,12 +141,13 @@ def test_cross_validation_chooses_C_inside_each_fold_unless_retraining_quickly(p
         return real(context, fit, *args, **kwargs)
 
     monkeypatch.setattr(training, "held_out_probabilities", spy)
-    first = train(project, quick=False)
-    assert first.metrics.folds == 5 and len(fold_models) == 5
+    first = train(project, method="svm", quick=False)  # a method that searches C
+    searched = [r["C"] for r in first.params["cv_results"]]
+    assert first.metrics.folds == 5 and len(fold_models) == 5 and len(searched) > 1
     # nested: every fold ran its own search over every C, on its own training part only
-    assert all([r["C"] for r in m.cv_results_] == list(DEFAULT_CS) for m in fold_models)
+    assert all([r["C"] for r in m.cv_results_] == searched for m in fold_models)
     fold_models.clear()
-    train(project, quick=True)  # a quick retrain keeps the previous C in every fold
+    train(project, method="svm", quick=True)  # a quick retrain keeps the previous C in every fold
     assert len(fold_models) == 5 and all(not m.cv_results_ and m.C_ == first.params["C"] for m in fold_models)
 
 
@@ -130,12 +165,12 @@ def test_a_wrong_label_shows_the_right_class_as_suggestion_after_the_retrain(pro
 
     dim = get_backbone(BACKBONE).feature_dim(LAYER)  # the real size: train_model checks the feature cache
     fp = make_feature_project(project, [110, 110], unlabeled=10, dim=dim, spread=2.0)
-    assert train_model(JobContext(), project).metrics.evaluation == "holdout"
+    assert train_model(JobContext(), project, backbone=BACKBONE, layer=LAYER).metrics.evaluation == "holdout"
     sides = {img.image_id: img.split for img in labeled_images(project)}
     wrong = next(i for i, c in zip(fp.image_ids, fp.class_ids) if c == fp.class_by_name["c0"] and sides[i] == "train")
     catalog.set_labels(project, [wrong], fp.class_by_name["c1"])
 
-    retrained = train_model(JobContext(), project)
+    retrained = train_model(JobContext(), project, backbone=BACKBONE, layer=LAYER)
     assert retrained.params["quick"] is True
     version = modelstore.active_version(project)
     prediction = modelstore.predictions(project)[wrong]

@@ -24,8 +24,6 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from engine.curation.project_features import load_project_features, resolve_feature_space
 from engine.runtime.jobs import JobContext
@@ -180,6 +178,12 @@ def find_duplicates(
         sims = np.concatenate([sims, np.ones(len(ha), dtype=np.float32)])
     if n == 0 or len(a) == 0:
         return []
+    from engine.runtime.first_imports import heavy_imports
+
+    with heavy_imports():  # here, not at import: the main window imports this module
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
     graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n))
     _, component = connected_components(graph, directed=False)
     weakest: dict[int, float] = {}

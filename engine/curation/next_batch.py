@@ -112,7 +112,7 @@ def prepare_selection(
     context.check_cancelled()
     if feature_set is None or feature_set.vectors == 0:
         raise ValueError("No image has features yet: import images first.")
-    key = (str(Path(project.path).resolve()), backbone, layer)
+    key = (str(Path(project.path).resolve()) if project.path is not None else project.location, backbone, layer)
     prepared = cache.get(key, _fingerprint(feature_set))
     if prepared is None:
         ids, X = load_vectors(project, backbone, layer)

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.cluster import KMeans
-from sklearn.decomposition import PCA
 from threadpoolctl import threadpool_limits
+
+from engine.runtime.first_imports import heavy_imports
 
 REDUCED_DIMS = 50
 NEIGHBOURS = 20  # k of the k-NN typicality (TypiClust's value)
@@ -77,6 +77,9 @@ def reduce_features(X: np.ndarray, dims: int = REDUCED_DIMS, seed: int = 0) -> n
     if components < d and n > 2:
         rng = np.random.default_rng(seed)
         sample = X if n <= PCA_FIT_ROWS else X[rng.choice(n, PCA_FIT_ROWS, replace=False)]
+        with heavy_imports():  # here, not at import: the main window imports this module
+            from sklearn.decomposition import PCA
+
         pca = PCA(n_components=components, svd_solver="randomized", random_state=seed).fit(sample)
         reduced = pca.transform(X).astype(np.float32)
     else:
@@ -95,6 +98,9 @@ def _fine_partition(reduced: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndar
     count = fine_cluster_count(n)
     if count == 1:
         return np.zeros(n, dtype=np.int32), reduced.mean(axis=0, keepdims=True), np.array([n], dtype=np.int64)
+    with heavy_imports():
+        from sklearn.cluster import KMeans
+
     model = KMeans(n_clusters=count, init="random", n_init=1, max_iter=FINE_KMEANS_ROUNDS, random_state=seed)
     labels = model.fit_predict(reduced)
     sizes = np.bincount(labels, minlength=count)

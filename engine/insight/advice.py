@@ -21,8 +21,10 @@ from scipy.optimize import OptimizeWarning, curve_fit
 from sklearn.model_selection import StratifiedKFold
 
 from engine.models.classifiers import CLASSIFIERS, DEFAULT_C, make_classifier
+from engine.models.ordinal import ORDINAL_METHOD, make_feature_classifier
 from engine.runtime.jobs import JobContext
 from storage.catalog import list_classes
+from storage.class_order import class_levels
 from storage.featurestore import load_vectors
 from storage.modelstore import active_model
 from storage.project import Project
@@ -144,10 +146,11 @@ def fit_power_law(sizes, accuracies) -> tuple[float, float, float] | None:
 
 
 def curve_points(context: JobContext, X: np.ndarray, y: np.ndarray, method: str = "logreg", C: float = DEFAULT_C,
-                 seed: int = 0, fractions=FRACTIONS, repeats: int = REPEATS, max_folds: int = MAX_FOLDS):
+                 seed: int = 0, fractions=FRACTIONS, repeats: int = REPEATS, max_folds: int = MAX_FOLDS,
+                 levels=None):
     """Out-of-fold points: (training labels per class [points, classes], recall per class [points,
     classes], total training labels [points], balanced accuracy [points]), one point per repeat and
-    fraction. Needs at least two images in every class."""
+    fraction. Needs at least two images in every class. ``levels``: the class order of ordered classes."""
     classes, counts = np.unique(y, return_counts=True)
     folds = min(max_folds, int(counts.min()))
     per_class_n, recalls, totals, balanced = [], [], [], []
@@ -164,7 +167,7 @@ def curve_points(context: JobContext, X: np.ndarray, y: np.ndarray, method: str 
                 picked = np.concatenate([rows[: max(1, round(fraction * len(rows)))] for rows in by_class])
                 with warnings.catch_warnings():  # one image per class is a small subsample, not a regression
                     warnings.filterwarnings("ignore", message="The number of unique classes")
-                    model = _classifier(method, C, seed).fit(X[picked], y[picked])
+                    model = _classifier(method, C, seed, levels).fit(X[picked], y[picked])
                 hits = model.predict(X[test]) == y[test]
                 for k, c in enumerate(classes):
                     correct[f, k] += hits[y[test] == c].sum()
@@ -179,9 +182,11 @@ def curve_points(context: JobContext, X: np.ndarray, y: np.ndarray, method: str 
     return classes, np.array(per_class_n), np.array(recalls), np.array(totals), np.array(balanced)
 
 
-def _classifier(method: str, C: float, seed: int):
-    """The project's linear method with C fixed; ``max_folds=1`` keeps the SVM's calibration out of
-    inner cross-validation (the curve only needs the predicted class)."""
+def _classifier(method: str, C: float, seed: int, levels=None):
+    """The project's linear method with C fixed (logistic regression for a network method); ``max_folds=1``
+    keeps the SVM's calibration out of inner cross-validation (the curve only needs the predicted class)."""
+    if method == ORDINAL_METHOD and levels is not None:
+        return make_feature_classifier(method, levels, C=C, random_state=seed, max_folds=1)
     return make_classifier(method if method in CLASSIFIERS else "logreg", C=C, random_state=seed, max_folds=1)
 
 
@@ -205,7 +210,9 @@ def advise(name: str | None, labeled: int, current_n: float, sizes, accuracies, 
                            "the curve cannot tell that far.")
     spread = None
     if samples:
-        low, high = np.percentile(samples, RANGE_PERCENTILES)
+        finite = np.minimum(np.asarray(samples), np.finfo(np.float64).max / 4)  # inf would make nan of the range
+        low, high = np.percentile(finite, RANGE_PERCENTILES)
+        high = math.inf if high >= np.finfo(np.float64).max / 8 else high
         spread = (int(min(low, more)), None if not np.isfinite(high) else int(max(high, more)))
     return ClassAdvice(name, labeled, accuracy, int(more), spread, curve=curve)
 
@@ -232,7 +239,7 @@ def _more_labels(curve: LearningCurve, current_n: float) -> int | None:
 
 
 def learning_advice(context: JobContext, X: np.ndarray, y: np.ndarray, class_names: dict[int, str],
-                    method: str = "logreg", C: float = DEFAULT_C, seed: int = 0) -> Advice:
+                    method: str = "logreg", C: float = DEFAULT_C, seed: int = 0, levels=None) -> Advice:
     """Advice for labeled features ``X``/``y`` (class ids, named by ``class_names``)."""
     ids, counts = np.unique(y, return_counts=True)
     name_of = {int(c): class_names.get(int(c), str(c)) for c in ids}
@@ -242,7 +249,8 @@ def learning_advice(context: JobContext, X: np.ndarray, y: np.ndarray, class_nam
         return Advice([_too_few(name_of[int(c)], int(n)) for c, n in zip(ids, counts)],
                       ClassAdvice(None, int(len(y)), reason=reason))
     usable = np.isin(y, [c for c, n in zip(ids, counts) if n >= 2])
-    classes, per_class_n, recalls, totals, balanced = curve_points(context, X[usable], y[usable], method, C, seed)
+    classes, per_class_n, recalls, totals, balanced = curve_points(context, X[usable], y[usable], method, C, seed,
+                                                                   levels=levels)
     last = np.array(FRACTIONS) == 1.0
     at_full = np.tile(last, len(recalls) // len(FRACTIONS))
     advice = []
@@ -280,7 +288,10 @@ def project_advice(context: JobContext, project: Project, method: str, backbone:
                       ClassAdvice(None, len(everything), reason=reason))
     rows = np.array([row_of[img.image_id] for img in labeled], dtype=np.int64)
     y = np.array([img.class_id for img in labeled], dtype=np.int64)
-    return learning_advice(context, X[rows], y, names, method, DEFAULT_C if C is None else float(C), seed)
+    advice = learning_advice(context, X[rows], y, names, method, DEFAULT_C if C is None else float(C), seed,
+                             class_levels(project))
+    position = {name: i for i, name in enumerate(names.values())}  # list_classes is in the class list's order
+    return Advice(sorted(advice.classes, key=lambda item: position.get(item.name, len(position))), advice.overall)
 
 
 def advice_job(context: JobContext, project: Project) -> Advice:

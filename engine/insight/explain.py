@@ -63,8 +63,12 @@ class ClassEvidence:
 def linear_evidence(predictor: LinearPredictor) -> ClassEvidence:
     """w / sigma per class. Two classes share one score row (the second class's; the first gets its
     negative); Platt-calibrated probabilities fall as a * score grows, so a positive ``calib_a`` flips
-    that score's direction."""
+    that score's direction. Softmax rows are centred (a shift common to every class leaves softmax as
+    it is): a no-op for logistic regression, whose penalty already centres them, and it gives the ordinal
+    head's lowest level (a zero row: engine.models.ordinal) the evidence against the higher levels."""
     per_score = np.asarray(predictor.coef, dtype=np.float64) / np.asarray(predictor.scale, dtype=np.float64)
+    if predictor.calib_a is None and per_score.shape[0] > 1:
+        per_score = per_score - per_score.mean(axis=0)
     if predictor.calib_a is not None:
         per_score = per_score * -np.sign(np.asarray(predictor.calib_a, dtype=np.float64)).reshape(-1, 1)
     weights = np.vstack([-per_score[0], per_score[0]]) if per_score.shape[0] == 1 else per_score
@@ -220,7 +224,7 @@ def model_map_runner(project: Project, info: ModelInfo, runtime: str | None = No
     from engine.torch.cam import fine_tuned_cam_runner
 
     # Keyed by creation time too: a deleted version's number can come back for a new model.
-    key = ("network", str(project.path), info.version, info.created_at)
+    key = ("network", project.location, info.version, info.created_at)
     runner, weight, bias = _cached(key, lambda: fine_tuned_cam_runner(project, info))
     return runner, network_evidence(weight, bias)
 

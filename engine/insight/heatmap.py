@@ -8,10 +8,13 @@ its own pixmap (gui.heatmap_overlay), so both show the same colours.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from PIL import Image, ImageDraw
 
-from engine.insight.explain import Explanation
+if TYPE_CHECKING:  # (type only: the explanation module brings scikit-learn, which the GUI loads later)
+    from engine.insight.explain import Explanation
 
 DEFAULT_OPACITY = 0.6
 # Dark blue -> cyan -> green -> yellow -> red, a rainbow ramp people read as cold -> hot.

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from engine.features.backbones import BackboneUnavailable, get_backbone
+from engine.models.evolving import history_points, is_evolving
 from engine.models.methods import method_title
 from engine.models.metrics import Metrics
 from storage.modelstore import ModelInfo, list_models
@@ -30,6 +31,8 @@ class VersionSummary:
     n_labeled: int
     metrics: Metrics
     is_active: bool
+    evolving: bool = False  # an automatic retrain the next one replaces (engine.models.evolving)
+    history: tuple[tuple[int, float], ...] = ()  # accuracy points of the automatic versions it replaced
 
     @property
     def method_title(self) -> str:
@@ -46,7 +49,7 @@ class VersionSummary:
     @classmethod
     def of(cls, info: ModelInfo) -> VersionSummary:
         return cls(info.version, info.created_at, info.method, info.backbone, info.layer, info.n_labeled,
-                   Metrics.from_json(info.metrics), info.is_active)
+                   Metrics.from_json(info.metrics), info.is_active, is_evolving(info), tuple(history_points(info)))
 
 
 def list_versions(project: Project) -> list[VersionSummary]:
@@ -62,10 +65,16 @@ class AccuracyHistory(NamedTuple):
 
 
 def accuracy_history(versions: Sequence[VersionSummary]) -> AccuracyHistory:
-    evaluated = [v for v in versions if v.metrics.accuracy is not None]
-    return AccuracyHistory([v.n_labeled for v in evaluated], [float(v.metrics.accuracy) for v in evaluated])
+    """Each evaluated version's point, after the points of the automatic versions it replaced."""
+    points = []
+    for version in versions:
+        points.extend(version.history)
+        if version.metrics.accuracy is not None:
+            points.append((version.n_labeled, float(version.metrics.accuracy)))
+    return AccuracyHistory([n for n, _ in points], [accuracy for _, accuracy in points])
 
 
 def model_history(project: Project) -> AccuracyHistory:
-    """How validation accuracy grew as the user labeled more images (one point per version)."""
+    """How validation accuracy grew as the user labeled more images (one point per version, and per
+    labeled count of the automatic retrains an evolving version replaced)."""
     return accuracy_history(list_versions(project))

@@ -13,9 +13,11 @@ import numpy as np
 
 from engine.insight.projection import align, point_attributes, prediction_arrays
 from engine.models.metrics import ClassScores, ConfusionMatrix, Metrics, SourceScore
+from engine.models.ordinal_metrics import ordinal_scores
 from engine.runtime.first_imports import heavy_imports
 from engine.runtime.jobs import JobContext
 from storage.catalog import list_classes
+from storage.class_order import class_levels
 from storage.project import Project
 
 
@@ -47,9 +49,10 @@ class Report:
 def build_report(
     image_ids: Sequence[int], y_true: Sequence[int], y_pred: Sequence[int],
     class_ids: Sequence[int], class_names: Sequence[str],
-    sources: Sequence[str] | None = None, basis: str = "",
+    sources: Sequence[str] | None = None, basis: str = "", levels: Sequence[int] | None = None,
 ) -> Report:
-    """Metrics over the images that have both a true and a predicted class among ``class_ids``."""
+    """Metrics over the images that have both a true and a predicted class among ``class_ids``
+    (ordered classes, ``levels`` from lowest to highest: with the ordinal scores too)."""
     # Imported here: the window imports this module at start-up, and scikit-learn takes a second
     # to import (the training panel's warm-up job imports it in the background meanwhile, so
     # one thread at a time).
@@ -81,14 +84,17 @@ def build_report(
         for name in sorted(set(source_arr.tolist())):
             mask = source_arr == name
             per_source[str(name)] = SourceScore(float(accuracy_score(t[mask], p[mask])), int(mask.sum()))
+    matrix = confusion_matrix(t, p, labels=positions)
+    ordinal = ordinal_scores(matrix, list(class_ids), names, levels)[0] if levels is not None else {}
     metrics = Metrics(
         accuracy=float(accuracy_score(t, p)),
         balanced_accuracy=float(balanced),
         per_class={name: ClassScores(float(pr), float(rc), float(f), int(s))
                    for name, pr, rc, f, s in zip(names, precision, recall, f1, support)},
-        confusion_matrix=ConfusionMatrix(names, confusion_matrix(t, p, labels=positions).tolist()),
+        confusion_matrix=ConfusionMatrix(names, matrix.tolist()),
         per_source=per_source,
         n_val=int(len(t)),
+        **ordinal,
     )
     return Report(list(map(int, class_ids)), names, metrics, _cell_images(image_ids, t, p, len(names)), basis)
 
@@ -124,7 +130,7 @@ def project_report(project: Project, version: int | None = None) -> Report | Non
     classes = list_classes(project)
     sources = [attributes.source_names[c] or "(no source)" for c in attributes.source_codes[use]]
     return build_report(ids[use], attributes.class_ids[use], predicted[use], [c.id for c in classes],
-                        [c.name for c in classes], sources, basis)
+                        [c.name for c in classes], sources, basis, class_levels(project))
 
 
 ReportFn = Callable[[Project, int | None], Report | None]

@@ -34,6 +34,7 @@ from engine.curation.leak_guard import (
     update_near_duplicates,
 )
 from engine.models.metrics import ClassScores, ConfusionMatrix, Metrics, SourceScore
+from engine.models.ordinal_metrics import ordinal_scores
 from engine.runtime.jobs import JobContext
 from storage.models import utcnow
 from storage.project import Project
@@ -75,11 +76,10 @@ def place_new_images(images: Sequence[LabeledImage], new_ids: set[int], val_frac
 @dataclass(frozen=True)
 class SplitAssignment:
     """Every labeled image's side, and the near-duplicate groups the leak guard kept on one side each
-    (``guarded`` False: no cached features to compare, so no groups were looked for)."""
+    (none looked for when no features are cached)."""
 
     sides: dict[int, str]
     groups: list[tuple[int, ...]]
-    guarded: bool
 
 
 def split_labeled_images(
@@ -106,7 +106,7 @@ def split_labeled_images(
     pinned = {img.image_id for img in images if img.split_pinned}
     sides = keep_groups_on_one_side(groups, placed, pinned, settled=set(placed) - new_ids)
     write_splits(project, {i: side for i, side in sides.items() if i in new_ids or side != placed[i]}, started)
-    return SplitAssignment(sides, groups, features is not None)
+    return SplitAssignment(sides, groups)
 
 
 def assign_splits(project: Project, val_fraction: float = VAL_FRACTION) -> dict[int, str]:
@@ -275,20 +275,20 @@ def held_out_probabilities(
 
 def out_of_fold_probabilities(
     context: JobContext, fit_fold: Callable[[np.ndarray, np.ndarray], object], X: np.ndarray, y: np.ndarray,
-    folds: int, seed: int = 0, groups: np.ndarray | None = None,
+    folds: int, seed: int = 0,
 ) -> np.ndarray:
-    """Each labeled image's probabilities from a model that never saw it (k-fold, stratified; near-duplicates
-    given by ``groups`` held out together)."""
-    return held_out_probabilities(context, fit_fold, X, y, stratified_folds(y, folds, seed, groups), np.unique(y))
+    """Each labeled image's probabilities from a model that never saw it (k-fold, stratified)."""
+    return held_out_probabilities(context, fit_fold, X, y, stratified_folds(y, folds, seed), np.unique(y))
 
 
 def classification_metrics(
     y_true: np.ndarray, proba: np.ndarray, classes: Sequence[int], class_names: Sequence[str],
-    sources: Sequence[str] | None = None,
+    sources: Sequence[str] | None = None, levels: Sequence[int] | None = None,
 ) -> Metrics:
     """Accuracy, balanced accuracy, per-class precision/recall/F1/support, confusion matrix (rows true,
     columns predicted, in ``class_names`` order), top-k when there are more than 5 classes, and
-    accuracy per source. Everything but top-k is read off one sklearn.metrics.confusion_matrix, as
+    accuracy per source. Ordered classes (``levels``: class ids from lowest to highest) add the
+    within-one-level accuracy and the mean absolute error in levels, and order the matrix by level. Everything but top-k is read off one sklearn.metrics.confusion_matrix, as
     sklearn's own scores define it (zero where undefined; balanced accuracy over the classes that
     occur): one input check instead of five, which a retrain after every label edit notices."""
     classes = np.asarray(classes)
@@ -297,6 +297,9 @@ def classification_metrics(
     matrix = confusion_matrix(y_true, y_pred, labels=classes)
     hits, support, predicted = np.diag(matrix), matrix.sum(axis=1), matrix.sum(axis=0)
     precision, recall, f1 = (_ratio(hits, predicted), _ratio(hits, support), _ratio(2 * hits, support + predicted))
+    ordinal, confusion = {}, ConfusionMatrix(list(class_names), matrix.tolist())
+    if levels is not None:
+        ordinal, confusion = ordinal_scores(matrix, classes, class_names, levels)
     top_k = {}
     if len(classes) > 5:
         top_k = {f"top_{k}_accuracy": float(top_k_accuracy_score(y_true, proba, k=k, labels=classes)) for k in (3, 5)}
@@ -315,9 +318,10 @@ def classification_metrics(
             name: ClassScores(float(p), float(r), float(f), int(n))
             for name, p, r, f, n in zip(class_names, precision, recall, f1, support)
         },
-        confusion_matrix=ConfusionMatrix(list(class_names), matrix.tolist()),
+        confusion_matrix=confusion,
         per_source=per_source,
         **top_k,
+        **ordinal,
     )
 
 

@@ -44,6 +44,11 @@ METHODS: dict[str, TrainingMethod] = {
             needs_torch=False, exportable=True, fine_tunes=False, trains_on_features=True,
         ),
         TrainingMethod(
+            "ordinal", "Quick (ordered levels)", "",
+            "an ordinal logistic-regression classifier for ordered classes (adjacent-category logits)",
+            MethodKind.LINEAR, needs_torch=False, exportable=True, fine_tunes=False, trains_on_features=True,
+        ),
+        TrainingMethod(
             "svm", "Quick (SVM)", "", "a linear SVM classifier with calibrated probabilities", MethodKind.LINEAR,
             needs_torch=False, exportable=True, fine_tunes=False, trains_on_features=True,
         ),

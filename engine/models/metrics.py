@@ -58,10 +58,18 @@ class Metrics:
     n_val_with_twin_before_guard: int | None = None  # would have had a near-duplicate in training without it
     n_val_with_twin: int | None = None  # have a near-duplicate among the labeled images (kept on their side)
     accuracy_without_twins: float | None = None  # accuracy of the others; None when none has a twin
+    # Ordered classes only (None otherwise): a prediction one level off counts as right; error in levels.
+    within_one_accuracy: float | None = None
+    mean_absolute_error_levels: float | None = None
 
     @property
     def evaluated(self) -> bool:
         return self.accuracy is not None
+
+    @property
+    def ordered(self) -> bool:
+        """Judged as ordered classes (the ordinal scores are there)."""
+        return self.within_one_accuracy is not None
 
     def with_counts(self, **counts: Any) -> Metrics:
         """A copy with bookkeeping fields (n_labeled, n_train, n_val, folds, evaluation, ...) set."""
@@ -72,7 +80,8 @@ class Metrics:
         """JSON-ready dict (what the project stores and ``--json`` prints); empty optional parts left out."""
         data = asdict(self)
         for key in ("top_3_accuracy", "top_5_accuracy", "best_epoch", "stopped_early", "confusion_matrix",
-                    "n_val_with_twin_before_guard", "n_val_with_twin", "accuracy_without_twins"):
+                    "n_val_with_twin_before_guard", "n_val_with_twin", "accuracy_without_twins",
+                    "within_one_accuracy", "mean_absolute_error_levels"):
             if data[key] is None:
                 del data[key]
         for key in ("per_source", "evaluation_note"):
@@ -107,6 +116,8 @@ class Metrics:
             n_val_with_twin_before_guard=_int(data.get("n_val_with_twin_before_guard")),
             n_val_with_twin=_int(data.get("n_val_with_twin")),
             accuracy_without_twins=_float(data.get("accuracy_without_twins")),
+            within_one_accuracy=_float(data.get("within_one_accuracy")),
+            mean_absolute_error_levels=_float(data.get("mean_absolute_error_levels")),
         )
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.features.backbones import DEFAULT_BACKBONE, get_backbone
-from engine.models.classifiers import LinearPredictor, check_labels, make_classifier, refit_with_C
+from engine.models.classifiers import LinearPredictor, check_labels, refit_with_C
 from engine.curation.leak_guard import GuardFeatures
 from engine.models.evaluation import (
     EvaluationPlan,
@@ -40,11 +40,14 @@ from engine.models.evaluation import (
     twins_across_folds,
     twins_without_guard,
 )
+from engine.models.evolving import plan_version, prune
 from engine.models.methods import DEFAULT_METHOD, get_method
 from engine.models.metrics import Metrics
+from engine.models.ordinal import make_feature_classifier, project_method
 from engine.models.results import TrainResult
 from engine.runtime.jobs import JobCancelled, JobContext, user_message
 from storage.catalog import labeled_class_count, list_classes
+from storage.class_order import class_levels
 from storage.featurestore import load_vectors
 from storage.modelstore import (
     ModelInfo,
@@ -61,6 +64,9 @@ from storage.splits import LabeledImage, labeled_images
 
 # Quick retraining reuses the previous C while the labeled set has grown by at most this fraction.
 QUICK_REUSE_GROWTH = 0.1
+# How each evaluation plan tests the model, in the words the training panel shows.
+TESTED_HOW = {"holdout": "testing it on the images held back",
+              "cv": "testing it on each image with a model that did not learn from it"}
 # Folds of the C search inside each cross-validation fold (nested CV): 3 keeps it to a few seconds.
 NESTED_INNER_FOLDS = 3
 
@@ -87,11 +93,25 @@ def resolve_backbone(backbone: str | None, layer: str | None) -> tuple[str, str]
 
 def train_model(
     context: JobContext, project: Project, method: str = DEFAULT_METHOD, backbone: str | None = DEFAULT_BACKBONE,
-    layer: str | None = None, seed: int = 0, quick: bool | None = None,
+    layer: str | None = None, seed: int = 0, quick: bool | None = None, automatic: bool = False,
+) -> TrainResult:
+    """``_train_model`` holding the project's training lock: one training job at a time per project, across
+    all clients of a team project (the others get TrainingBusyError: "being trained by ...")."""
+    from storage.team_store import training_lock
+
+    with training_lock(project):
+        return _train_model(context, project, method, backbone, layer, seed, quick, automatic)
+
+
+def _train_model(
+    context: JobContext, project: Project, method: str = DEFAULT_METHOD, backbone: str | None = DEFAULT_BACKBONE,
+    layer: str | None = None, seed: int = 0, quick: bool | None = None, automatic: bool = False,
 ) -> TrainResult:
     """Train, evaluate and store a new active model version. ``quick``: None decides by itself (reuse the
-    previous C when the labels barely changed), True always reuses it, False searches C again."""
-    training_method = get_method(method)
+    previous C when the labels barely changed), True always reuses it, False searches C again.
+    ``automatic``: a retrain after a label change, stored as the evolving version (engine.models.evolving)."""
+    training_method = get_method(project_method(project, method))
+    method = training_method.name
     backbone, layer = resolve_backbone(backbone, layer)
     # Two labeled classes at least, checked before any extraction (a couple of index look-ups).
     check_labels(np.arange(labeled_class_count(project, at_most=2)))
@@ -105,17 +125,18 @@ def train_model(
     from engine.features.extraction import ensure_features
 
     ensure_features(context.subcontext(0.0, 0.7), project, backbone, layer)
-    return train_on_cached_features(context.subcontext(0.7, 1.0), project, method, backbone, layer, seed, quick)
+    return train_on_cached_features(context.subcontext(0.7, 1.0), project, method, backbone, layer, seed, quick,
+                                    automatic)
 
 
 def train_on_cached_features(
     context: JobContext, project: Project, method: str, backbone: str, layer: str, seed: int = 0,
-    quick: bool | None = None,
+    quick: bool | None = None, automatic: bool = False,
 ) -> TrainResult:
     """The linear-method training step on features already in the project (records a training run)."""
     run_id = start_training_run(project, method)
     try:
-        result = _train_linear(context, project, method, backbone, layer, seed, quick, run_id)
+        result = _train_linear(context, project, method, backbone, layer, seed, quick, run_id, automatic)
     except JobCancelled:
         finish_training_run(project, run_id, "cancelled", message="Cancelled by the user.")
         raise
@@ -165,7 +186,7 @@ def _use_quick(quick: bool | None, previous: ModelInfo | None, n_labeled: int) -
 
 def _train_linear(
     context: JobContext, project: Project, method: str, backbone: str, layer: str, seed: int,
-    quick: bool | None, run_id: int,
+    quick: bool | None, run_id: int, automatic: bool = False,
 ) -> TrainResult:
     started = time.perf_counter()
     context.progress(0.0, "Loading features")
@@ -176,17 +197,20 @@ def _train_linear(
     class_names = [names_by_id.get(int(c), str(c)) for c in classes]
     plan = plan_evaluation(y, data.is_val)
     previous = previous_linear_model(project, method, backbone, layer, classes)
+    levels = class_levels(project)
+    if previous and previous[1].scales_rows != make_feature_classifier(method, levels).unit_length:
+        previous = None  # saved before unit-length rows (issue 15): its C was chosen for standardized features
     is_quick = _use_quick(quick, previous[0] if previous else None, len(y))
     warm = previous[1] if (is_quick and previous) else None
-    base = make_classifier(method, C=previous[0].params["C"] if is_quick else None, random_state=seed,
-                           warm_start_from=warm)
+    base = make_feature_classifier(method, levels, C=previous[0].params["C"] if is_quick else None,
+                                   random_state=seed, warm_start_from=warm)
     loaded = time.perf_counter()
     context.check_cancelled()
-    context.progress(0.1, f"Training on {len(y)} labeled images ({plan.description})")
+    context.progress(0.1, f"Training on {len(y)} labeled images, {TESTED_HOW.get(plan.kind, 'too few to test it')}")
 
     splits = evaluation_splits(plan, y, data.is_val, data.groups, seed, quick=is_quick)
     final, metrics, held_out_proba = _fit_and_evaluate(
-        context.subcontext(0.1, 0.85), base, plan, splits, X_labeled, y, data, classes, class_names
+        context.subcontext(0.1, 0.85), base, plan, splits, X_labeled, y, data, classes, class_names, levels
     )
     metrics = metrics.with_counts(evaluation=plan.description, n_labeled=int(len(y)),
                                   evaluation_note=plan.reason or metrics.evaluation_note,
@@ -204,6 +228,8 @@ def _train_linear(
     out_of_fold[data.rows[held_out]] = True
     params = {"C": final.C_, "seed": seed, "quick": is_quick, "n_features": int(data.X.shape[1]),
               "cv_results": getattr(final, "cv_results_", [])}
+    keeping = plan_version(list_models(project), automatic, metrics.accuracy)
+    params.update(keeping.params)
     version = save_model_version(
         project,
         NewModel(method, backbone, layer, class_names, classes.tolist(), final.to_bytes(), params, metrics.to_json(), int(len(y))),
@@ -211,6 +237,7 @@ def _train_linear(
     )
     curves = [{"kind": "cv", "C": r["C"], "score": r["score"]} for r in params["cv_results"]]
     finish_training_run(project, run_id, "done", curves=curves, model_version=version)
+    prune(project, keeping)
     done = time.perf_counter()
     context.progress(1.0, f"Model version {version} ready")
     timings = {"load_s": loaded - started, "train_s": trained - loaded, "predict_store_s": done - trained,
@@ -234,7 +261,8 @@ def _fold_model(base):
     return refit_with_C(base, None).set_params(max_folds=min(base.max_folds, NESTED_INNER_FOLDS))
 
 
-def _fit_and_evaluate(context, base, plan: EvaluationPlan, splits, X, y, data: LabeledFeatures, classes, class_names):
+def _fit_and_evaluate(context, base, plan: EvaluationPlan, splits, X, y, data: LabeledFeatures, classes, class_names,
+                      levels=None):
     """Fit the final model (all labeled images) and one model per split of ``splits``, and measure the
     way ``plan`` says.
 
@@ -251,7 +279,7 @@ def _fit_and_evaluate(context, base, plan: EvaluationPlan, splits, X, y, data: L
         context.check_cancelled()
         proba[val] = align_columns(split_model.predict_proba(X[val]), split_model.classes_, classes)
         metrics = classification_metrics(y[val], proba[val], classes, class_names,
-                                         [data.sources[r] for r in val])
+                                         [data.sources[r] for r in val], levels)
         metrics = metrics.with_counts(n_train=int(len(train)), n_val=int(len(val)))
         context.progress(0.3, "Refitting on all labeled images")
         warm = split_model.predictor_ if np.array_equal(split_model.classes_, classes) else None
@@ -273,7 +301,7 @@ def _fit_and_evaluate(context, base, plan: EvaluationPlan, splits, X, y, data: L
     if plan.kind == "cv":
         evaluated = np.sort(np.concatenate([test for _, test in splits]))
         metrics = classification_metrics(y[evaluated], proba[evaluated], classes, class_names,
-                                         [data.sources[r] for r in evaluated])
+                                         [data.sources[r] for r in evaluated], levels)
         metrics = metrics.with_counts(n_train=int(len(y)), n_val=int(len(evaluated)), folds=plan.folds)
     elif plan.kind != "holdout":
         metrics = Metrics(n_train=int(len(y)), n_val=0)

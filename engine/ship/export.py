@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.models.evolving import keep_version
 from engine.runtime.jobs import JobContext
 from engine.ship.model_card import model_card, model_description
 from engine.ship.network import ExportError, build_network, export_onnx, exported_method, head_arrays
@@ -170,6 +171,7 @@ def export_bundle(
         _zip_folder(folder, zip_path)
         shutil.rmtree(folder)
         path = zip_path
+    keep_version(project, info.version)  # an exported version is never replaced by an automatic retrain
     context.progress(1.0, f"Exported model version {info.version} to {path}")
     return ExportReport(str(path), info.version, list(info.class_names), verification, files, len(onnx_bytes),
                         str(created) if created is not None else None)

@@ -106,6 +106,10 @@ def _quality_lines(metrics: Metrics) -> list[str]:
     ]
     if metrics.balanced_accuracy is not None:
         lines.append(f"- Balanced accuracy (every class counts the same): {_percent(metrics.balanced_accuracy)}")
+    if metrics.ordered:
+        lines.append(f"- The classes are ordered levels ({' < '.join(metrics.confusion_matrix.labels)}): "
+                     f"within one level on {_percent(metrics.within_one_accuracy)}, off by "
+                     f"{metrics.mean_absolute_error_levels:.2f} levels on average")
     if metrics.evaluated:
         how = metrics.evaluation
         if "CV" in how:

@@ -30,6 +30,7 @@ from engine.torch import finetune
 from engine.torch.image_data import ImageListDataset, eval_transform, train_transform
 from engine.torch.network_predict import stored_image_predictions
 from storage.catalog import list_classes
+from storage.class_order import class_levels
 from storage.images import image_ids as all_image_ids
 from storage.images import read_image_bytes
 from storage.modelstore import NewModel, PredictionBatch, finish_training_run, save_model_version, start_training_run
@@ -107,7 +108,8 @@ def _train_network(context, project, method, backbone, layer, seed, config: fine
         criterion = nn.CrossEntropyLoss()
         _, _, val_proba = finetune.evaluate(network, criterion, val_loader, finetune.device(), context)
         metrics = classification_metrics(np.array([i.class_id for i in val]), val_proba, classes, class_names,
-                                         [i.source for i in val]).with_counts(evaluation="holdout", **counts)
+                                         [i.source for i in val], class_levels(project)
+                                         ).with_counts(evaluation="holdout", **counts)
     else:
         metrics = Metrics(evaluation="not evaluated",
                           evaluation_note="every class needs an image on the validation side to be evaluated", **counts)

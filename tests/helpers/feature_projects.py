@@ -7,12 +7,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.features.backbones import DEFAULT_BACKBONE, DEFAULT_LAYER
 from storage import catalog
 from storage.featurestore import ensure_feature_set, store_vectors
 from storage.models import Image
 
-BACKBONE = "efficientnet_lite0"
-LAYER = "pooled"
+# The default network's features: training from the window (and train_model's defaults) use them as cached.
+BACKBONE = DEFAULT_BACKBONE
+LAYER = DEFAULT_LAYER
 
 
 @dataclass
