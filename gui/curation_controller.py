@@ -25,7 +25,7 @@ import engine.curation.next_batch as next_batch
 from engine.curation.look_alike_review import groups_to_review
 from engine.models.metrics import Metrics
 from engine.runtime.jobs import JobOutcome, JobStatus
-from gui.filter_bar import LABEL_NEXT, LOOK_ALIKES, REVIEW_LABELS
+from gui.filter_bar import LABEL_NEXT, LOOK_ALIKES, REVIEW_LABELS, UNUSUAL
 from gui.labeling import count_text
 from gui.look_alike_actions import LookAlikeActions
 from storage import browse, modelstore
@@ -45,11 +45,23 @@ def review_labels(context, project):
     return run(context, project)
 
 
-JOB_NAMES = {LABEL_NEXT: "label-next", REVIEW_LABELS: "review-labels", LOOK_ALIKES: "look-alikes"}
+def unusual_images(context, project):
+    """The outlier check as a job (imported on the worker thread, like the review): its flags are stored
+    too, so the CLI's ``outliers`` and the grid agree."""
+    from engine.runtime.first_imports import heavy_imports
+
+    with heavy_imports():
+        from engine.curation.outliers import project_outliers
+    return project_outliers(context, project)
+
+
+JOB_NAMES = {LABEL_NEXT: "label-next", REVIEW_LABELS: "review-labels", LOOK_ALIKES: "look-alikes",
+             UNUSUAL: "unusual-images"}
 WORKING = {
     LABEL_NEXT: "Choosing the images to label next…",
     REVIEW_LABELS: "Checking every label with models that never saw it…",
     LOOK_ALIKES: "Comparing every image with the others…",
+    UNUSUAL: "Looking for images unlike the others…",
 }
 BATCH_SIZE = next_batch.DEFAULT_COUNT
 
@@ -119,8 +131,10 @@ class CurationController(QObject):
             LABEL_NEXT: (next_batch.next_images, (self.project, BATCH_SIZE)),
             REVIEW_LABELS: (review_labels, (self.project,)),
             LOOK_ALIKES: (duplicates.project_duplicates, (self.project,)),
+            UNUSUAL: (unusual_images, (self.project,)),
         }
-        shows = {LABEL_NEXT: self._show_batch, REVIEW_LABELS: self._show_review, LOOK_ALIKES: self._show_groups}
+        shows = {LABEL_NEXT: self._show_batch, REVIEW_LABELS: self._show_review, LOOK_ALIKES: self._show_groups,
+                 UNUSUAL: self._show_unusual}
         function, args = jobs[mode]
         self._refreshing = mode == LABEL_NEXT
         self._submit(mode, function, args, shows[mode])
@@ -311,3 +325,11 @@ class CurationController(QObject):
         if ids:
             self.window.grid.select_rows([0])  # its group in the status bar
         self._say(f"{count_text(len(groups), 'group')} of look-alike images" if groups else "No look-alike images")
+
+    def _show_unusual(self, flagged) -> None:
+        """Most unusual first, each tile noting where it does not fit."""
+        self._notes = {o.image_id: "; ".join(o.reasons).capitalize() for o in flagged}
+        self.window.grid_model.set_notes(self._notes)
+        self.window.filter_bar.show_curation(UNUSUAL, [o.image_id for o in flagged])
+        self._say(f"{count_text(len(flagged), 'image')} unlike the others" if flagged
+                  else "No unusual images: every image looks like others of its class and of the project")

@@ -20,17 +20,20 @@ SORT_TITLES = {
     browse.NAME: "File name",
 }
 CURATION = "curation"  # the filter entries whose images a background job chooses (itemData (CURATION, mode))
-LABEL_NEXT, REVIEW_LABELS, LOOK_ALIKES = "label_next", "review_labels", "look_alikes"
+LABEL_NEXT, REVIEW_LABELS, LOOK_ALIKES, UNUSUAL = "label_next", "review_labels", "look_alikes", "unusual"
 CURATION_TITLES = {
     LABEL_NEXT: "Label next (suggested by Sortlab)",
     REVIEW_LABELS: "Review labels (likely mistakes first)",
     LOOK_ALIKES: "Look-alikes (near-duplicate photos)",
+    UNUSUAL: "Unusual images (possibly wrong pictures)",
 }
 CURATION_TIPS = {
     LABEL_NEXT: "The images that teach the model most, in order: label them with the number keys.",
     REVIEW_LABELS: "Labeled images whose label looks wrong to a model that never saw them. "
                    "K keeps the label, Enter takes the suggestion, a number key sets another class.",
     LOOK_ALIKES: "Images that look like copies of each other, each group together.",
+    UNUSUAL: "Images that look like no other image of their class or of the project, most unusual first: "
+             "placeholders, blank frames and pictures that ended up in the wrong folder.",
 }
 SORT_TIPS = {
     browse.CONFIDENCE: "The images the model is least sure about come first: they are the ones worth a look.",

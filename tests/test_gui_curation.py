@@ -11,10 +11,11 @@ from test_gui_workspace import FakeTrainer, add_rows, open_window, press
 
 import engine.curation.duplicates as duplicates
 import engine.curation.next_batch as next_batch
+import engine.curation.outliers as outliers
 import engine.curation.review as review
 import engine.models.training
 from engine.curation.selection_rules import Strategy
-from gui.filter_bar import CURATION, LABEL_NEXT, LOOK_ALIKES, REVIEW_LABELS
+from gui.filter_bar import CURATION, LABEL_NEXT, LOOK_ALIKES, REVIEW_LABELS, UNUSUAL
 from gui.runner import QtJobRunner
 from storage import browse
 from storage.catalog import add_class, label_states, reviewed_image_ids, set_labels
@@ -169,6 +170,21 @@ def test_look_alikes_show_each_group_together(window, qtbot, monkeypatch):
     assert len(shown(window)) == 12
     assert not window.curation.summary.isVisible()
     assert "Group" not in tooltip(window, 0)
+
+
+def test_unusual_images_show_most_unusual_first_with_the_reason(window, qtbot, monkeypatch):
+    ids = window.test_ids
+    flagged = [outliers.Outlier(ids[5], 9.0, ("looks like no other image in the project",)),
+               outliers.Outlier(ids[2], 4.5, ("looks like no other image labeled 'cats'",))]
+    monkeypatch.setattr(outliers, "project_outliers", lambda context, project: flagged)
+
+    choose(window, UNUSUAL)
+    qtbot.waitUntil(lambda: shown(window) == [ids[5], ids[2]], timeout=JOB_TIMEOUT)
+    assert window.curation.summary.text() == "2 images unlike the others"
+    assert "Looks like no other image in the project" in tooltip(window, 0)
+    assert "labeled 'cats'" in tooltip(window, 1)
+    window.set_filter(browse.ALL)
+    assert len(shown(window)) == 12 and "Looks like" not in tooltip(window, 0)
 
 
 def test_label_next_with_the_real_engine_on_cached_features(app_window, project, qtbot):
