@@ -59,6 +59,23 @@ def readonly_table(columns: Sequence[str], tips: dict[str, str] | None = None) -
     return table
 
 
+
+def twin_sentence(metrics) -> str:
+    """What the leak guard did, in words: tested images whose look-alike would have been in training,
+    and the accuracy on the tested images that have no look-alike at all ("" when no image has one)."""
+    before, now, without = (metrics.n_val_with_twin_before_guard, metrics.n_val_with_twin,
+                            metrics.accuracy_without_twins)
+    if not before and not now:
+        return ""
+    text = ""
+    if before:
+        text += (f" {before} tested image{'s' if before != 1 else ''} would have had a look-alike among the images "
+                 "it learned from; Sortlab kept each group of look-alikes on one side.")
+    if now and without is not None:
+        text += (f" On the tested images without any look-alike it is right on <b>{percent(without)}</b> "
+                 f"({now} with one left out).")
+    return text
+
 class ReportView(QWidget):
     """Shows a ``Report``; a click on a confusion-matrix cell emits ``show_images(ids, description)``."""
 
@@ -121,6 +138,7 @@ class ReportView(QWidget):
             + (f" Ordered levels: within one level on <b>{percent(metrics.within_one_accuracy)}</b>, "
                f"off by <b>{metrics.mean_absolute_error_levels:.2f}</b> levels on average."
                if metrics.ordered else "")
+            + twin_sentence(metrics)
         )
         self.summary.setToolTip(
             f"Accuracy {percent(metrics.accuracy)}; balanced accuracy {percent(metrics.balanced_accuracy)} "

@@ -57,14 +57,14 @@ def add_images(project, n, sources=("phone", "camera")):
 
 
 def save_version(project, classes, predicted: dict[int, int], *, accuracy: float | None = None, n_labeled: int = 0,
-                 active: bool = True, out_of_fold=(), params: dict | None = None) -> int:
+                 active: bool = True, out_of_fold=(), params: dict | None = None, **more_metrics) -> int:
     """A stored model version whose prediction for each image is ``predicted[image_id]`` (a class id)."""
     class_ids = [c.id for c in classes]
     ids = np.asarray(sorted(predicted), dtype=np.int64)
     proba = np.full((len(ids), len(class_ids)), 0.1 / max(len(class_ids) - 1, 1), dtype=np.float32)
     proba[np.arange(len(ids)), [class_ids.index(predicted[i]) for i in ids]] = 0.9
     metrics = Metrics(accuracy=accuracy, evaluation="holdout" if accuracy is not None else "not evaluated",
-                      n_labeled=n_labeled)
+                      n_labeled=n_labeled, **more_metrics)
     # The default network's features: those make_feature_project caches, so the map can draw the model.
     model = NewModel(method="logreg", backbone=DEFAULT_BACKBONE, layer=DEFAULT_LAYER,
                      class_names=[c.name for c in classes], class_ids=class_ids, weights=b"",
@@ -580,6 +580,31 @@ def test_report_prefers_cross_validated_predictions(project):
     report = project_report(project, version)
     assert report.n == 2 and report.basis.endswith("cross-validation")
     assert report.metrics.accuracy == pytest.approx(0.5)
+
+
+def test_the_report_says_what_the_leak_guard_did(qtbot, project):
+    """The training's near-duplicate figures reach the report's summary in words (issue 14)."""
+    from engine.insight.report import project_report
+    from gui.report_view import ReportView
+
+    ids = add_images(project, 6)
+    ants, bees = add_class(project, "ants"), add_class(project, "bees")
+    set_labels(project, ids[:3], ants.id)
+    set_labels(project, ids[3:], bees.id)
+    version = save_version(project, [ants, bees], {i: ants.id for i in ids}, out_of_fold=ids,
+                           n_val_with_twin_before_guard=2, n_val_with_twin=3, accuracy_without_twins=0.75)
+    report = project_report(project, version)
+    assert report.metrics.n_val_with_twin_before_guard == 2 and report.metrics.accuracy_without_twins == 0.75
+    view = ReportView()
+    qtbot.addWidget(view)
+    view.show_report(report, version)
+    text = view.summary.text()
+    assert "2 tested images would have had a look-alike among the images it learned from" in text
+    assert "without any look-alike it is right on <b>75" in text and "(3 with one left out)" in text
+
+    plain = save_version(project, [ants, bees], {i: ants.id for i in ids}, out_of_fold=ids)
+    view.show_report(project_report(project, plain), plain)
+    assert "look-alike" not in view.summary.text()
 
 
 def test_report_is_computed_in_the_background_and_late_reports_are_dropped(qtbot, runner, project):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -18,6 +18,7 @@ from engine.runtime.first_imports import heavy_imports
 from engine.runtime.jobs import JobContext
 from storage.catalog import list_classes
 from storage.class_order import class_levels
+from storage.modelstore import NoModelError, get_model
 from storage.project import Project
 
 
@@ -129,8 +130,21 @@ def project_report(project: Project, version: int | None = None) -> Report | Non
         use, basis = labeled, "all labeled images, including the ones it learned from, so this is optimistic"
     classes = list_classes(project)
     sources = [attributes.source_names[c] or "(no source)" for c in attributes.source_codes[use]]
-    return build_report(ids[use], attributes.class_ids[use], predicted[use], [c.id for c in classes],
-                        [c.name for c in classes], sources, basis, class_levels(project))
+    report = build_report(ids[use], attributes.class_ids[use], predicted[use], [c.id for c in classes],
+                          [c.name for c in classes], sources, basis, class_levels(project))
+    return _with_twin_figures(project, version, report)
+
+
+def _with_twin_figures(project: Project, version: int | None, report: Report) -> Report:
+    """The leak guard's figures come from training (which groups straddled the split), not from the stored
+    predictions: copied from the version's own metrics so the report can say them."""
+    try:
+        stored = Metrics.from_json(get_model(project, version).metrics)
+    except NoModelError:
+        return report
+    twins = {name: getattr(stored, name) for name in
+             ("n_val_with_twin_before_guard", "n_val_with_twin", "accuracy_without_twins")}
+    return replace(report, metrics=replace(report.metrics, **twins))
 
 
 ReportFn = Callable[[Project, int | None], Report | None]

@@ -158,21 +158,7 @@ def _summed(values: list[float], run_on: torch.device) -> list[float]:
 
 def _train_epoch(model, criterion, optimizer, loader, run_on, context, progress) -> list[float]:
     """(loss sum, correct, seen) of one pass over this rank's share."""
-    model.train()
-    loss_sum, correct, seen = 0.0, 0, 0
-    for i, (images, targets) in enumerate(loader):
-        context.check_cancelled()
-        images, targets = images.to(run_on, non_blocking=True), targets.to(run_on, non_blocking=True)
-        output = model(images)
-        loss = criterion(output, targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss_sum += float(loss.item()) * len(targets)
-        correct += int((output.argmax(dim=1) == targets).sum().item())
-        seen += len(targets)
-        progress((i + 1) / max(len(loader), 1))
-    return [loss_sum, correct, seen]
+    return list(finetune.epoch_sums(model, criterion, optimizer, loader, run_on, context, progress))
 
 
 @torch.inference_mode()

@@ -113,6 +113,16 @@ def train_one_epoch(
     device: torch.device, context: JobContext, epoch: int, progress: Callable[[float], None] | None = None,
 ) -> tuple[float, float]:
     """One pass over the training images; returns (mean loss, accuracy)."""
+    total_loss, correct, seen = epoch_sums(model, criterion, optimizer, loader, device, context, progress)
+    return total_loss / max(seen, 1), correct / max(seen, 1)
+
+
+def epoch_sums(
+    model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
+    device: torch.device, context: JobContext, progress: Callable[[float], None] | None = None,
+) -> tuple[float, int, int]:
+    """One pass over ``loader``: (summed loss, correct, seen), sums so that ranks of a distributed run
+    can add theirs up before dividing."""
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     for i, (images, targets) in enumerate(loader):
@@ -127,8 +137,8 @@ def train_one_epoch(
         correct += int((output.argmax(dim=1) == targets).sum().item())
         seen += len(targets)
         if progress is not None:
-            progress((i + 1) / len(loader))
-    return total_loss / max(seen, 1), correct / max(seen, 1)
+            progress((i + 1) / max(len(loader), 1))
+    return total_loss, correct, seen
 
 
 @torch.inference_mode()
