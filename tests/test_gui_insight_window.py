@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import shiboken6
 from helpers.feature_projects import make_feature_project
 from PySide6.QtCore import QSettings, Qt
 from PySide6.QtWidgets import QDockWidget
@@ -42,11 +43,15 @@ def open_window(qtbot, tmp_path):
 
     yield make
     for window in windows:
+        if not shiboken6.isValid(window):  # Qt already deleted it (closed with its workers stopped)
+            continue
         # A test that failed mid-job must not leave the window asking "quit?" (a modal box nobody answers).
         runners = window.findChildren(QtJobRunner)
         for runner in runners:
             runner.cancel_all()
-        qtbot.waitUntil(lambda: not any(r.busy for r in runners), timeout=120000)
+        qtbot.waitUntil(lambda: not any(shiboken6.isValid(r) and r.busy for r in runners), timeout=120000)
+        if not shiboken6.isValid(window):
+            continue
         window.close()
         qtbot.waitUntil(lambda: window.insight.closed, timeout=30000)
         assert window.insight.map_runner.closed and window.insight.read_runner.closed
