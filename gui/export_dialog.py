@@ -31,7 +31,7 @@ from engine.models.methods import method_title
 from engine.models.metrics import Metrics
 from engine.runtime.jobs import JobOutcome, JobStatus
 from engine.ship.dataset_export import DatasetExportReport, export_dataset
-from engine.ship.export import ExportReport, export_bundle
+from engine.ship.export import ExportReport, ExportVerificationFailed, export_bundle
 from engine.ship.verify import VerificationResult
 from gui.runner import QtJobRunner
 from storage.modelstore import ModelInfo, list_models
@@ -91,6 +91,7 @@ class ExportDialog(QDialog):
         self.project = project
         self.runner = runner
         self.last_outcome: JobOutcome | None = None
+        self._check_failure: ExportVerificationFailed | None = None
         self._written_so_far: DatasetExportReport | None = None  # a cancelled dataset export's partial
         self.setWindowTitle("Export")
         self.setMinimumWidth(560)
@@ -152,6 +153,14 @@ class ExportDialog(QDialog):
     def running(self) -> bool:
         return self.runner.is_running(JOB_NAME)
 
+    def _export_checked(self, context, *args, **kwargs):
+        """export_bundle on the worker thread; a failed check is kept for the dialog to tell in plain words."""
+        try:
+            return export_bundle(context, *args, **kwargs)
+        except ExportVerificationFailed as failure:
+            self._check_failure = failure
+            raise
+
     def start_export(self) -> None:
         if self.running:
             return
@@ -159,7 +168,8 @@ class ExportDialog(QDialog):
         if self.tabs.currentIndex() == 0:
             target = self.model_target.path()
             version = self.model_combo.currentData()
-            self.runner.submit(JOB_NAME, export_bundle, self.project, target, model_version=version,
+            self._check_failure = None
+            self.runner.submit(JOB_NAME, self._export_checked, self.project, target, model_version=version,
                                make_zip=self.zip_check.isChecked(), on_done=self._on_done)
             self.status.setText(f"Exporting model version {version}…")
         else:
@@ -210,6 +220,13 @@ class ExportDialog(QDialog):
             written = self._written_so_far
             self.status.setText("Export cancelled." if written is None else
                                 f"Export cancelled after {written.images} images (in {written.out_dir}).")
+        elif self._check_failure is not None:  # the figures of the failed check go in the tooltip
+            failure, self._check_failure = self._check_failure, None
+            self.status.setText(
+                "Export stopped: the exported model did not give the same answers as Sortlab on your labeled "
+                f"images, so it was not saved as a finished export (what was made is kept in {failure.failed_path} "
+                "for a bug report). This is a fault in Sortlab, not in your project.")
+            self.status.setToolTip(str(failure))
         else:
             self.status.setText(f"Export failed: {outcome.error}")
 

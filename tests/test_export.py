@@ -357,6 +357,40 @@ def test_export_that_disagrees_with_sortlab_fails_loudly(trained, tmp_path, caps
     assert (failed / "EXPORT_FAILED.txt").read_text().startswith("This export FAILED")
 
 
+def test_the_dialog_tells_a_failed_export_check_in_plain_words(trained, tmp_path, qtbot, monkeypatch):
+    import torch
+
+    import engine.ship.export as export_module
+    from gui.export_dialog import ExportDialog
+    from gui.runner import QtJobRunner
+    from storage.project import open_project
+
+    real_build = export_module.build_network
+
+    class SwapClasses(torch.nn.Module):
+        def forward(self, probabilities):
+            return probabilities.flip(1)
+
+    monkeypatch.setattr(export_module, "build_network",
+                        lambda project, info: torch.nn.Sequential(real_build(project, info), SwapClasses()).eval())
+    _root, project_path, _result = trained
+    runner = QtJobRunner()
+    with open_project(project_path) as project:
+        dialog = ExportDialog(project, runner)
+        qtbot.addWidget(dialog)
+        dialog.model_target.edit.setText(str(tmp_path / "broken"))
+        with qtbot.waitSignal(runner.finished, timeout=120_000):
+            dialog.export_button.click()
+        qtbot.waitUntil(lambda: dialog.last_outcome is not None, timeout=5_000)
+        assert dialog.last_outcome.status == "failed"
+        text = dialog.status.text()
+        assert text.startswith("Export stopped: the exported model did not give the same answers as Sortlab")
+        assert "ONNX" not in text and "99.5" not in text and str(tmp_path / "broken-FAILED") in text
+        assert "Export check failed" in dialog.status.toolTip() and "99.5%" in dialog.status.toolTip()
+        dialog.close()
+    runner.shutdown()
+
+
 def test_export_into_a_folder_that_does_not_exist_makes_it_and_says_so(trained, tmp_path, capsys):
     _root, project_path, _result = trained
     out = tmp_path / "exports" / "today" / "bundle"
