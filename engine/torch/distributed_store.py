@@ -12,16 +12,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from engine.images.imaging import load_stored_image
-from engine.models.evaluation import classification_metrics
-from engine.models.metrics import Metrics
 from engine.models.results import EpochResult, TrainResult
 from engine.runtime.jobs import JobContext
-from engine.torch import finetune
 from engine.torch.distributed_shards import TrainingShards, class_array
 from engine.torch.image_data import ImageListDataset, eval_transform
 from engine.torch.network_predict import stored_image_predictions
-from engine.torch.network_training import probe_predictor
-from storage.class_order import class_levels
+from engine.torch.network_training import holdout_metrics, probe_predictor
 from storage.images import image_ids as all_image_ids
 from storage.modelstore import NewModel, PredictionBatch, finish_training_run, save_model_version
 
@@ -32,18 +28,13 @@ def store_version(
 ) -> TrainResult:
     classes = class_array(shards)
     run_on = next(network.parameters()).device
-    val_proba = None
+    val_loader = None
     if shards.val:
         val_set = ImageListDataset([load_stored_image(shards.image_bytes(e.image_id)) for e in shards.val],
                                    [e.target for e in shards.val], eval_transform(spec))
-        _, _, val_proba = finetune.evaluate(network, nn.CrossEntropyLoss(), DataLoader(val_set, batch_size=32),
-                                            run_on, context)
-        metrics = classification_metrics(np.array([e.class_id for e in shards.val]), val_proba, classes,
-                                         shards.class_names, [e.source for e in shards.val], class_levels(project)
-                                         ).with_counts(evaluation="holdout", **counts)
-    else:
-        metrics = Metrics(evaluation="not evaluated",
-                          evaluation_note="every class needs an image on the validation side to be evaluated", **counts)
+        val_loader = DataLoader(val_set, batch_size=32)
+    metrics, val_proba = holdout_metrics(context, project, network, val_loader, run_on, shards.val, classes,
+                                         shards.class_names, counts)
     context.progress(0.9, "Predicting every image")
     network.eval().cpu()
     if method.predicts_from_features:

@@ -64,6 +64,23 @@ def train_network(
     return result
 
 
+def holdout_metrics(context: JobContext, project: Project, network: nn.Module, val_loader: DataLoader | None,
+                    run_on: torch.device, val_rows, classes: np.ndarray, class_names,
+                    counts: dict) -> tuple[Metrics, np.ndarray | None]:
+    """(metrics, validation probabilities) of the network on its validation images (rows with ``class_id``
+    and ``source``, in the loader's order); "not evaluated" and None without a loader. Shared by
+    one-device and distributed training."""
+    if val_loader is None:
+        return Metrics(evaluation="not evaluated",
+                       evaluation_note="every class needs an image on the validation side to be evaluated",
+                       **counts), None
+    _, _, val_proba = finetune.evaluate(network, nn.CrossEntropyLoss(), val_loader, run_on, context)
+    metrics = classification_metrics(np.array([row.class_id for row in val_rows]), val_proba, classes, class_names,
+                                     [row.source for row in val_rows], class_levels(project)
+                                     ).with_counts(evaluation="holdout", **counts)
+    return metrics, val_proba
+
+
 def _chain(*callbacks: Callable) -> Callable:
     def call(result) -> None:
         for callback in callbacks:
@@ -103,16 +120,8 @@ def _train_network(context, project, method, backbone, layer, seed, config: fine
                                   fine_tune=training_method.fine_tunes, seed=seed)
     counts = {"n_train": len(train), "n_val": len(val) if has_val else 0, "n_labeled": len(labeled),
               "best_epoch": report.best_epoch, "stopped_early": report.stopped_early}
-    val_proba = None
-    if has_val:
-        criterion = nn.CrossEntropyLoss()
-        _, _, val_proba = finetune.evaluate(network, criterion, val_loader, finetune.device(), context)
-        metrics = classification_metrics(np.array([i.class_id for i in val]), val_proba, classes, class_names,
-                                         [i.source for i in val], class_levels(project)
-                                         ).with_counts(evaluation="holdout", **counts)
-    else:
-        metrics = Metrics(evaluation="not evaluated",
-                          evaluation_note="every class needs an image on the validation side to be evaluated", **counts)
+    metrics, val_proba = holdout_metrics(context, project, network, val_loader if has_val else None, finetune.device(), val,
+                                         classes, class_names, counts)
     context.progress(0.9, "Predicting every image")
     network.eval().cpu()
     if training_method.predicts_from_features:
