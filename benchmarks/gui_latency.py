@@ -27,11 +27,14 @@ EfficientNet-Lite0 gives), trained once, then retrained quickly (``train_model(q
 follows a label edit) on a worker thread while the event loop writes a label every 100 ms through
 ``storage.catalog.set_labels``, as a number key does. Reports the quick training's time (goal <= 10 s)
 and how long each label write took, waiting for the write lock included (goal <= 50 ms): the new
-version's 100,000 predictions are stored in short transactions. JSON case "retrain_100k".
+version's 100,000 predictions are stored in short transactions. JSON case "retrain_100k", with
+``phases_s`` (labels, vectors, leak guard, fitting, predicting, storing). ``SORTLAB_BENCH_IMAGES=N``
+builds N images instead; ``SORTLAB_BENCH_PROJECT=path`` keeps the built, once-trained project there
+and later runs start from a copy of it (building and the first training take many minutes).
 
-``--case first-window``: starts ``main.py`` (no arguments, empty settings: a first start) in a fresh
-process, three times, and times from launching the process until the main window's first paint
-(goal <= 1.5 s), noting which heavy libraries were already imported by then. JSON case "first_window".
+``--case first-window``: benchmarks/first_window.py (the time from starting ``main.py`` to the main
+window's first paint, goal <= 1.5 s; its options ``--runs N`` and ``--cold-bytecode`` are passed on).
+JSON case "first_window".
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import threading
@@ -77,6 +81,17 @@ class TickRecorder:
         return list(self.ticks)
 
 
+def _where(frame, here: str) -> str:
+    """A worker's innermost frame, and the innermost Sortlab frame under it (what asked for it)."""
+    inner = f"{Path(frame.f_code.co_filename).name}:{frame.f_lineno} {frame.f_code.co_name}"
+    while frame is not None and not (here in frame.f_code.co_filename and "/.venv/" not in frame.f_code.co_filename):
+        frame = frame.f_back
+    if frame is None:
+        return inner
+    ours = f"{Path(frame.f_code.co_filename).name}:{frame.f_lineno} {frame.f_code.co_name}"
+    return inner if ours == inner else f"{inner} < {ours}"
+
+
 class StallSampler:
     """A watchdog thread: when the GUI thread's last tick is more than ``late_ms`` old, it records
     the GUI thread's Python stack (and the other threads' innermost frames), to tell a stall
@@ -112,8 +127,8 @@ class StallSampler:
             stack = [f for f in traceback.extract_stack(main) if here in f.filename and "/.venv/" not in f.filename]
             gui = " < ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(stack[-4:]))
             others = "; ".join(
-                f"{Path(frame.f_code.co_filename).name}:{frame.f_lineno} {frame.f_code.co_name}"
-                for ident, frame in frames.items() if ident not in (self.main_id, threading.get_ident())
+                _where(frame, here) for ident, frame in frames.items()
+                if ident not in (self.main_id, threading.get_ident())
             )
             self.samples.append((time.perf_counter(), gui, others))
 
@@ -402,6 +417,22 @@ def hold_recorder(project) -> list[tuple[float, float, str]]:
     return holds
 
 
+def reopened_project(kept: Path, path: Path):
+    """A copy of a kept benchmark project at ``path``, opened: (project, image ids, class ids, class index of
+    each image), as synthetic_project returns them."""
+    from storage.catalog import list_classes
+    from storage.project import open_project
+    from storage.splits import labeled_images
+
+    shutil.copy(kept, path)
+    os.sync()  # else the copy's 600 MB of dirty pages are flushed by the first checkpoint, inside a timed write
+    project = open_project(path)
+    class_ids = sorted(c.id for c in list_classes(project))
+    images = labeled_images(project)
+    return (project, [img.image_id for img in images], class_ids,
+            np.array([class_ids.index(img.class_id) for img in images]))
+
+
 def retrain_100k(n: int = 100_000, dim: int = 1280) -> int:
     """Label writes from the event loop while a quick retraining at ``n`` labeled images runs on a thread."""
     from engine.models.training import train_model
@@ -410,13 +441,25 @@ def retrain_100k(n: int = 100_000, dim: int = 1280) -> int:
 
     app = QApplication.instance() or QApplication(sys.argv)
     workdir = Path(tempfile.mkdtemp(prefix="sortlab-bench-100k-"))
-    built = time.perf_counter()
-    project, image_ids, class_ids, y = synthetic_project(workdir / "bench.sortlab", n, dim)
-    print(f"built {n} labeled images with {dim}-d features in {time.perf_counter() - built:.0f} s", flush=True)
-    started = time.perf_counter()
-    first = train_model(JobContext(), project)
-    initial_s = time.perf_counter() - started
-    print(f"first training: {initial_s:.1f} s ({first.metrics.evaluation}), timings {first.timings}", flush=True)
+    # SORTLAB_BENCH_PROJECT=path: keep the built, once-trained project there and reuse it on the next run
+    # (building and the first training, which compares every pair of images, take many minutes).
+    kept = os.environ.get("SORTLAB_BENCH_PROJECT")
+    initial_s = None  # not measured when a kept project is reused
+    if kept and Path(kept).exists():
+        project, image_ids, class_ids, y = reopened_project(Path(kept), workdir / "bench.sortlab")
+        print(f"reusing {kept}: {len(image_ids)} labeled images, trained once", flush=True)
+    else:
+        built = time.perf_counter()
+        project, image_ids, class_ids, y = synthetic_project(workdir / "bench.sortlab", n, dim)
+        print(f"built {n} labeled images with {dim}-d features in {time.perf_counter() - built:.0f} s", flush=True)
+        started = time.perf_counter()
+        first = train_model(JobContext(), project)
+        initial_s = time.perf_counter() - started
+        print(f"first training: {initial_s:.1f} s ({first.metrics.evaluation}), timings {first.timings}", flush=True)
+        if kept:
+            project.close()
+            shutil.copy(workdir / "bench.sortlab", kept)
+            project, image_ids, class_ids, y = reopened_project(Path(kept), workdir / "bench.sortlab")
     catalog.set_labels(project, [image_ids[0]], class_ids[(y[0] + 1) % len(class_ids)])
     result: dict = {}
 
@@ -465,7 +508,8 @@ def retrain_100k(n: int = 100_000, dim: int = 1280) -> int:
         "quick": bool(trained.params.get("quick")), "quick_train_s": round(result["seconds"], 2),
         "quick_train_cpu_s": round(result["cpu"], 2),
         "predict_store_s": round(trained.timings.get("predict_store_s", float("nan")), 2),
-        "first_train_s": round(initial_s, 1), "label_writes": len(waits),
+        "phases_s": {k: round(v, 2) for k, v in trained.timings.items()},
+        "first_train_s": None if initial_s is None else round(initial_s, 1), "label_writes": len(waits),
         "label_write_max_ms": round(max(waits, default=0.0), 1),
         "label_write_p99_ms": round(float(np.percentile(waits, 99)), 1) if waits else None,
         "retrain_write_transactions": len(holds), "retrain_write_hold_max_ms": round(longest[0][0], 1) if longest else None,
@@ -477,68 +521,11 @@ def retrain_100k(n: int = 100_000, dim: int = 1280) -> int:
     return 0
 
 
-FIRST_PAINT_PROBE = """
-import os, runpy, sys, time
-sys.path.insert(0, os.getcwd())
-from PySide6.QtCore import QEvent, QObject
-import gui.app
-
-class FirstPaint(QObject):
-    def eventFilter(self, watched, event):
-        if event.type() == QEvent.Type.Paint and not getattr(self, "seen", False):
-            self.seen = True
-            heavy = [m for m in ("torch", "sklearn", "openTSNE", "onnxruntime", "scipy") if m in sys.modules]
-            print(f"FIRST_PAINT {time.time():.6f} {time.process_time():.3f} {','.join(heavy) or '-'}", flush=True)
-            os._exit(0)  # (quitting would ask whether to stop the start-up jobs)
-        return False
-
-real = gui.app.create_main_window
-def create_main_window(*args, **kwargs):
-    window = real(*args, **kwargs)
-    probe = FirstPaint(window)
-    window.installEventFilter(probe)
-    return window
-gui.app.create_main_window = create_main_window
-sys.argv = ["main.py"]
-runpy.run_path("main.py", run_name="__main__")
-"""
-
-
-def first_window(runs: int = 3) -> int:
-    """Seconds from starting main.py in a fresh process (empty settings) to the main window's first paint."""
-    import subprocess
-
-    seconds, cpu_seconds, heavy = [], [], []
-    for _ in range(runs):
-        home = Path(tempfile.mkdtemp(prefix="sortlab-first-start-"))
-        env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
-               "XDG_DATA_HOME": str(home / ".local" / "share"), "XDG_CACHE_HOME": str(home / ".cache")}
-        env.setdefault("QT_QPA_PLATFORM", "offscreen")
-        started = time.time()
-        done = subprocess.run([sys.executable, "-c", FIRST_PAINT_PROBE], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=300)
-        line = next((x for x in done.stdout.splitlines() if x.startswith("FIRST_PAINT ")), None)
-        if line is None:
-            raise SystemExit(f"main.py never painted its window:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-        _, stamp, cpu, loaded = line.split()
-        seconds.append(float(stamp) - started)
-        cpu_seconds.append(float(cpu))
-        heavy.append(loaded)
-        print(f"first paint after {seconds[-1]:.2f} s, {cpu_seconds[-1]:.2f} s of CPU (heavy libraries already "
-              f"imported: {loaded})", flush=True)
-    print(json.dumps({
-        "benchmark": "gui_latency", "case": "first_window", "first_paint_s": round(seconds[0], 2),
-        "first_paint_median_s": round(float(np.median(seconds)), 2), "runs": [round(x, 2) for x in seconds],
-        "first_paint_cpu_s": round(float(np.median(cpu_seconds)), 2),
-        "heavy_imported_at_paint": heavy[0], "platform": os.environ.get("QT_QPA_PLATFORM", "offscreen"),
-        "load_avg_1m": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(), "goal_s": 1.5,
-    }))
-    return 0
-
-
 if __name__ == "__main__":
     if "--case" in sys.argv and sys.argv[sys.argv.index("--case") + 1] == "first-window":
-        sys.exit(first_window())
+        from first_window import main as first_window_main  # (benchmarks/first_window.py)
+
+        sys.exit(first_window_main())
     if "--case" in sys.argv and sys.argv[sys.argv.index("--case") + 1] == "retrain-100k":
         sys.exit(retrain_100k(int(os.environ.get("SORTLAB_BENCH_IMAGES", 100_000))))
     sys.exit(main())

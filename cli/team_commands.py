@@ -1,5 +1,6 @@
 """Team-project commands: ``copy`` (a project between a file and a database), ``history`` (who labeled
-what, and when) and ``team grant`` (PostgreSQL roles for viewers, labelers and owners)."""
+what, and when), ``team grant`` (PostgreSQL roles for viewers, labelers and owners), ``team overlap``
+(the share of images everyone labels) and ``team agreement`` (how far labelers agree)."""
 
 from __future__ import annotations
 
@@ -69,6 +70,17 @@ def register(subparsers) -> None:
     agree.add_argument("project")
     add_json_flag(agree)
     agree.set_defaults(handler=run_agreement)
+    overlap = actions.add_parser(
+        "overlap", help="the share of images shown to everyone who labels (to measure agreement)",
+        description="Without SHARE: the project's overlap share. With SHARE (0.1, 10%%; 0 turns it off; owners "
+        "only): that share of the images, the same for every client, is offered by 'Label next' and "
+        "'sortlab next' to each person who has not labeled it yet, even when a teammate has, so that "
+        "'sortlab team agreement' and the model report can compare their labels. Works for project files "
+        "too, with each person's name in SORTLAB_USER.")
+    overlap.add_argument("project")
+    overlap.add_argument("share", nargs="?", metavar="SHARE", help="a fraction (0.1) or a percentage (10%%)")
+    add_json_flag(overlap)
+    overlap.set_defaults(handler=run_overlap)
     whoami = actions.add_parser("whoami", help="your database role and what it may do in a team project")
     whoami.add_argument("project", metavar="URL")
     add_json_flag(whoami)
@@ -151,6 +163,21 @@ def run_whoami(args: argparse.Namespace) -> CommandResult:
     with open_existing_project(args.project) as project:
         level = access_level(project)
     return CommandResult({"role": project.actor, "level": level}, f"{project.actor}: {level} of {project.location}")
+
+
+def run_overlap(args: argparse.Namespace) -> CommandResult:
+    from storage.team_overlap import describe_share, overlap_image_ids, overlap_share, parse_share, set_overlap_share
+
+    with open_existing_project(args.project) as project:
+        if args.share is not None:
+            try:
+                set_overlap_share(project, parse_share(args.share))
+            except (ValueError, ProjectError) as exc:
+                raise CliError(str(exc)) from exc
+        share = overlap_share(project)
+        images = len(overlap_image_ids(project, share))
+    text = describe_share(share) + (f" That is {images:,} images now." if share > 0 else "")
+    return CommandResult({"share": share, "images": images}, text)
 
 
 def run_agreement(args: argparse.Namespace) -> CommandResult:

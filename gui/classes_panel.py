@@ -6,6 +6,8 @@ undo stack); deleting asks first and says how many labels go away.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QColor, QIcon, QPainter, QPixmap
 from PySide6.QtWidgets import (
@@ -42,6 +44,10 @@ def color_swatch(color: str, side: int = 16) -> QIcon:
     painter.drawRoundedRect(1, 1, side - 2, side - 2, 4, 4)
     painter.end()
     return QIcon(pixmap)
+
+
+def _item_text(info: catalog.ClassInfo) -> str:
+    return f"{info.shortcut or ' '}   {info.name}   ({info.count})"
 
 
 class ClassListWidget(QListWidget):
@@ -149,8 +155,7 @@ class ClassesPanel(QWidget):
         self.ordered.blockSignals(False)
         self.list.clear()
         for info in self.classes:
-            key = info.shortcut or " "
-            item = QListWidgetItem(color_swatch(info.color), f"{key}   {info.name}   ({info.count})")
+            item = QListWidgetItem(color_swatch(info.color), _item_text(info))
             item.setData(CLASS_ID_ROLE, info.id)
             item.setToolTip(f"Press {info.shortcut} (or double-click here) to label the selected images "
                             f"'{info.name}'." if info.shortcut else
@@ -168,6 +173,22 @@ class ClassesPanel(QWidget):
             self.hint.setText("Keys 1–9 and 0 (or a double-click on a class) label the selected images; "
                               "Backspace removes the label. Drag classes to reorder them.")
         self._update_buttons()
+
+    def show_counts(self, per_class: dict[int, int]) -> None:
+        """New label counts ({class id: labels}) after labeling: the texts change in place, with no
+        re-read of the classes (labeling never adds or removes one; if the classes differ, re-read)."""
+        if not set(per_class) <= {info.id for info in self.classes}:
+            self.refresh()
+            return
+        self.classes = [replace(info, count=per_class.get(info.id, 0)) for info in self.classes]
+        for row, info in enumerate(self.classes):
+            item = self.list.item(row)
+            if item is None or item.data(CLASS_ID_ROLE) != info.id:
+                self.refresh()
+                return
+            text = _item_text(info)
+            if item.text() != text:
+                item.setText(text)
 
     def current_class_id(self) -> int | None:
         item = self.list.currentItem()

@@ -99,7 +99,9 @@ class CurationController(QObject):
         self._run = 0  # results of an older run (another mode, another project) are dropped
         self._notes: dict[int, str] = {}
         self._batch: list[int] = []  # label next: the batch shown last
+        self._awaiting: set[int] = set()  # label next: team overlap images not yet labeled in this window
         self._refreshing = False
+        self._score: str | None = None  # label next: the counter's words about the model in use
         self._suspects: dict[int, review.Suspect] = {}  # review: by image id, in queue order
         self.summary = QLabel()
         self.summary.setVisible(False)
@@ -158,7 +160,7 @@ class CurationController(QObject):
         """Another filter or project: forget the mode and drop the results of its running job."""
         self.mode = None
         self._run += 1
-        self._notes, self._batch, self._suspects = {}, [], {}
+        self._notes, self._batch, self._suspects, self._score = {}, [], {}, None
         self.window.grid_model.set_notes({})
         self.look_alikes.set_groups([])
         self.summary.setVisible(False)
@@ -188,6 +190,7 @@ class CurationController(QObject):
         ids = [image.image_id for image in batch.images]
         self._notes = {image.image_id: image.reason for image in batch.images}
         self._batch = ids
+        self._awaiting = {image.image_id for image in batch.images if image.overlap}
         self.window.grid_model.set_notes(self._notes)
         self.window.filter_bar.show_curation(LABEL_NEXT, ids)
         if ids:
@@ -204,6 +207,7 @@ class CurationController(QObject):
         was_at_end = self.window.grid.currentIndex().row() in (-1, len(shown) - 1)
         self._notes.update({image.image_id: image.reason for image in new})
         self._batch = [image.image_id for image in new]
+        self._awaiting |= {image.image_id for image in new if image.overlap}
         self.window.grid_model.set_notes(self._notes)
         self.window.filter_bar.show_curation(LABEL_NEXT, shown + self._batch, emit=False)
         self.window.append_to_grid(self._batch)
@@ -212,14 +216,20 @@ class CurationController(QObject):
 
     def _batch_done(self) -> bool:
         states = label_states(self.project, self._batch)
-        return bool(states) and all(state.class_id is not None for state in states)
+        return (bool(states) and all(state.class_id is not None for state in states)
+                and not self._awaiting.intersection(self._batch))  # a teammate's label is not yours
 
-    def _show_counter(self) -> None:
-        _images, labeled = browse.image_and_label_counts(self.project)
-        model = modelstore.active_model(self.project)
-        accuracy = Metrics.from_json(model.metrics).accuracy if model is not None else None
-        score = f"the model is right on {percent(accuracy)} of its tests" if accuracy is not None else "no model yet"
-        self._say(f"You labeled {count_text(labeled, 'image')} · {score}")
+    def _show_counter(self, model_changed: bool = True) -> None:
+        """"You labeled N images · the model is right on P %": after a label only the count is new
+        (the window has just read it), so the model is read again only when it may have changed."""
+        summary = self.window.label_summary
+        labeled = summary.labeled if summary is not None else browse.image_and_label_counts(self.project)[1]
+        if model_changed or self._score is None:
+            model = modelstore.active_model(self.project)
+            accuracy = Metrics.from_json(model.metrics).accuracy if model is not None else None
+            self._score = (f"the model is right on {percent(accuracy)} of its tests" if accuracy is not None
+                           else "no model yet")
+        self._say(f"You labeled {count_text(labeled, 'image')} · {self._score}")
 
     def _job_succeeded(self, _name: str, _result) -> None:
         if self.mode == LABEL_NEXT and self.project is not None:
@@ -229,7 +239,8 @@ class CurationController(QObject):
         if self.project is None:
             return
         if self.mode == LABEL_NEXT:
-            self._show_counter()
+            self._awaiting.difference_update(image_ids)
+            self._show_counter(model_changed=False)
             if self._batch and not self._refreshing and self._batch_done():
                 self._refreshing = True
                 self._submit(LABEL_NEXT, next_batch.next_images, (self.project, BATCH_SIZE), self._append_batch)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from PySide6.QtCore import QSettings, Qt
-from PySide6.QtWidgets import QDockWidget, QFrame, QMainWindow, QMenu, QScrollArea, QWidget
+from PySide6.QtWidgets import QDockWidget, QFrame, QLabel, QMainWindow, QMenu, QScrollArea, QWidget
 
 LEFT_DOCK_WIDTH = 210  # the classes panel: names and counts
 RIGHT_DOCK_WIDTH = 400  # training, map and report: wide enough for their plots
@@ -34,14 +34,44 @@ class DockLayout:
         self.settings = settings
         self.docks: list[QDockWidget] = []
         self.view_menu: QMenu | None = None  # once set, each dock's show/hide action is listed there
+        self._reserved: dict[str, QDockWidget] = {}  # title -> a dock waiting for its panel
+        self._sized_while_reserved = False  # first-run widths were set before every panel was in
 
     def add(self, widget: QWidget, title: str, area: Qt.DockWidgetArea) -> QDockWidget:
-        """Dock a panel; panels added to the same side share it as tabs."""
+        """Dock a panel; panels added to the same side share it as tabs. A dock reserved under this
+        title (``reserve``) gets the panel instead of a new dock being made."""
+        dock = self._reserved.pop(title, None)
+        if dock is None:
+            dock = self._new_dock(title, area)
+        holder = dock.widget()
+        holder.setWidget(widget)
+        if self._sized_while_reserved and not self._reserved:
+            self._sized_while_reserved = False
+            self.apply_default_sizes()  # the first run's widths, now from the real panels' sizes
+        return dock
+
+    def reserve(self, title: str, area: Qt.DockWidgetArea) -> QDockWidget:
+        """The dock of a panel that is made later (after the window's first paint, gui/app.py): in
+        place now, with its title and tab, so the saved layout restores around it; ``add`` with the
+        same title puts the panel in it."""
+        dock = self._new_dock(title, area)
+        waiting = QLabel("Loading…")
+        waiting.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        waiting.setEnabled(False)  # drawn in the palette's muted text colour
+        dock.widget().setWidget(waiting)
+        self._reserved[title] = dock
+        return dock
+
+    @property
+    def reserved(self) -> list[str]:
+        """Titles of reserved docks that have no panel yet."""
+        return list(self._reserved)
+
+    def _new_dock(self, title: str, area: Qt.DockWidgetArea) -> QDockWidget:
         window = self.window
         dock = QDockWidget(title, window)
         dock.setObjectName("dock-" + re.sub(r"\W+", "-", title.lower()).strip("-"))  # saveState's key
         holder = QScrollArea()
-        holder.setWidget(widget)
         holder.setWidgetResizable(True)
         holder.setFrameShape(QFrame.Shape.NoFrame)
         holder.setMinimumSize(MIN_DOCK_WIDTH, MIN_DOCK_HEIGHT)
@@ -80,6 +110,7 @@ class DockLayout:
         """First run: side panels as wide as their contents ask (never below the defaults), as long
         as the grid between them keeps GRID_MIN_WIDTH; the grid gets the rest."""
         window = self.window
+        self._sized_while_reserved = bool(self._reserved)
         sides = [d for d in self.docks if not d.isFloating()]
         left = [d for d in sides if window.dockWidgetArea(d) == Qt.DockWidgetArea.LeftDockWidgetArea]
         right = [d for d in sides if d not in left]

@@ -181,12 +181,13 @@ class ThumbnailGridModel(QAbstractListModel):
 
     # -- updates --------------------------------------------------------------------------------
     def refresh_tiles(self, image_ids=None) -> None:
-        """Labels or predictions changed: drop cached tile facts and repaint (these ids, or all).
+        """Labels (these ids) or predictions (all: ``image_ids`` None) changed: drop cached tile
+        facts and repaint. Only a refresh of all re-reads which model version is in use.
 
         For many rows this emits ``tiles_changed`` instead of dataChanged: a QListView handles
         dataChanged row by row (on 100,000 rows, a second of Python rowCount calls), while the
         view only needs to repaint what is on screen, which re-reads its tile facts."""
-        if self.project is not None:
+        if self.project is not None and image_ids is None:
             self.model_version = modelstore.active_version(self.project)
         self._pages.clear()
         if not len(self._ids):

@@ -134,6 +134,7 @@ class MainWindow(QMainWindow):
         self.stack.addWidget(workspace)
         self.setCentralWidget(self.stack)
 
+        self.label_summary: browse.LabelSummary | None = None  # kept by refresh_counts
         self.classes_panel = ClassesPanel()
         self.classes_panel.classes_changed.connect(self._classes_edited)
         self.classes_dock = self.add_dock(self.classes_panel, "Classes", Qt.DockWidgetArea.LeftDockWidgetArea)
@@ -298,12 +299,16 @@ class MainWindow(QMainWindow):
 
     def notify_labels_changed(self, image_ids) -> None:
         ids = [int(i) for i in image_ids]
-        self.grid_model.refresh_tiles(ids)
-        self.classes_panel.refresh()
+        self.show_changed_labels(ids)
+        self.labels_changed.emit(ids)
+
+    def show_changed_labels(self, image_ids: list[int]) -> None:
+        """Repaint what labels changed: these tiles, the counts, the open viewer. This runs on every
+        label keypress, so it reads the database once (``label_summary``)."""
+        self.grid_model.refresh_tiles(image_ids)
         self.refresh_counts()
         if self.viewer is not None and self.viewer.isVisible():
             self.viewer.refresh_facts()
-        self.labels_changed.emit(ids)
 
     def _classes_edited(self) -> None:
         self._refresh_choices()
@@ -337,10 +342,13 @@ class MainWindow(QMainWindow):
     # -- status ---------------------------------------------------------------------------------
     def refresh_counts(self) -> None:
         if self.project is None:
+            self.label_summary = None
             self.setWindowTitle("Sortlab")
             self.status_line.show_counts(None)
             return
-        images, labeled = browse.image_and_label_counts(self.project)
+        self.label_summary = summary = browse.label_summary(self.project)
+        self.classes_panel.show_counts(summary.per_class)
+        images, labeled = summary.images, summary.labeled
         self.setWindowTitle(f"{self.project.name} — {images:,} images, {labeled:,} labeled — Sortlab")
         self.status_line.show_counts(self.project.name, images, labeled)
 

@@ -155,6 +155,8 @@ class ModelReport(QWidget):
             self.view.show_report(None, None)
             if self.project is None:
                 self.view.say(NO_PROJECT_TEXT)
+            else:  # no model yet: the labelers' agreement may still be worth showing
+                self.request_report(None)
             self.report_shown.emit(None)
             self.activate_button.setEnabled(False)
 
@@ -178,7 +180,7 @@ class ModelReport(QWidget):
         if version is not None and self.project is not None:
             self.request_report(version)
 
-    def request_report(self, version: int) -> None:
+    def request_report(self, version: int | None) -> None:
         """Compute and show one version's report: in the background when there is a runner."""
         self._generation += 1
         runner = self.runner

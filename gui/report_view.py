@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
 )
 
 from engine.insight.report import Report
+from gui.agreement_view import AgreementSection
 
 NO_MODEL_TEXT = "No model yet: train one in the training panel."
 RIGHT_COLOR = QColor(0, 158, 115)
@@ -98,6 +99,8 @@ class ReportView(QWidget):
         self.matrix.cellClicked.connect(self.open_cell)
         matrix_hint = QLabel("Rows: the true class. Columns: what the model said. Click a cell to see those images.")
         matrix_hint.setWordWrap(True)
+        self.agreement = AgreementSection()  # team projects: where two people labeled the same images
+        self.agreement.show_images.connect(self.show_images)
 
         # One table at a time, at the panel's full width: side by side, a dock cut their columns.
         self.tables = QTabWidget()
@@ -112,6 +115,7 @@ class ReportView(QWidget):
         layout.addWidget(QLabel("<b>Confusion matrix</b>"))
         layout.addWidget(matrix_hint)
         layout.addWidget(self.matrix, 1)
+        layout.addWidget(self.agreement)
 
     def say(self, text: str, details: str = "") -> None:
         """A line in place of the summary (a report on its way, or one that failed: ``details``
@@ -127,6 +131,7 @@ class ReportView(QWidget):
         self.matrix.clear()
         self.matrix.setRowCount(0)
         self.matrix.setColumnCount(0)
+        self.agreement.show_agreement(report.agreement if report is not None else None)
         if report is None or report.n == 0:
             self.say(NO_MODEL_TEXT if version is None else f"Version {version} has no predictions for labeled images yet.")
             return

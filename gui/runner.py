@@ -29,7 +29,7 @@ class QtJobRunner(QObject):
 
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
-        self._runner = JobRunner()
+        self._runner = JobRunner(yield_to_gui=True)  # the window answers first, the job gets the rest
         self._tokens = itertools.count()
         self._handles: dict[int, JobHandle] = {}
         self._on_done: dict[int, Callable[[JobOutcome], None]] = {}

@@ -133,11 +133,7 @@ class TeamSession(QObject):
             return  # a poll of a project closed since
         changes: TeamChanges
         if changes.image_ids:
-            window.grid_model.refresh_tiles(changes.image_ids)
-            window.classes_panel.refresh()
-            window.refresh_counts()
-            if window.viewer is not None and window.viewer.isVisible():
-                window.viewer.refresh_facts()
+            window.show_changed_labels(list(changes.image_ids))
             others = [actor for actor in changes.actors if actor != window.project.actor]
             if others:
                 window.show_message(f"{len(changes.image_ids)} labels changed by {', '.join(others)}.", 4000)
@@ -157,7 +153,8 @@ class TeamSession(QObject):
             return
         self._set_editable(False)
         for action in (commands.import_action, commands.export_model_action, commands.export_dataset_action,
-                       commands.add_class_action, commands.rename_source_action, commands.backups_action):
+                       commands.add_class_action, commands.rename_source_action, commands.backups_action,
+                       commands.overlap_action):
             action.setEnabled(False)
         if self.level == VIEWER:
             for action in (commands.accept_action, commands.keep_action, commands.clear_action,

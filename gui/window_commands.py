@@ -13,6 +13,7 @@ from PySide6.QtGui import QAction, QKeySequence, QUndoStack
 from PySide6.QtWidgets import QMessageBox
 
 from gui import project_files
+from gui.team_overlap_dialog import ask_overlap_share
 from storage import browse
 from storage.catalog import SHORTCUT_KEYS
 
@@ -136,6 +137,9 @@ class WindowCommands:
             "Rename a &Source…", lambda: projects.rename_source(),
             tip="Name where images came from (a camera, a day, a batch)")
         self.shortcuts_action = self._action("&Keyboard Shortcuts", self._show_shortcuts)
+        self.overlap_action = self._action(
+            "Team &Overlap Share…", lambda: ask_overlap_share(window, window.project),
+            tip="Show a share of the images to everyone who labels, to measure how far labelers agree")
 
     def _build_menus(self) -> None:
         bar = self.window.menuBar()
@@ -153,7 +157,8 @@ class WindowCommands:
                   self.accept_action, self.keep_action, self.clear_action)
         self.label_menu = edit_menu.addMenu("&Label Selection As")
         self.label_menu.aboutToShow.connect(self._fill_label_menu)
-        self._add(edit_menu, None, self.as_of_action, None, self.add_class_action, self.rename_source_action)
+        self._add(edit_menu, None, self.as_of_action, None, self.add_class_action, self.rename_source_action,
+                  self.overlap_action)
 
         self.view_menu = bar.addMenu("&View")
         self._add(self.view_menu, self.view_action, self.refresh_action, self.all_action, self.unlabeled_action, None)
@@ -179,7 +184,7 @@ class WindowCommands:
         """Enable what can act now: project commands with a project, labeling with a selection."""
         for action in (self.import_action, self.close_action, self.select_all_action, self.refresh_action,
                        self.unlabeled_action, self.all_action, self.add_class_action, self.export_dataset_action,
-                       self.rename_source_action, self.backups_action, self.as_of_action):
+                       self.rename_source_action, self.backups_action, self.as_of_action, self.overlap_action):
             action.setEnabled(has_project)
         self.export_model_action.setEnabled(has_project and has_model)
         for action in (self.accept_action, self.keep_action, self.clear_action, self.view_action, *self.label_actions):

@@ -6,17 +6,24 @@ so it is safe to call from any thread.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from storage.backends import lock_images_for_labeling
 from storage.chunks import in_list_chunks
 from storage.errors import ProjectError
-from storage.models import Image, ImageClass, Label, LabelEvent, utcnow
+from storage import label_writes
+from storage.label_writes import (  # noqa: F401  (LabelState and current_label_states are catalog's API too)
+    LabelState,
+    current_label_states,
+    delete_labels,
+    upsert_label_rows,
+    write_labels,
+)
+from storage.models import Image, ImageClass, Label, utcnow
 from storage.project import Project
 
 # Distinct, colour-blind-friendly defaults (Okabe-Ito first, then Tableau).
@@ -42,43 +49,11 @@ class ClassInfo:
     count: int = 0
 
 
-@dataclass(frozen=True)
-class LabelState:
-    """An image's label as it was: what undo needs to restore it (class_id None = unlabeled).
-    ``reviewed_at``: when the user kept the label in the review queue (None: not reviewed)."""
-
-    image_id: int
-    class_id: int | None
-    origin: str | None
-    labeled_at: dt.datetime | None
-    reviewed_at: dt.datetime | None = None
-
-
 def record_label_events(session: Session, project: Project, changes: Iterable[tuple[int, int | None, int | None]],
                         origin: str) -> int:
     """Write the label history of ``changes`` ((image_id, previous_class_id, class_id); None = no label)
-    in the caller's write transaction, as ``project.actor``, now. Unchanged labels are skipped; one
-    executemany, so a label key stays a few-row write. Returns how many events were written."""
-    at = utcnow()
-    actor = getattr(project, "actor", "") or ""
-    # Team projects also keep a label given again (a teammate confirming it): agreement needs it
-    # (storage.team_agreement).
-    confirmations = getattr(project, "is_database", False)
-    rows = [{"image_id": i, "previous_class_id": p, "class_id": c, "origin": origin, "actor": actor, "at": at}
-            for i, p, c in changes if p != c or (confirmations and c is not None)]
-    if rows:
-        session.execute(LabelEvent.__table__.insert(), rows)  # Core executemany, not the ORM bulk path
-    return len(rows)
-
-
-def current_label_states(session: Session, image_ids: list[int]) -> dict[int, LabelState]:
-    lock_images_for_labeling(session, image_ids)  # team projects: one writer per image at a time
-    columns = select(Label.image_id, Label.class_id, Label.origin, Label.labeled_at, Label.reviewed_at)
-    return {
-        row[0]: LabelState(*row)
-        for chunk in in_list_chunks(image_ids)
-        for row in session.execute(columns.where(Label.image_id.in_(chunk)))
-    }
+    in the caller's write transaction, as ``project.actor``, now (``label_writes.record_label_events``)."""
+    return label_writes.record_label_events(session, project, changes, origin, utcnow())
 
 
 def _validate_name(name: str) -> str:
@@ -200,40 +175,44 @@ def label_states(project: Project, image_ids: Iterable[int]) -> list[LabelState]
     return [rows.get(i) or LabelState(i, None, None, None) for i in image_ids]
 
 
-def _kept_reviews(before: Iterable[LabelState], class_of: dict[int, int | None]) -> dict[int, dt.datetime]:
-    """Review marks that survive a relabeling: those of images whose class stays the same."""
-    return {s.image_id: s.reviewed_at for s in before
-            if s.reviewed_at is not None and s.class_id is not None and class_of.get(s.image_id) == s.class_id}
+def _unknown_class(project: Project, class_ids: Iterable[int | None]) -> UnknownClassError | None:
+    """The clear error for a label write the labels' foreign key refused (None: every class exists)."""
+    wanted = {int(c) for c in class_ids if c is not None}
+    with project.session() as session:
+        known = set(session.scalars(select(ImageClass.id).where(ImageClass.id.in_(wanted)))) if wanted else set()
+    unknown = sorted(wanted - known)
+    return UnknownClassError(f"No class with id {unknown[0]}.") if unknown else None
+
+
+def _write(project: Project, assignments: dict[int, int | None], origin: str) -> list[LabelState]:
+    """``write_labels`` in its own write transaction, an unknown class turned into UnknownClassError."""
+    try:
+        with project.writing() as session:
+            return write_labels(session, project, assignments, origin, utcnow())
+    except IntegrityError as exc:
+        clear = _unknown_class(project, assignments.values())
+        if clear is None:
+            raise
+        raise clear from exc
 
 
 def set_labels(
     project: Project, image_ids: Iterable[int], class_id: int | None, origin: str = "manual"
 ) -> list[LabelState]:
     """Label (or, with class_id None, unlabel) images in one transaction; returns the previous states.
-    A label that changes class loses its review mark (the user has not looked at the new one)."""
+    A label that changes class loses its review mark (the user has not looked at the new one).
+    One label key is a few statements (``storage.label_writes``); an image or class the project does
+    not have raises a ProjectError naming it, and nothing is written."""
     if origin not in LABEL_ORIGINS:
         raise ValueError(f"origin must be one of {LABEL_ORIGINS}")
-    image_ids = list(dict.fromkeys(image_ids))
-    now = utcnow()
-    with project.writing() as session:
-        if class_id is not None and session.get(ImageClass, class_id) is None:
-            raise UnknownClassError(f"No class with id {class_id}.")
-        existing_images = set()
-        for chunk in in_list_chunks(image_ids):
-            existing_images.update(session.scalars(select(Image.id).where(Image.id.in_(chunk))))
-        missing = [i for i in image_ids if i not in existing_images]
-        if missing:
-            raise ProjectError(f"No image with id {', '.join(map(str, missing[:5]))}.")
-        current = current_label_states(session, image_ids)
-        before = [current.get(i) or LabelState(i, None, None, None) for i in image_ids]
-        reviewed = _kept_reviews(before, dict.fromkeys(image_ids, class_id))
-        record_label_events(session, project, ((s.image_id, s.class_id, class_id) for s in before), origin)
-        for chunk in in_list_chunks(image_ids):
-            session.execute(delete(Label).where(Label.image_id.in_(chunk)))
-        if class_id is not None:
-            session.add_all(Label(image_id=i, class_id=class_id, origin=origin, labeled_at=now,
-                                  reviewed_at=reviewed.get(i)) for i in image_ids)
-    return before
+    image_ids = list(dict.fromkeys(int(i) for i in image_ids))
+    class_id = None if class_id is None else int(class_id)
+    if not image_ids:
+        unknown = _unknown_class(project, [class_id])
+        if unknown is not None:
+            raise unknown
+        return []
+    return _write(project, dict.fromkeys(image_ids, class_id), origin)
 
 
 def restore_labels(project: Project, states: Iterable[LabelState]) -> None:
@@ -251,37 +230,20 @@ def restore_label_states(project: Project, states: Iterable[LabelState], origin:
             from storage.team_store import without_teammates_changes
 
             states = without_teammates_changes(session, project, states)
-            ids = [s.image_id for s in states]
         previous = {i: state.class_id for i, state in current.items()}
         record_label_events(session, project, ((s.image_id, previous.get(s.image_id), s.class_id) for s in states),
                             origin)
-        for chunk in in_list_chunks(ids):
-            session.execute(delete(Label).where(Label.image_id.in_(chunk)))
-        rows = [{"image_id": s.image_id, "class_id": s.class_id, "origin": s.origin or "manual",
-                 "labeled_at": s.labeled_at or utcnow(), "reviewed_at": s.reviewed_at, "twins_checked": False}
-                for s in states if s.class_id is not None]
-        if rows:
-            session.execute(Label.__table__.insert(), rows)  # one Core executemany: undoing a large step stays quick
+        upsert_label_rows(session, [  # one executemany: undoing a large step stays quick
+            {"image_id": s.image_id, "class_id": s.class_id, "origin": s.origin or "manual",
+             "labeled_at": s.labeled_at or utcnow(), "reviewed_at": s.reviewed_at, "twins_checked": False}
+            for s in states if s.class_id is not None])
+        delete_labels(session, [s.image_id for s in states if s.class_id is None and s.image_id in current])
 
 
 def set_labels_by_class(project: Project, assignments: dict[int, int], origin: str = "manual") -> list[LabelState]:
     """Give each image its own class in one transaction ({image_id: class_id}), e.g. accepting suggestions.
     As with ``set_labels``, only labels that keep their class keep their review mark."""
-    now = utcnow()
-    with project.writing() as session:
-        ids = list(assignments)
-        current = current_label_states(session, ids)
-        before = [current.get(i) or LabelState(i, None, None, None) for i in ids]
-        reviewed = _kept_reviews(before, assignments)
-        record_label_events(session, project, ((s.image_id, s.class_id, assignments[s.image_id]) for s in before),
-                            origin)
-        for chunk in in_list_chunks(ids):
-            session.execute(delete(Label).where(Label.image_id.in_(chunk)))
-        session.add_all(
-            Label(image_id=i, class_id=c, origin=origin, labeled_at=now, reviewed_at=reviewed.get(i))
-            for i, c in assignments.items()
-        )
-    return before
+    return _write(project, {int(i): int(c) for i, c in assignments.items()}, origin)
 
 
 def mark_reviewed(project: Project, image_ids: Iterable[int], reviewed: bool = True) -> list[LabelState]:

@@ -27,11 +27,12 @@ import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
 from storage.catalog import LabelState, current_label_states, record_label_events
 from storage.chunks import in_list_chunks
+from storage.label_writes import delete_labels, upsert_label_rows
 from storage.models import Image, ImageClass, Label, utcnow
 from storage.models import LabelEvent as LabelEventRow
 from storage.project import Project
@@ -198,10 +199,9 @@ def apply_labels_as_of(project: Project, when: dt.datetime, image_ids: Iterable[
         before = [current.get(i) or LabelState(i, None, None, None) for i in changed]
         record_label_events(session, project, ((s.image_id, s.class_id, plan.changes[s.image_id]) for s in before),
                             AS_OF_ORIGIN)
-        for chunk in in_list_chunks(changed):
-            session.execute(delete(Label).where(Label.image_id.in_(chunk)))
-        rows = [{"image_id": i, "class_id": c, "origin": "manual", "labeled_at": now, "twins_checked": False}
-                for i, c in plan.changes.items() if c is not None]
-        if rows:
-            session.execute(Label.__table__.insert(), rows)  # one Core executemany: quick at 100k images
+        upsert_label_rows(session, [  # one Core executemany: quick at 100k images
+            {"image_id": i, "class_id": c, "origin": "manual", "labeled_at": now, "reviewed_at": None,
+             "twins_checked": False} for i, c in plan.changes.items() if c is not None])
+        delete_labels(session, [s.image_id for s in before
+                                if s.class_id is not None and plan.changes[s.image_id] is None])
     return before

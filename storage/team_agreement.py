@@ -12,7 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from itertools import combinations
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from storage.models import ImageClass
 from storage.models import LabelEvent as LabelEventRow
@@ -74,3 +74,18 @@ def agreement(project: Project) -> AgreementReport:
             disputed[image_id][first] = names.get(people[first][image_id], f"class {people[first][image_id]}")
             disputed[image_id][second] = names.get(people[second][image_id], f"class {people[second][image_id]}")
     return AgreementReport(pairs, dict(sorted(disputed.items())))
+
+
+def labeler_count(project: Project) -> int:
+    """How many people the label history names (a cheap check before reading all of it)."""
+    with project.session() as session:
+        return int(session.scalar(select(func.count(func.distinct(LabelEventRow.actor)))) or 0)
+
+
+def shared_agreement(project: Project) -> AgreementReport | None:
+    """``agreement`` where at least two people labeled the same images, else None (one labeler, or
+    people who never labeled the same image)."""
+    if labeler_count(project) < 2:
+        return None
+    report = agreement(project)
+    return report if report.pairs else None

@@ -141,7 +141,7 @@ def test_cli_next_json_shape(feature_project_file, capsys):
     assert set(result) == {"strategy", "images"} and result["strategy"] == "typical"  # no model yet
     assert len(result["images"]) == 5
     for image in result["images"]:
-        assert set(image) == {"id", "path", "reason", "score"}
+        assert set(image) == {"id", "path", "reason", "score", "overlap"} and image["overlap"] is False  # no team
         assert isinstance(image["id"], int) and image["path"].startswith("/synthetic/")
         assert isinstance(image["reason"], str) and image["reason"] and isinstance(image["score"], float)
     labeled = {row["id"] for row in cli_json(capsys, "images", feature_project_file, "--labeled")["images"]}

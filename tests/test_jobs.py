@@ -86,3 +86,29 @@ def test_cancelling_a_queued_job_skips_it():
 
 def test_job_cancelled_is_not_a_generic_error():
     assert not issubclass(JobCancelled, (ValueError, RuntimeError))
+
+
+def _nice_of_this_thread(_context=None) -> int:
+    import os
+
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+def test_a_window_runner_steps_back_from_the_gui_thread_and_a_plain_one_does_not():
+    import sys
+
+    import pytest
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("per-thread nice values are Linux's")
+    gui_nice = _nice_of_this_thread()
+    window_runner, plain_runner = JobRunner(yield_to_gui=True), JobRunner()
+    try:
+        stepped = window_runner.submit("nice", _nice_of_this_thread).outcome(30).result
+        plain = plain_runner.submit("nice", _nice_of_this_thread).outcome(30).result
+    finally:
+        window_runner.shutdown()
+        plain_runner.shutdown()
+    assert plain == gui_nice
+    assert stepped == min(19, gui_nice + 5)
+    assert _nice_of_this_thread() == gui_nice  # the GUI thread itself keeps its priority

@@ -50,7 +50,7 @@ def test_every_label_write_records_who_what_and_how(project, clock):
     plain = _new_images(project, 2, start=10)
     project.actor = "ana"
     catalog.set_labels(project, plain, bee.id)
-    catalog.set_labels(project, plain, bee.id)  # no change: no event
+    catalog.set_labels(project, plain, bee.id)  # given again: kept as a confirmation (agreement counts it)
     before = catalog.set_labels_by_class(project, {imported[0]: bee.id}, origin="suggestion")
     catalog.restore_labels(project, before)
     project.actor = "ben"
@@ -61,7 +61,7 @@ def test_every_label_write_records_who_what_and_how(project, clock):
     assert [(e.origin, e.actor) for e in events][:3] == [("class removed", "ben"), ("manual", "ben"),
                                                           ("undo", "ana")]
     assert sorted(e.origin for e in events) == sorted(
-        ["import"] * 2 + ["manual"] * 2 + ["suggestion", "undo", "manual", "class removed"])
+        ["import"] * 2 + ["manual"] * 4 + ["suggestion", "undo", "manual", "class removed"])
     removal = events[0]
     assert (removal.image_id, removal.previous_class_id, removal.class_id) == (plain[1], bee.id, None)
     assert removal.previous_class_name is None  # the class is gone; its id stays in the history

@@ -97,12 +97,16 @@ def pairs_between(
     """Every (query row, base row) pair whose cosine similarity is at least ``threshold``:
     (query rows, base rows, similarities). Comparing a few new images with many known ones."""
     context = context or JobContext()
-    Q, B = unit_rows(queries), unit_rows(base)
+    # The base is divided by its row lengths tile by tile: no normalized copy of it (a few new images
+    # against 100k known ones would copy 500 MB for one row of products).
+    Q, B = unit_rows(queries), np.asarray(base, dtype=np.float32)
+    lengths = np.sqrt(np.einsum("ij,ij->i", B, B))
+    inverse = np.divide(1.0, lengths, out=np.zeros_like(lengths), where=lengths > 0)
     found_q, found_b, found_s = [], [], []
     for r0, r1, columns in _tiles(len(Q), len(B)):
         for c0, c1 in columns:
             context.check_cancelled()
-            S = Q[r0:r1] @ B[c0:c1].T
+            S = (Q[r0:r1] @ B[c0:c1].T) * inverse[c0:c1]
             rows, cols = np.nonzero(S >= threshold)
             found_q.append(rows + r0)
             found_b.append(cols + c0)

@@ -8,10 +8,15 @@ Two calls, both safe to run in a background job (``JobContext`` for progress and
   count), so a GUI calls it when features change and every later batch skips it.
 * ``next_images`` answers from the cached index, the current labels and the active model's stored
   predictions; the project's own images only, each with its original path and a reason in words.
+
+Teams: with an overlap share set (``storage.team_overlap``), overlap images a teammate labeled but the
+person asking has not are offered too (a share of each batch, all of it once nothing else is left), so
+two people label them and their agreement can be measured; other labeled images never are.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -29,8 +34,10 @@ from storage.images import image_count, list_images
 from storage.modelstore import ModelInfo, active_model, prediction_probabilities
 from storage.project import Project
 from storage.splits import labeled_images
+from storage.team_overlap import in_overlap, overlap_share, pending_overlap
 
 DEFAULT_COUNT = 20
+OVERLAP_REASON = "shown to everyone on the team to check agreement"
 
 
 @dataclass(frozen=True)
@@ -39,9 +46,11 @@ class NextImage:
     path: str  # the file's original path as imported
     reason: str
     score: float
+    overlap: bool = False  # in the team's overlap share: everyone labels it (agreement)
 
     def to_dict(self) -> dict:
-        return {"id": self.image_id, "path": self.path, "reason": self.reason, "score": round(self.score, 4)}
+        return {"id": self.image_id, "path": self.path, "reason": self.reason, "score": round(self.score, 4),
+                "overlap": self.overlap}
 
 
 @dataclass(frozen=True)
@@ -169,7 +178,8 @@ def next_images(
     context: JobContext, project: Project, count: int = DEFAULT_COUNT, backbone: str | None = None,
     layer: str | None = None, cache: SelectionCache = DEFAULT_CACHE,
 ) -> NextBatch:
-    """The ``count`` unlabeled images most worth labeling next, best first (cold start without labels)."""
+    """The ``count`` unlabeled images most worth labeling next, best first (cold start without labels);
+    with a team overlap share, some of them overlap images a teammate labeled and this person has not."""
     prepared = prepare_selection(context.subcontext(0.0, 0.9), project, backbone, layer, cache)
     labeled = labeled_images(project)
     labeled_ids = np.array([item.image_id for item in labeled], dtype=np.int64)
@@ -179,13 +189,44 @@ def next_images(
     codes, class_names = _class_codes(project, model, labeled_class_ids)
     probabilities = None if model is None else _model_probabilities(project, prepared, model, len(class_names))
     labeled_codes = np.array([codes[int(c)] for c in labeled_class_ids[found]], dtype=np.int64)
+    share = overlap_share(project)
+    pending = pending_overlap(project, share) if share > 0 else {}
+    # A share of the batch (as many as a teammate's batch of this size holds on average), and more when
+    # nothing else is left to label.
+    overlap_count = min(len(pending), max(1, math.ceil(count * share))) if pending else 0
     context.check_cancelled()
-    selection = choose_batch(prepared.index, rows, labeled_codes, count, probabilities, class_names)
+    selection = choose_batch(prepared.index, rows, labeled_codes, count - overlap_count, probabilities, class_names)
+    overlap_count = min(len(pending), count - len(selection.picks))
     chosen_ids = [int(prepared.image_ids[pick.row]) for pick in selection.picks]
-    paths = {info.id: info.original_path for info in list_images(project, chosen_ids)}
+    shared_ids = list(pending)[:overlap_count]
+    paths = {info.id: info.original_path for info in list_images(project, chosen_ids + shared_ids)}
+    new_overlap = set(np.asarray(chosen_ids, dtype=np.int64)[in_overlap(chosen_ids, share)].tolist())
     images = [
-        NextImage(image_id, paths.get(image_id, ""), pick.reason, pick.score)
+        NextImage(image_id, paths.get(image_id, ""),
+                  pick.reason + (f"; {OVERLAP_REASON}" if image_id in new_overlap else ""), pick.score,
+                  image_id in new_overlap)
         for image_id, pick in zip(chosen_ids, selection.picks)
     ]
+    shared = [NextImage(image_id, paths.get(image_id, ""), _overlap_reason(pending[image_id]), 1.0, True)
+              for image_id in shared_ids]
+    images = _interleave(images, shared)
     context.progress(1.0, f"{len(images)} images to label next")
     return NextBatch(selection.strategy, images)
+
+
+def _overlap_reason(labeled_by: str) -> str:
+    who = f"{labeled_by} labeled it" if labeled_by else "a teammate labeled it"
+    return f"{OVERLAP_REASON} ({who}; give your own label)"
+
+
+def _interleave(picks: list[NextImage], shared: list[NextImage]) -> list[NextImage]:
+    """Overlap images spread evenly through the batch, the first of them first."""
+    if not shared:
+        return picks
+    out: list[NextImage] = []
+    step = (len(picks) + len(shared)) / len(shared)
+    slots = {int(k * step) for k in range(len(shared))}
+    shared_iter, picks_iter = iter(shared), iter(picks)
+    for position in range(len(picks) + len(shared)):
+        out.append(next(shared_iter) if position in slots else next(picks_iter))
+    return out

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
+from engine.runtime.blas import native_threads
 from engine.runtime.first_imports import heavy_imports
 
 REDUCED_DIMS = 50
@@ -182,7 +182,7 @@ def build_selection_index(X: np.ndarray, seed: int = 0, progress: Progress = _no
     if X.ndim != 2 or len(X) == 0:
         raise ValueError(f"Expected a non-empty (N, D) feature matrix, got shape {X.shape}.")
     progress(0.0, "Reducing features")
-    with threadpool_limits(KMEANS_THREADS):
+    with native_threads(KMEANS_THREADS):
         reduced = reduce_features(X, seed=seed)
         progress(0.2, "Grouping similar images")
         labels, centres, sizes = _fine_partition(reduced, seed)

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import os
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -196,6 +198,8 @@ def _torchvision_locator(weights_enum: str) -> Callable[[], Path | None]:
     def locate() -> Path | None:
         if not torch_available():  # torchvision networks run in PyTorch only: none in the CPU edition
             return None
+        if "torch" not in sys.modules and not _hub_has_files():
+            return None  # no weights file at all: no need to import torch (0.5 GB) to look for names
         from engine.torch.networks import hub_checkpoints_dir, torchvision_weight_files
 
         folder = hub_checkpoints_dir()
@@ -206,6 +210,21 @@ def _torchvision_locator(weights_enum: str) -> Callable[[], Path | None]:
         return None
 
     return locate
+
+
+def hub_checkpoints_without_torch() -> Path:
+    """The folder ``engine.torch.networks.hub_checkpoints_dir`` names, found as ``torch.hub.get_dir()``
+    finds it in a process that has not imported torch (so never called ``torch.hub.set_dir``):
+    $TORCH_HOME/hub, else $XDG_CACHE_HOME/torch/hub, else ~/.cache/torch/hub; then checkpoints/."""
+    torch_home = os.environ.get("TORCH_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "torch")
+    return Path(os.path.expanduser(torch_home)) / "hub" / "checkpoints"
+
+
+def _hub_has_files() -> bool:
+    try:
+        return any(entry.is_file() for entry in os.scandir(hub_checkpoints_without_torch()))
+    except OSError:
+        return False
 
 
 def _torchvision_missing_reason(title: str, weights_enum: str) -> Callable[[], str]:

@@ -71,12 +71,14 @@ def shipped_path(spec: BackboneSpec, layer: str) -> Path | None:
 
 
 def _versions_key() -> str:
-    """The library versions an exported copy depends on (only asked for when torch is here)."""
+    """The library versions an exported copy depends on (only asked for when torch is here).
+    Torch's version comes from its installed metadata: importing torch to ask would stall every
+    thread for up to a second while its libraries load, even when the copy is already made."""
+    from importlib.metadata import version
+
     import onnxruntime
 
-    from engine.torch.onnx_export import torch_version
-
-    return f"torch{torch_version()}-ort{onnxruntime.__version__}-fmt{EXPORT_FORMAT}-opset{OPSET}"
+    return f"torch{version('torch')}-ort{onnxruntime.__version__}-fmt{EXPORT_FORMAT}-opset{OPSET}"
 
 
 def model_path(spec: BackboneSpec, layer: str) -> Path:

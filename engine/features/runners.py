@@ -42,9 +42,33 @@ def resolve_runtime(runtime: str | None) -> str:
 
 
 def _cuda_available() -> bool:
+    if not gpu_driver_present():  # torch could not use a GPU either: no need to import it (0.5 GB) to ask
+        return False
     from engine.torch.feature_runner import cuda_available
 
     return cuda_available()
+
+
+def gpu_driver_present() -> bool:
+    """Whether a GPU driver that PyTorch's ``torch.cuda`` could use is installed, found without
+    importing torch: NVIDIA's driver library (libcuda / nvcuda.dll; PyTorch wheels bring the CUDA
+    runtime but never the driver), or AMD's ROCm device (/dev/kfd). False means torch.cuda would say
+    no GPU; True means ask torch."""
+    import sys
+
+    if "torch" in sys.modules:
+        return True  # already imported: torch itself answers
+    if sys.platform == "darwin":
+        return False  # no CUDA on macOS
+    import ctypes
+
+    for name in ("nvcuda.dll",) if sys.platform == "win32" else ("libcuda.so.1", "libcuda.so"):
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return os.path.exists("/dev/kfd")
 
 
 def device_name(runtime: str | None = None) -> str:

@@ -1,7 +1,9 @@
 """What the training panel offers on this machine (the backbones with weights here, the compute
 device) and the start-up warm-up job that finds out. No Qt here.
 
-Finding out imports torch, the training engine and openTSNE: each first import holds the GIL for
+Finding out imports the training engine and openTSNE, and torch only where a GPU driver is installed
+or torchvision weights are cached (engine.features.runners.gpu_driver_present: elsewhere torch would
+find no GPU, and importing it to ask costs half a gigabyte): each first import holds the GIL for
 long stretches, which would stall the window in the middle of the user's first training or map.
 So the window runs this job once it is on screen, in the background, where nobody waits for it.
 Every import goes through ``heavy_imports()``: the map's first layout, on another thread, imports
@@ -61,7 +63,7 @@ def training_options_job(context: JobContext, want_device: bool, want_backbones:
 
         import engine.models.training  # noqa: F401  (scikit-learn)
     context.check_cancelled()
-    with heavy_imports():  # torch, in the full edition (the device and the torchvision weights)
+    with heavy_imports():  # torch, where a GPU driver or torchvision weights are here (the device, the backbones)
         from engine.features.runners import device_name
 
         return TrainingOptions(

@@ -9,14 +9,14 @@ No Qt here.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import select
 
+from engine.runtime.blas import native_threads, thread_pools
 from engine.runtime.first_imports import heavy_imports
 from engine.runtime.jobs import JobContext
 from storage.modelstore import active_version
@@ -47,33 +47,10 @@ def background_threads() -> int:
     return max(1, (os.cpu_count() or 2) - 1)
 
 
-_blas_controller = None
-
-
-def _blas_threads():
-    """threadpoolctl's view of the loaded BLAS libraries, made once: finding them walks every
-    loaded library in Python while holding the GIL (50 ms), so warm_up() does it at start-up."""
-    global _blas_controller
-    with heavy_imports():  # one thread makes it (the warm-up job and a map job may both ask)
-        if _blas_controller is None:
-            try:
-                from threadpoolctl import ThreadpoolController
-            except ImportError:  # comes with scikit-learn; without it BLAS keeps its own setting
-                return None
-            _blas_controller = ThreadpoolController()
-    return _blas_controller
-
-
-@contextlib.contextmanager
-def _limited_blas() -> Iterator[None]:
+def _limited_blas():
     """Numpy's BLAS (PCA's matrix products and eigh) limited to background_threads() while a
     map is computed (process-wide, restored afterwards)."""
-    controller = _blas_threads()
-    if controller is None:
-        yield
-        return
-    with controller.limit(limits=background_threads(), user_api="blas"):
-        yield
+    return native_threads(background_threads(), user_api="blas")
 
 
 def _standardize(X: np.ndarray) -> np.ndarray:
@@ -125,7 +102,7 @@ def warm_up() -> None:
     with heavy_imports():
         import openTSNE  # noqa: F401
 
-    _blas_threads()
+    thread_pools()
 
 
 def compute_embedding(

@@ -20,6 +20,7 @@ from storage.catalog import list_classes
 from storage.class_order import class_levels
 from storage.modelstore import NoModelError, get_model
 from storage.project import Project
+from storage.team_agreement import AgreementReport, shared_agreement
 
 
 @dataclass(frozen=True)
@@ -27,13 +28,15 @@ class Report:
     """One version's report. ``metrics`` holds its numbers (``n_val``: the images judged; a precision
     is NaN for a class never predicted, a recall NaN for a class with no images);
     ``cell_images[(true, predicted)]`` lists the image ids of each confusion-matrix cell, by
-    position in ``class_names``; ``basis`` says in words which images were judged."""
+    position in ``class_names``; ``basis`` says in words which images were judged; ``agreement``
+    how far the people who labeled the same images agree (None: nobody did)."""
 
     class_ids: list[int]
     class_names: list[str]
     metrics: Metrics
     cell_images: dict[tuple[int, int], list[int]] = field(default_factory=dict)
     basis: str = ""
+    agreement: AgreementReport | None = None  # between labelers, where two labeled the same images
 
     @property
     def n(self) -> int:
@@ -111,14 +114,16 @@ def _cell_images(image_ids: np.ndarray, t: np.ndarray, p: np.ndarray, k: int) ->
 
 def project_report(project: Project, version: int | None = None) -> Report | None:
     """The report of one model version (the active one by default) from the project's predictions;
-    None when that version has no predictions.
+    None when that version has no predictions (an empty report with the labelers' agreement when
+    two people labeled the same images).
 
     Honest numbers first: cross-validated (out-of-fold) predictions of labeled images when the
     store has them, else the labeled validation images, else all labeled images (optimistic).
     It reads every prediction: the window runs it as a background job (``report_job``)."""
     ids, predicted, out_of_fold = prediction_arrays(project, version)
-    if not len(ids):
-        return None
+    if not len(ids):  # no model yet: only the labelers' agreement, if any
+        agreement = shared_agreement(project)
+        return None if agreement is None else Report([], [], Metrics(), agreement=agreement)
     attributes = point_attributes(project, ids)
     labeled = attributes.class_ids >= 0
     if (labeled & out_of_fold).any():
@@ -132,7 +137,7 @@ def project_report(project: Project, version: int | None = None) -> Report | Non
     sources = [attributes.source_names[c] or "(no source)" for c in attributes.source_codes[use]]
     report = build_report(ids[use], attributes.class_ids[use], predicted[use], [c.id for c in classes],
                           [c.name for c in classes], sources, basis, class_levels(project))
-    return _with_twin_figures(project, version, report)
+    return replace(_with_twin_figures(project, version, report), agreement=shared_agreement(project))
 
 
 def _with_twin_figures(project: Project, version: int | None, report: Report) -> Report:

@@ -12,20 +12,17 @@ as well in accuracy and log loss, and the search cost 40-65x the training time (
 ``standardize=True, unit_length=False`` is the recipe of models saved before.
 After fitting, every prediction goes through ``LinearPredictor``: the learned arrays alone
 (unit-length flag, scaler mean/scale, coef, intercept, sigmoid calibration), which save to safetensors bytes. The
-predictor holds them exactly as they are saved (C order, float64, read-only), so the fitted model,
-the loaded one (app, CLI) and the exported one run the same BLAS kernel on the same bits: a matrix
-in Fortran order takes another kernel on AVX-512 CPUs and rounds differently in the last bits.
+predictor (engine.models.predictor) predicts with one float32 matrix product, the same for the fitted
+model, the loaded one and the exported one. Large fits (``FLOAT32_FIT_FROM``) use
+engine.models.logistic_float32.
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
-from safetensors.numpy import load as load_safetensors
-from safetensors.numpy import save as save_safetensors
-from scipy.special import expit, softmax
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.exceptions import ConvergenceWarning
@@ -35,8 +32,10 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 from sklearn.utils.class_weight import compute_sample_weight
-from threadpoolctl import threadpool_limits
 
+from engine.models.logistic_float32 import fit_logistic_float32, fit_many_logistic_float32
+from engine.runtime.blas import native_threads
+from engine.models.predictor import MIN_NORM, LinearPredictor, _row_lengths, unit_rows  # noqa: F401 (re-exported)
 from storage.errors import ProjectError
 
 # Logistic regression's C on unit-length rows (see the module docstring): no search.
@@ -47,6 +46,9 @@ SVM_FALLBACK_C = 0.01  # too few labels to cross-validate: the SVM's most freque
 MAX_FOLDS = 5
 # Below this many feature values, BLAS threads cost more than they save (badly so on a busy 2-core CPU).
 SINGLE_THREAD_BELOW = 4_000_000
+# From this many feature values, logistic regression on unit-length rows fits in float32
+# (engine.models.logistic_float32: the same optimum as scikit-learn's, several times faster at 100k rows).
+FLOAT32_FIT_FROM = 1_000_000
 
 
 class NotEnoughLabelsError(ProjectError):
@@ -72,115 +74,6 @@ def fold_count(counts: np.ndarray, max_folds: int = MAX_FOLDS) -> int:
     """Stratified folds the labels allow: every class needs an image in every fold (0 = too few)."""
     folds = min(max_folds, int(np.min(counts)))
     return folds if folds >= 2 else 0
-
-
-_ARRAY_FIELDS = ("classes", "mean", "scale", "coef", "intercept", "calib_a", "calib_b", "unit_norm")
-NORMALIZATIONS = ("standardize", "unit")
-# A row shorter than this is left as it is by ``unit_rows`` (pooled features are never this small).
-MIN_NORM = 1e-12
-
-
-def unit_rows(X: np.ndarray) -> np.ndarray:
-    """Each row scaled to unit Euclidean length (float64): x / max(||x||, MIN_NORM), as the exported
-    network computes it."""
-    X = np.asarray(X, dtype=np.float64)
-    return X / np.maximum(_row_lengths(X), MIN_NORM)[:, None]
-
-
-def _row_lengths(X: np.ndarray) -> np.ndarray:
-    """Euclidean length of each row, summed in float64 (einsum: one pass, a few times faster than norm)."""
-    return np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float64))
-
-
-def _stored_array(value, dtype) -> np.ndarray:
-    """A private, read-only, C-ordered copy in the saved dtype (what from_bytes gives back too)."""
-    array = np.array(value, dtype=dtype, order="C", copy=True)
-    array.setflags(write=False)
-    return array
-
-
-@dataclass(frozen=True)
-class LinearPredictor:
-    """A fitted linear classifier as plain arrays: [unit length,] standardize, project, then softmax or
-    calibrated sigmoids.
-
-    ``unit_norm`` (a one-element array holding 1.0) says the feature rows are scaled to unit length
-    first (``unit_rows``); models saved before it existed have none and use the features as they are.
-
-    ``coef`` has one row for two classes (the positive, second class) and one per class otherwise.
-    With ``calib_a``/``calib_b`` each decision value f becomes 1 / (1 + exp(a f + b)) (Platt scaling,
-    as scikit-learn's CalibratedClassifierCV does), renormalized over classes; without, softmax.
-    """
-
-    classes: np.ndarray
-    mean: np.ndarray
-    scale: np.ndarray
-    coef: np.ndarray
-    intercept: np.ndarray
-    calib_a: np.ndarray | None = None
-    calib_b: np.ndarray | None = None
-    unit_norm: np.ndarray | None = None
-
-    def __post_init__(self) -> None:
-        # The one place that fixes layout and dtype: every constructor (fit, from_bytes, warm start) goes through it.
-        for name in _ARRAY_FIELDS:
-            value = getattr(self, name)
-            if value is not None:
-                object.__setattr__(self, name, _stored_array(value, np.int64 if name == "classes" else np.float64))
-
-    @property
-    def n_features(self) -> int:
-        return int(self.coef.shape[1])
-
-    @property
-    def scales_rows(self) -> bool:
-        """Whether feature rows are scaled to unit length before standardizing (``unit_rows``)."""
-        return self.unit_norm is not None and bool(self.unit_norm.reshape(-1)[0])
-
-    def decision_function(self, X: np.ndarray) -> np.ndarray:
-        X = np.ascontiguousarray(X, dtype=np.float64)  # same layout from every caller, same kernel
-        if X.ndim != 2 or X.shape[1] != self.n_features:
-            raise ValueError(f"Expected features of shape (N, {self.n_features}), got {X.shape}.")
-        if self.scales_rows:
-            X = unit_rows(X)
-        return ((X - self.mean) / self.scale) @ self.coef.T + self.intercept
-
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        scores = self.decision_function(X)
-        binary = self.coef.shape[0] == 1
-        if self.calib_a is not None:
-            p = expit(-(self.calib_a * scores + self.calib_b))
-            if binary:
-                return np.column_stack([1.0 - p[:, 0], p[:, 0]])
-            total = p.sum(axis=1, keepdims=True)
-            uniform = np.full_like(p, 1.0 / p.shape[1])
-            return np.divide(p, total, out=uniform, where=total != 0)
-        if binary:
-            p = expit(scores[:, 0])
-            return np.column_stack([1.0 - p, p])
-        return softmax(scores, axis=1)
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        return self.classes[np.argmax(self.predict_proba(X), axis=1)]
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        """The arrays as saved, by name (calibration only when there is one)."""
-        return {name: getattr(self, name) for name in _ARRAY_FIELDS if getattr(self, name) is not None}
-
-    def to_bytes(self) -> bytes:
-        return save_safetensors(self.arrays(), metadata={"format": "sortlab-linear-1"})
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> LinearPredictor:
-        try:
-            arrays = load_safetensors(data)
-        except Exception as exc:  # safetensors raises its own SafetensorError for foreign bytes
-            raise ValueError("Not a Sortlab linear model (not a safetensors file).") from exc
-        missing = {"classes", "mean", "scale", "coef", "intercept"} - set(arrays)
-        if missing:
-            raise ValueError(f"Not a Sortlab linear model (missing {', '.join(sorted(missing))}).")
-        return cls(arrays["classes"], arrays["mean"], arrays["scale"], arrays["coef"], arrays["intercept"],
-                   arrays.get("calib_a"), arrays.get("calib_b"), arrays.get("unit_norm"))
 
 
 class _LinearFeatureClassifier(ClassifierMixin, BaseEstimator):
@@ -214,8 +107,12 @@ class _LinearFeatureClassifier(ClassifierMixin, BaseEstimator):
         Float32 like the features: the solver runs about twice as fast as on float64."""
         if not self.unit_length:
             return X
-        factor = np.sqrt(X.shape[1]) / np.maximum(_row_lengths(X), MIN_NORM)
-        return (X * factor[:, None].astype(np.float32)).astype(np.float32, copy=False)
+        return (X * self._row_factors(X)[:, None].astype(np.float32)).astype(np.float32, copy=False)
+
+    @staticmethod
+    def _row_factors(X: np.ndarray) -> np.ndarray:
+        """sqrt(D) / ||x|| per row (float64): what ``_prepared`` multiplies each row by."""
+        return np.sqrt(X.shape[1]) / np.maximum(_row_lengths(X), MIN_NORM)
 
     def _scaling(self, scaler: StandardScaler | str) -> tuple[np.ndarray, np.ndarray]:
         """(mean, scale) of the fitted scaler on the predictor's input (unit rows when ``unit_length``:
@@ -268,13 +165,17 @@ class _LinearFeatureClassifier(ClassifierMixin, BaseEstimator):
         self.classes_ = classes
         self.n_features_in_ = X.shape[1]
         self.cv_results_ = []
-        with threadpool_limits(1 if X.size < SINGLE_THREAD_BELOW else None):
-            X = self._prepared(X)
-            self.C_ = self._choose_C(X, y, counts)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                self.predictor_ = self._fit_predictor(X, y, counts)
+        with native_threads(1 if X.size < SINGLE_THREAD_BELOW else None):
+            self.predictor_ = self._fit_rows(X, y, counts)
         return self
+
+    def _fit_rows(self, X: np.ndarray, y: np.ndarray, counts: np.ndarray) -> LinearPredictor:
+        """Choose C and fit on the prepared rows (float32 features, labels checked)."""
+        X = self._prepared(X)
+        self.C_ = self._choose_C(X, y, counts)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return self._fit_predictor(X, y, counts)
 
     def _fit_predictor(self, X, y, counts) -> LinearPredictor:
         raise NotImplementedError
@@ -307,25 +208,79 @@ class LogisticClassifier(_LinearFeatureClassifier):
     def _linear_model(self, C: float) -> LogisticRegression:
         return LogisticRegression(C=C, class_weight="balanced", max_iter=2000, random_state=self.random_state)
 
+    def fits_in_float32(self, X: np.ndarray) -> bool:
+        """Whether fits on ``X`` take the float32 solver: from ``FLOAT32_FIT_FROM`` feature values, on
+        unit-length rows, with C not searched."""
+        return (self.unit_length and not self.standardize and np.asarray(X).size >= FLOAT32_FIT_FROM
+                and (self.C is not None or len(self.search_Cs) == 1))
+
+    def fit_subsets(self, X: np.ndarray, y: np.ndarray, subsets: list[np.ndarray]) -> list[LogisticClassifier]:
+        """One fitted copy per array of row indices, as ``clone(self).fit(X[rows], y[rows])`` would give
+        (same C, same warm start), fitted together sharing every pass over ``X``
+        (engine.models.logistic_float32.fit_many_logistic_float32): no row subset is copied. Needs
+        ``fits_in_float32(X)`` and every class in every subset."""
+        X = np.asarray(X, dtype=np.float32)
+        y = np.asarray(y)
+        classes, counts = check_labels(y)
+        if not self.fits_in_float32(X) or any(np.unique(y[rows]).size != classes.size for rows in subsets):
+            raise ValueError("fit_subsets needs a float32 fit and every class in every subset")
+        models = [clone(self) for _ in subsets]
+        for model in models:
+            model.classes_, model.n_features_in_, model.cv_results_ = classes, X.shape[1], []
+            model.C_ = model._choose_C(X, y, counts)  # no search: the fixed C
+        warm = models[0]._usable_warm_start(X.shape[1])
+        with native_threads(1):  # as in _fit_rows
+            fits, iterations = fit_many_logistic_float32(
+                X, np.searchsorted(classes, y), len(classes), models[0].C_, list(subsets),
+                models[0]._moved_solution(warm, "passthrough") if warm is not None else None,
+                scale=self._row_factors(X))
+        for model, (coef, intercept) in zip(models, fits):
+            model.n_iter_ = iterations
+            model.predictor_ = model._predictor("passthrough", SimpleNamespace(coef_=coef, intercept_=intercept))
+        return models
+
+    def _fit_rows(self, X: np.ndarray, y: np.ndarray, counts: np.ndarray) -> LinearPredictor:
+        """From ``FLOAT32_FIT_FROM`` feature values (unit-length rows, C not searched): the same objective
+        fitted on the features as they are, each row's sqrt(D) / ||x|| applied inside the products
+        (engine.models.logistic_float32): no scaled copy, no float64 copy."""
+        if not self.fits_in_float32(X):
+            return super()._fit_rows(X, y, counts)
+        self.C_ = self._choose_C(X, y, counts)  # no search: the fixed C
+        warm = self._usable_warm_start(X.shape[1])
+        # One BLAS thread: the products are memory-bound (5 columns), a second thread gains little and on
+        # a busy 2-core machine costs several times over (and it leaves the GUI thread a core).
+        with native_threads(1):
+            coef, intercept, self.n_iter_ = fit_logistic_float32(
+                X, np.searchsorted(self.classes_, y), len(self.classes_), self.C_,
+                self._moved_solution(warm, "passthrough") if warm is not None else None, scale=self._row_factors(X))
+        return self._predictor("passthrough", SimpleNamespace(coef_=coef, intercept_=intercept))
+
+    def _usable_warm_start(self, dim: int) -> LinearPredictor | None:
+        warm = self.warm_start_from
+        if (warm is not None and np.array_equal(warm.classes, self.classes_) and warm.n_features == dim
+                and warm.scales_rows == self.unit_length):
+            return warm
+        return None
+
     def _fit_predictor(self, X, y, counts) -> LinearPredictor:
         pipeline = self._pipeline(self.C_)
-        warm = self.warm_start_from
+        warm = self._usable_warm_start(X.shape[1])
         scaler, model = pipeline.named_steps["scale"], pipeline.named_steps["model"]
-        if (warm is not None and np.array_equal(warm.classes, self.classes_) and warm.n_features == X.shape[1]
-                and warm.scales_rows == self.unit_length):
+        if warm is not None:
             if self.standardize:
                 scaler.fit(X)
-            mean, scale = self._scaling(scaler)
-            # Move the old solution into the new scaling: w' = w * s_new / s_old, b' shifted to match.
-            coef = warm.coef * (scale / warm.scale)
-            intercept = warm.intercept + warm.coef @ ((mean - warm.mean) / warm.scale)
             model.set_params(warm_start=True)
-            model.coef_, model.intercept_ = coef, intercept
+            model.coef_, model.intercept_ = self._moved_solution(warm, scaler)
             model.fit(scaler.transform(X) if self.standardize else X, y)
         else:
             pipeline.fit(X, y)
         self.n_iter_ = int(np.max(model.n_iter_))
         return self._predictor(scaler, model)
+
+    def _moved_solution(self, warm: LinearPredictor, scaler) -> tuple[np.ndarray, np.ndarray]:
+        """The old solution in the new scaling: w' = w * s_new / s_old, b' shifted to match."""
+        mean, scale = self._scaling(scaler)
+        return warm.coef * (scale / warm.scale), warm.intercept + warm.coef @ ((mean - warm.mean) / warm.scale)
 
 
 class LinearSVMClassifier(_LinearFeatureClassifier):

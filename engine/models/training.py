@@ -11,11 +11,15 @@ unlabeled images get the full model's prediction.
 
 Quick retraining (after a label change): the previous version's C is reused, every fit starts from a
 solution near its own (the previous version's, or the full model's), no cross-validated search runs,
-and the training side is cut in fewer parts for its out-of-fold scores.
+and the training side is cut in fewer parts for its out-of-fold scores. On large projects the models
+are fitted together in float32 (``_fit_and_evaluate``); ``TrainResult.timings`` names each phase
+(labels_s, vectors_s, leak_guard_s, train_s, predict_s, store_s; benchmarks/retrain.py --labeled N).
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import time
 from dataclasses import dataclass
 
@@ -136,7 +140,8 @@ def train_on_cached_features(
     """The linear-method training step on features already in the project (records a training run)."""
     run_id = start_training_run(project, method)
     try:
-        result = _train_linear(context, project, method, backbone, layer, seed, quick, run_id, automatic)
+        with cyclic_gc_paused():
+            result = _train_linear(context, project, method, backbone, layer, seed, quick, run_id, automatic)
     except JobCancelled:
         finish_training_run(project, run_id, "cancelled", message="Cancelled by the user.")
         raise
@@ -146,14 +151,38 @@ def train_on_cached_features(
     return result
 
 
+@contextlib.contextmanager
+def cyclic_gc_paused():
+    """Python's cycle collector off while training (on again after, if it was on).
+
+    Training at 100k images makes and drops hundreds of thousands of objects (label rows, feature
+    blobs, prediction rows); that many allocations set off full collections, each walking every object
+    of the process with the GIL held: the GUI thread stood still 0.3-0.4 s at a time (a label key
+    pressed meanwhile waited as long; benchmarks/gui_latency.py --case retrain-100k: 80 ms without
+    them). What training allocates has no cycles, reference counting frees it all at the end."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def load_labeled_features(
     project: Project, backbone: str, layer: str, context: JobContext | None = None,
+    timings: dict[str, float] | None = None,
 ) -> LabeledFeatures:
     """Assign sides to newly labeled images (keeping near-duplicates together), then line up labels with
-    cached feature rows."""
+    cached feature rows. ``timings``: filled with the seconds of each step (labels, vectors, leak guard)."""
+    timings = {} if timings is None else timings
+    began = time.perf_counter()
     images = labeled_images(project)
+    listed = time.perf_counter()
     image_ids, X = load_vectors(project, backbone, layer)
+    loaded = time.perf_counter()
     split = split_labeled_images(project, images, GuardFeatures(backbone, layer, image_ids, X), context=context)
+    timings.update(labels_s=listed - began, vectors_s=loaded - listed, leak_guard_s=time.perf_counter() - loaded)
     row_of = {int(i): r for r, i in enumerate(image_ids)}
     labeled = [img for img in images if img.image_id in row_of]
     ids = [img.image_id for img in labeled]
@@ -190,8 +219,11 @@ def _train_linear(
 ) -> TrainResult:
     started = time.perf_counter()
     context.progress(0.0, "Loading features")
-    data = load_labeled_features(project, backbone, layer, context.subcontext(0.0, 0.1))
-    X_labeled, y = data.X[data.rows], data.y
+    timings: dict[str, float] = {}
+    data = load_labeled_features(project, backbone, layer, context.subcontext(0.0, 0.1), timings)
+    # Every cached row labeled, in order (a large labeled project): no copy of the features.
+    everything = len(data.rows) == len(data.X) and np.array_equal(data.rows, np.arange(len(data.rows)))
+    X_labeled, y = (data.X if everything else data.X[data.rows]), data.y
     classes, _ = check_labels(y)
     names_by_id = {c.id: c.name for c in list_classes(project)}
     class_names = [names_by_id.get(int(c), str(c)) for c in classes]
@@ -220,6 +252,7 @@ def _train_linear(
     context.check_cancelled()
     context.progress(0.9, "Predicting every image")
     proba = final.predict_proba(data.X)
+    predicted = time.perf_counter()
     out_of_fold = np.zeros(len(data.image_ids), dtype=bool)
     held_out = np.zeros(len(y), dtype=bool)
     for _, test in splits:
@@ -240,8 +273,8 @@ def _train_linear(
     prune(project, keeping)
     done = time.perf_counter()
     context.progress(1.0, f"Model version {version} ready")
-    timings = {"load_s": loaded - started, "train_s": trained - loaded, "predict_store_s": done - trained,
-               "total_s": done - started}
+    timings.update(load_s=loaded - started, train_s=trained - loaded, predict_s=predicted - trained,
+                   store_s=done - predicted, predict_store_s=done - trained, total_s=done - started)
     return TrainResult(version, method, backbone, layer, metrics, int(len(y)), run_id, params, timings)
 
 
@@ -271,8 +304,29 @@ def _fit_and_evaluate(context, base, plan: EvaluationPlan, splits, X, y, data: L
     not quick) and gives the metrics; the other splits' models, which only score the training side,
     reuse that C and start from the final model's solution (a started solver stops within its
     tolerance of the fold's own optimum: measured on Lite0 features with 10 % flipped labels, the
-    out-of-fold scores find the same mistakes as cold fits)."""
+    out-of-fold scores find the same mistakes as cold fits).
+
+    Large projects (``LogisticClassifier.fits_in_float32``, from ~3,000 labeled images of 1280-d features):
+    the same models, each on the same rows and judged the same way, are fitted together, every step one
+    pass over the features for all of them, all started from the previous version's solution when there
+    is one (engine.models.logistic_float32). At 100,000 labeled images: ~2 s instead of ~60 s (busy
+    2-core test machine)."""
     proba = np.zeros((len(y), len(classes)), dtype=np.float64)
+    if plan.kind == "holdout" and _shares_passes(base, X, y, splits):
+        # Large: the validation model, the final one and the out-of-fold ones fitted together, one pass
+        # over the features per step for all of them (LogisticClassifier.fit_subsets).
+        (train, val), others = splits[0], splits[1:]
+        context.progress(0.1, f"Fitting {len(splits) + 1} models together")
+        parts = [train, np.arange(len(y)), *(rows for rows, _ in others)]
+        split_model, final, *fold_models = base.fit_subsets(X, y, parts)
+        context.check_cancelled()
+        proba[val] = split_model.predict_proba(X[val])
+        metrics = classification_metrics(y[val], proba[val], classes, class_names,
+                                         [data.sources[r] for r in val], levels)
+        metrics = metrics.with_counts(n_train=int(len(train)), n_val=int(len(val)))
+        for model, (_, test) in zip(fold_models, others):
+            proba[test] = model.predict_proba(X[test])
+        return final, metrics, proba
     if plan.kind == "holdout":
         (train, val), others = splits[0], splits[1:]
         split_model = refit_with_C(base, base.C, base.warm_start_from).fit(X[train], y[train])
@@ -306,6 +360,16 @@ def _fit_and_evaluate(context, base, plan: EvaluationPlan, splits, X, y, data: L
     elif plan.kind != "holdout":
         metrics = Metrics(n_train=int(len(y)), n_val=0)
     return final, metrics, proba
+
+
+def _shares_passes(base, X: np.ndarray, y: np.ndarray, splits) -> bool:
+    """Whether ``base`` can fit every split's model together (a large logistic fit, every class in every
+    training part)."""
+    fits_in_float32 = getattr(base, "fits_in_float32", None)
+    if fits_in_float32 is None or not fits_in_float32(X):
+        return False
+    n_classes = np.unique(y).size
+    return all(np.unique(y[train]).size == n_classes for train, _ in splits)
 
 
 def _leak_guard_scores(plan: EvaluationPlan, splits, y, proba, classes, data: LabeledFeatures, seed: int) -> dict:

@@ -10,6 +10,8 @@ callbacks into Qt signals; the CLI prints progress to stderr.
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 import traceback
@@ -149,11 +151,30 @@ class JobHandle:
         return self.future.done()
 
 
-class JobRunner:
-    """Runs jobs one at a time on a single worker thread, in submission order."""
+JOB_NICENESS = 5  # how far a window's job threads step back from its GUI thread (Linux nice levels)
 
-    def __init__(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sortlab-job")
+
+def _step_back_from_the_gui() -> None:
+    """Give this worker thread a lower CPU priority than the GUI thread (Linux only, where a thread
+    has its own nice value; the threads it starts, e.g. decoders and onnxruntime's, inherit it).
+    On two busy cores the GUI thread then gets a core as soon as it has an event to handle, instead
+    of queueing behind the job's threads: the window keeps answering within a frame."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        me = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, me, min(19, os.getpriority(os.PRIO_PROCESS, me) + JOB_NICENESS))
+    except OSError:  # a sandbox may refuse: the job just runs at the GUI's priority
+        pass
+
+
+class JobRunner:
+    """Runs jobs one at a time on a single worker thread, in submission order. ``yield_to_gui``
+    (the window's runners) runs that thread at a lower priority than the GUI thread."""
+
+    def __init__(self, yield_to_gui: bool = False) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sortlab-job",
+                                            initializer=_step_back_from_the_gui if yield_to_gui else None)
         self._lock = threading.Lock()
         self._pending: list[JobHandle] = []
 

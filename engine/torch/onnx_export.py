@@ -13,10 +13,6 @@ import torch
 from torch import nn
 
 
-def torch_version() -> str:
-    return torch.__version__
-
-
 def write_onnx(
     network: nn.Module, sample: np.ndarray, destination: str | os.PathLike | BinaryIO,
     input_name: str, output_name: str, opset: int,
