@@ -12,7 +12,7 @@ burst or model change (every label and prediction, for the map's colors and the 
 ``read_runner``, so they neither wait behind a t-SNE nor freeze the window at 100k images.
 
 Start-up: nothing heavy runs before the window is on screen. Its first paint starts the training
-panel's warm-up job (torch, scikit-learn, openTSNE: engine.insight.options) and the map of a
+panel's warm-up job (scikit-learn, openTSNE; torch only where a GPU driver is: engine.insight.options) and the map of a
 project opened from the command line; those imports go one thread at a time
 (engine.runtime.first_imports), so the map's t-SNE never sees a half-imported openTSNE.
 """

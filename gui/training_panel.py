@@ -73,8 +73,8 @@ class TrainingPanel(QWidget):
         can_train_fn: Callable[[Any], bool] = has_two_labeled_classes,
         parent: QWidget | None = None,
     ):
-        """``backbones`` and ``device`` not given are found by a background job (it imports torch)
-        that ``find_options()`` starts: the window calls it once it is on screen."""
+        """``backbones`` and ``device`` not given are found by a background job (the heavy imports;
+        torch only where a GPU driver is) that ``find_options()`` starts: the window calls it once it is on screen."""
         super().__init__(parent)
         self.runner = runner
         self.project = project
@@ -134,7 +134,7 @@ class TrainingPanel(QWidget):
         self._update_buttons()  # nothing to train before a project is open
 
     def find_options(self) -> None:
-        """Find the device and the backbones not given (once): asking torch about GPUs and
+        """Find the device and the backbones not given (once): asking about GPUs and
         backbones takes seconds, so a background job does it, and warms up the other heavy
         imports on the way (engine.insight.options)."""
         want_device, want_backbones = self._options_wanted

@@ -115,19 +115,6 @@ _INSERT_PREDICTION = (
 )
 
 
-CHECKPOINT_EVERY = 8  # chunks of a long save between the WAL checkpoints it runs itself
-
-
-def _checkpoint_now_and_then(project: Project, chunk: int) -> None:
-    """Every ``CHECKPOINT_EVERY`` chunks, copy the write-ahead log into the file from this thread, outside
-    any write turn. Otherwise SQLite's automatic checkpoint (at 1000 pages) runs in whichever commit
-    crosses it, often a label write from the GUI thread, which then waits for the disk flush (0.1-0.4 s
-    at 100k predictions on a busy disk). A passive checkpoint blocks no writer."""
-    if project.path is not None and chunk % CHECKPOINT_EVERY == CHECKPOINT_EVERY - 1:
-        with project.engine.connect() as connection:
-            connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
-
-
 def _insert_rows(session, class_ids: Sequence[int], rows: list[tuple]) -> int:
     """One chunk of prebuilt rows (built outside the transaction, so the write lock is held only for the insert)."""
     if rows:
@@ -189,10 +176,9 @@ def save_model_version(
         _discard_version(project, old)
     try:
         rows = [] if predictions is None else _prediction_rows(version, model.class_ids, predictions)
-        for chunk, start in enumerate(range(0, len(rows), PREDICTION_CHUNK)):
-            with project.writing() as session:
+        for start in range(0, len(rows), PREDICTION_CHUNK):
+            with project.writing() as session:  # (each chunk's write checkpoints the log when it has grown)
                 _insert_rows(session, model.class_ids, rows[start:start + PREDICTION_CHUNK])
-            _checkpoint_now_and_then(project, chunk)
         with project.writing() as session:
             if activate:
                 session.execute(update(ModelVersion).where(ModelVersion.is_active).values(is_active=False))

@@ -85,6 +85,9 @@ def _make_engine(path: Path) -> Engine:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA synchronous=NORMAL")
+        # No automatic checkpoint: it would run in whichever commit crosses 1000 pages, often a label
+        # written on the GUI thread, which then waits for the disk flush. Project.writing checkpoints.
+        cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.close()
         dbapi_connection.create_function("float32_at", 2, float32_at, deterministic=True)
         trust.harden(dbapi_connection)  # trusted_schema=OFF, defensive mode (storage.trust)
@@ -150,6 +153,8 @@ def default_actor() -> str:
         return ""
 
 
+WAL_CHECKPOINT_BYTES = 4 << 20  # the write-ahead log a background writer copies into the file
+WAL_MAIN_THREAD_BYTES = 64 << 20  # ... and the main thread (label keys), only if nothing else did
 _WRITE_TURNS: dict[str, threading.RLock] = {}
 _WRITE_TURNS_GUARD = threading.Lock()
 
@@ -229,6 +234,7 @@ class Project:
             with _write_turn(self.path), self._write_sessions() as session:
                 with session.begin():
                     yield session
+            self._checkpoint_if_due()
         except (SQLAlchemyOperationalError, sqlite3.OperationalError) as exc:
             clear = _clear_write_error(self.path, exc) if self.path is not None else None
             if clear is None:
@@ -242,6 +248,23 @@ class Project:
                 if clear is not None:
                     raise clear from exc
             raise
+
+    def _checkpoint_if_due(self) -> None:
+        """Copy the write-ahead log into the project file once it has grown, after a write and outside
+        the write turn. Background threads do it from ``WAL_CHECKPOINT_BYTES`` on (SQLite's own 1000
+        pages); the main thread, where a window's label keys are written, only past
+        ``WAL_MAIN_THREAD_BYTES``, so a keypress does not wait for the disk unless nothing else ever
+        checkpoints. A passive checkpoint blocks no writer."""
+        if self.path is None:
+            return
+        limit = WAL_MAIN_THREAD_BYTES if threading.current_thread() is threading.main_thread() else WAL_CHECKPOINT_BYTES
+        try:
+            if os.path.getsize(f"{self.path}-wal") < limit:
+                return
+        except OSError:  # no log (yet): nothing to copy
+            return
+        with self.engine.connect() as connection:
+            connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
     def close(self) -> None:
         self.engine.dispose()
