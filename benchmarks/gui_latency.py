@@ -124,8 +124,11 @@ class StallSampler:
             main = frames.get(self.main_id)
             if main is None:
                 continue
-            stack = [f for f in traceback.extract_stack(main) if here in f.filename and "/.venv/" not in f.filename]
+            whole = traceback.extract_stack(main)
+            stack = [f for f in whole if here in f.filename and "/.venv/" not in f.filename]
             gui = " < ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(stack[-4:]))
+            if whole and stack and whole[-1] is not stack[-1]:  # inside a library (a paint, a query)
+                gui = f"{Path(whole[-1].filename).name}:{whole[-1].lineno} {whole[-1].name} < {gui}"
             others = "; ".join(
                 _where(frame, here) for ident, frame in frames.items()
                 if ident not in (self.main_id, threading.get_ident())

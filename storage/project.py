@@ -263,8 +263,15 @@ class Project:
                 return
         except OSError:  # no log (yet): nothing to copy
             return
-        with self.engine.connect() as connection:
-            connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+        # On the driver's connection, outside any transaction (inside one SQLite refuses with
+        # "database table is locked"); one that cannot run now is left to the next write.
+        connection = self.engine.raw_connection()
+        try:
+            connection.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.OperationalError:
+            pass
+        finally:
+            connection.close()
 
     def close(self) -> None:
         self.engine.dispose()

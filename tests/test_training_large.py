@@ -270,15 +270,16 @@ def test_the_log_is_copied_by_background_writers_never_by_a_label_key_commit(pro
     monkeypatch.setattr(project_module, "WAL_CHECKPOINT_BYTES", 1)  # any log is "grown"
     statements = []
 
-    def record(connection, cursor, statement, parameters, context, executemany):
-        statements.append((threading.current_thread().name, statement))
+    def trace(dbapi_connection, _record):  # every statement SQLite runs, driver-level ones included
+        dbapi_connection.set_trace_callback(lambda sql: statements.append((threading.current_thread().name, sql)))
 
     def save():
         return modelstore.save_model_version(project, modelstore.NewModel(
             "logreg", "lite0", "pool", ["c0", "c1"], class_ids, b"w", {"C": 1.0}, {}, 10),
             modelstore.PredictionBatch(np.asarray(ids), np.tile(np.float32([[0.4, 0.6]]), (len(ids), 1))))
 
-    event.listen(project.engine, "before_cursor_execute", record)
+    project.engine.dispose()  # new connections, each traced
+    event.listen(project.engine, "connect", trace)
     try:
         saved = []
         worker = threading.Thread(target=lambda: saved.append(save()), name="saver")
@@ -286,7 +287,7 @@ def test_the_log_is_copied_by_background_writers_never_by_a_label_key_commit(pro
         worker.join(60)
         catalog.set_labels(project, ids[:1], class_ids[0])  # the main thread: a small log stays
     finally:
-        event.remove(project.engine, "before_cursor_execute", record)
+        event.remove(project.engine, "connect", trace)
     checkpoints = [name for name, statement in statements if "wal_checkpoint" in statement]
     assert checkpoints and set(checkpoints) == {"saver"}
     assert len(checkpoints) >= 10  # after each of the 10 chunks' commits (and the version's own writes)
