@@ -14,7 +14,6 @@ import getpass
 import os
 import sqlite3
 import struct
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,6 +32,7 @@ from storage.errors import (
     ReadOnlyProjectError,
 )
 from storage import trust
+from storage.file_writes import checkpoint_if_due, write_turn
 from storage.models import ProjectMeta
 
 if TYPE_CHECKING:  # alembic itself is imported where it is used: 0.3 s less of every start-up
@@ -85,8 +85,7 @@ def _make_engine(path: Path) -> Engine:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        # No automatic checkpoint: it would run in whichever commit crosses 1000 pages, often a label
-        # written on the GUI thread, which then waits for the disk flush. Project.writing checkpoints.
+        # No automatic checkpoint: Project.writing copies the log after a write (storage.file_writes).
         cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.close()
         dbapi_connection.create_function("float32_at", 2, float32_at, deterministic=True)
@@ -153,29 +152,6 @@ def default_actor() -> str:
         return ""
 
 
-WAL_CHECKPOINT_BYTES = 4 << 20  # the write-ahead log a background writer copies into the file
-WAL_MAIN_THREAD_BYTES = 64 << 20  # ... and the main thread (label keys), only if nothing else did
-_WRITE_TURNS: dict[str, threading.RLock] = {}
-_WRITE_TURNS_GUARD = threading.Lock()
-
-
-@contextlib.contextmanager
-def _write_turn(path: Path | None) -> Iterator[None]:
-    """This process's writers of one project file take turns on a Python lock before SQLite's.
-
-    SQLite's busy handler polls a held write lock with growing sleeps (up to 100 ms), so a label
-    write from the GUI thread that arrives while a job stores a chunk would wait on until the next
-    poll; a lock here hands over the moment the chunk commits. Other processes (the CLI) still
-    meet at SQLite's lock. Database projects need none: the server queues writers itself."""
-    if path is None:
-        yield
-        return
-    with _WRITE_TURNS_GUARD:
-        turn = _WRITE_TURNS.setdefault(str(path), threading.RLock())
-    with turn:
-        yield
-
-
 class Project:
     """An open project. Cheap to share between threads; sessions are per thread.
 
@@ -231,10 +207,10 @@ class Project:
         with a message for the user (SQLite's own text carries the SQL and its parameters).
         """
         try:
-            with _write_turn(self.path), self._write_sessions() as session:
+            with write_turn(self.path), self._write_sessions() as session:
                 with session.begin():
                     yield session
-            self._checkpoint_if_due()
+            checkpoint_if_due(self.engine, self.path)
         except (SQLAlchemyOperationalError, sqlite3.OperationalError) as exc:
             clear = _clear_write_error(self.path, exc) if self.path is not None else None
             if clear is None:
@@ -248,30 +224,6 @@ class Project:
                 if clear is not None:
                     raise clear from exc
             raise
-
-    def _checkpoint_if_due(self) -> None:
-        """Copy the write-ahead log into the project file once it has grown, after a write and outside
-        the write turn. Background threads do it from ``WAL_CHECKPOINT_BYTES`` on (SQLite's own 1000
-        pages); the main thread, where a window's label keys are written, only past
-        ``WAL_MAIN_THREAD_BYTES``, so a keypress does not wait for the disk unless nothing else ever
-        checkpoints. A passive checkpoint blocks no writer."""
-        if self.path is None:
-            return
-        limit = WAL_MAIN_THREAD_BYTES if threading.current_thread() is threading.main_thread() else WAL_CHECKPOINT_BYTES
-        try:
-            if os.path.getsize(f"{self.path}-wal") < limit:
-                return
-        except OSError:  # no log (yet): nothing to copy
-            return
-        # On the driver's connection, outside any transaction (inside one SQLite refuses with
-        # "database table is locked"); one that cannot run now is left to the next write.
-        connection = self.engine.raw_connection()
-        try:
-            connection.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        except sqlite3.OperationalError:
-            pass
-        finally:
-            connection.close()
 
     def close(self) -> None:
         self.engine.dispose()

@@ -260,14 +260,14 @@ def test_the_log_is_copied_by_background_writers_never_by_a_label_key_commit(pro
 
     from sqlalchemy import event
 
-    from storage import project as project_module
+    from storage import file_writes
 
     with project.engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
     ids = add_placeholder_images(project, 40)
     class_ids = list(catalog.ensure_classes(project, ["c0", "c1"]).values())
     monkeypatch.setattr(modelstore, "PREDICTION_CHUNK", 4)
-    monkeypatch.setattr(project_module, "WAL_CHECKPOINT_BYTES", 1)  # any log is "grown"
+    monkeypatch.setattr(file_writes, "WAL_CHECKPOINT_BYTES", 1)  # any log is "grown"
     statements = []
 
     def trace(dbapi_connection, _record):  # every statement SQLite runs, driver-level ones included

@@ -1,0 +1,63 @@
+"""How the writers of one project file share it within one process: whose turn it is to write, and
+when the write-ahead log is copied into the file. No Qt here.
+
+Both exist for the window's sake. SQLite's busy handler polls a held write lock with growing sleeps
+(up to 100 ms), so a label written on the GUI thread while a job stores a chunk would wait until the
+next poll: a Python lock per file hands over the moment the chunk commits. And SQLite's automatic
+checkpoint runs in whichever commit crosses 1000 pages, often a label key's, which then waits for the
+disk flush: it is off (``storage.project`` sets ``wal_autocheckpoint=0``) and ``checkpoint_if_due``
+copies the log after a write instead, outside the write turn. Other processes (the CLI) still meet
+at SQLite's lock; database projects need neither (the server queues writers itself).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from sqlalchemy.engine import Engine
+
+WAL_CHECKPOINT_BYTES = 4 << 20  # the write-ahead log a background writer copies into the file (1000 pages)
+WAL_MAIN_THREAD_BYTES = 64 << 20  # ... and the main thread (label keys), only if nothing else did
+_WRITE_TURNS: dict[str, threading.RLock] = {}
+_WRITE_TURNS_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def write_turn(path: Path | None) -> Iterator[None]:
+    """Held around every write transaction on the file at ``path`` (None: a database project)."""
+    if path is None:
+        yield
+        return
+    with _WRITE_TURNS_GUARD:
+        turn = _WRITE_TURNS.setdefault(str(path), threading.RLock())
+    with turn:
+        yield
+
+
+def checkpoint_if_due(engine: Engine, path: Path | None) -> None:
+    """After a write: copy the log into the file once it has grown. Background threads do it from
+    ``WAL_CHECKPOINT_BYTES`` on; the main thread, where a window's label keys are written, only past
+    ``WAL_MAIN_THREAD_BYTES``, so a keypress does not wait for the disk unless nothing else ever
+    checkpoints. A passive checkpoint blocks no writer."""
+    if path is None:
+        return
+    main = threading.current_thread() is threading.main_thread()
+    try:
+        if os.path.getsize(f"{path}-wal") < (WAL_MAIN_THREAD_BYTES if main else WAL_CHECKPOINT_BYTES):
+            return
+    except OSError:  # no log (yet): nothing to copy
+        return
+    # On the driver's connection, outside any transaction (inside one SQLite refuses with "database
+    # table is locked"); a checkpoint that cannot run now is left to the next write.
+    connection = engine.raw_connection()
+    try:
+        connection.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    except sqlite3.OperationalError:
+        pass
+    finally:
+        connection.close()
