@@ -191,12 +191,9 @@ class Project:
             with self._read_sessions() as session:
                 yield session
         except DBAPIError as exc:
-            if self.path is None:
-                from storage.team_store import clear_database_error
-
-                clear = clear_database_error(self, exc)
-                if clear is not None:
-                    raise clear from exc
+            clear = self._clear_database_error(exc)
+            if clear is not None:
+                raise clear from exc
             raise
 
     @contextlib.contextmanager
@@ -217,13 +214,19 @@ class Project:
                 raise
             raise clear from exc
         except DBAPIError as exc:
-            if self.path is None:
-                from storage.team_store import clear_database_error
-
-                clear = clear_database_error(self, exc)
-                if clear is not None:
-                    raise clear from exc
+            clear = self._clear_database_error(exc)
+            if clear is not None:
+                raise clear from exc
             raise
+
+    def _clear_database_error(self, exc: DBAPIError) -> Exception | None:
+        """A team project's database error in words for the user (e.g. what the role may not do);
+        None for a file project or an error with nothing clearer to say."""
+        if self.path is not None:
+            return None
+        from storage.team_store import clear_database_error
+
+        return clear_database_error(self, exc)
 
     def close(self) -> None:
         self.engine.dispose()
