@@ -28,6 +28,7 @@ from engine.runtime.jobs import JobOutcome, JobStatus
 from gui.filter_bar import LABEL_NEXT, LOOK_ALIKES, REVIEW_LABELS, UNUSUAL
 from gui.labeling import count_text
 from gui.look_alike_actions import LookAlikeActions
+from gui.one_per_turn import in_turn
 from storage import browse, modelstore
 from storage.catalog import label_states, mark_reviewed, restore_labels, reviewed_image_ids
 
@@ -233,7 +234,11 @@ class CurationController(QObject):
 
     def _job_succeeded(self, _name: str, _result) -> None:
         if self.mode == LABEL_NEXT and self.project is not None:
-            self._show_counter()  # a retrain changes the accuracy
+            in_turn(self._show_counter_after_training)  # a retrain changes the accuracy
+
+    def _show_counter_after_training(self) -> None:
+        if self.mode == LABEL_NEXT and self.project is not None:
+            self._show_counter()
 
     def _labels_changed(self, image_ids) -> None:
         if self.project is None:

@@ -51,7 +51,8 @@ class WholeNumberAxis(pg.AxisItem):
 def themed_plot(title: str, left: str, bottom: str) -> pg.PlotWidget:
     """A PlotWidget that follows the application palette (light or dark) instead of black, with
     plain numbers on its axes (no "×0.001" prefix), whole numbers along the bottom and none of
-    pyqtgraph's own buttons and menus."""
+    pyqtgraph's own buttons and menus. No grid lines: pyqtgraph draws them through its axes,
+    and they made each repaint of a 470-pixel plot cost 28 ms instead of 10 on the GUI thread."""
     palette = pg.mkQApp().palette()
     background = palette.color(QPalette.ColorRole.Base)
     text = palette.color(QPalette.ColorRole.Text)
@@ -64,7 +65,6 @@ def themed_plot(title: str, left: str, bottom: str) -> pg.PlotWidget:
         axis.setTextPen(pg.mkPen(text))
         axis.enableAutoSIPrefix(False)
         axis.setLabel(label, color=text.name())
-    item.showGrid(x=True, y=True, alpha=0.15)
     item.setMenuEnabled(False)
     item.hideButtons()  # the "A" (auto-range) button means nothing to users
     plot.setMinimumSize(160, 140)

@@ -25,6 +25,7 @@ from PySide6.QtWidgets import QMainWindow
 from engine.runtime.jobs import JobOutcome, JobStatus
 from gui.embedding_view import EmbeddingView
 from gui.model_report import ModelReport
+from gui.one_per_turn import in_turn
 from gui.runner import QtJobRunner
 from gui.training_panel import TrainingPanel
 from storage.modelstore import active_model
@@ -136,11 +137,17 @@ class InsightPanels(QObject):
     def _training_finished(self, outcome: JobOutcome) -> None:
         if outcome.status is not JobStatus.DONE or self.closed:
             return
-        self.report.refresh()
+        # Each in a turn of its own, so the window answers in between (gui.one_per_turn).
+        project = self.training.project
+        in_turn(lambda: self.report.refresh() if self._still_showing(project) else None)
         if not outcome.result.params.get("quick"):  # a quick retrain after a label edit barely moves the curves
-            self.training.advice.refresh(self.training.project)
+            in_turn(lambda: self.training.advice.refresh(project) if self._still_showing(project) else None)
         # Features exist now: draw the map (or only recolor it when the images are the same).
-        self.embedding.compute(self.training.backbone, self.training.layer)
+        in_turn(lambda: self.embedding.compute(self.training.backbone, self.training.layer)
+                if self._still_showing(project) else None)
+
+    def _still_showing(self, project) -> bool:
+        return not self.closed and self.training.project is project
 
     def _show_existing_map(self) -> None:
         """On opening a project that already has a model, draw its map from the cached features."""

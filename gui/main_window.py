@@ -38,6 +38,7 @@ from gui.grid_model import ThumbnailGridModel
 from gui.grid_view import ThumbnailGrid
 from gui.labeling import SetLabelCommand
 from gui.labeling_controller import LabelingController
+from gui.one_per_turn import in_turn
 from gui.project_controller import PREDICT_JOB, ProjectController
 from gui.backup_scheduler import BackupScheduler
 from gui.runner import QtJobRunner
@@ -369,8 +370,10 @@ class MainWindow(QMainWindow):
     def _job_succeeded(self, name: str, _result) -> None:
         if self.project is None or name not in MODEL_JOBS:
             return
-        # New predictions while the user labels: repaint in place, never reshuffle the grid under them.
-        self.refresh_predictions_view(rerun_filter=False)
+        # New predictions while the user labels: repaint in place, never reshuffle the grid under them
+        # (in a turn of its own: the other panels react to the same training; gui.one_per_turn).
+        project = self.project
+        in_turn(lambda: self.refresh_predictions_view(rerun_filter=False) if self.project is project else None)
 
     def refresh_predictions_view(self, rerun_filter: bool = True) -> None:
         """The active model changed (another version picked in the model report, one trained or

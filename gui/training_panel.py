@@ -22,6 +22,7 @@ from engine.runtime.first_imports import heavy_imports
 from engine.runtime.jobs import JobOutcome, JobStatus
 from gui.advice_view import AdviceView
 from gui.curves import TrainingCurves
+from gui.one_per_turn import in_turn
 from gui.runner import QtJobRunner
 from gui.training_options import TrainingOptionsForm
 from gui.training_status import TrainingStatus
@@ -284,8 +285,7 @@ class TrainingPanel(QWidget):
             cancelled_text = self._back_to_quick(method)
         self.status.show_outcome(outcome, automatic, cancelled_text)
         if method.trains_on_features:
-            self.refresh_history()
-            self.curves.show_history_view()
+            in_turn(self._show_history_after_training)  # a turn of its own (gui.one_per_turn)
         self.training_finished.emit(outcome)
         if self._retrain_pending:
             self._retrain_pending = False
@@ -299,6 +299,10 @@ class TrainingPanel(QWidget):
         again = ": it retrains by itself as you label" if self.auto_retrain.isChecked() else ""
         return (f"{cancelled.title} training cancelled; the previous model is still in use. "
                 f"Back to {quick.title}{again}.")
+
+    def _show_history_after_training(self) -> None:
+        self.refresh_history()
+        self.curves.show_history_view()
 
     def refresh_history(self) -> None:
         """Redraw validation accuracy vs. labels from the project's model versions."""

@@ -142,3 +142,28 @@ def test_long_id_lists_work_where_sqlite_allows_only_999_parameters(project):
     feature_set = ensure_feature_set(project, "net", "pooled", 4)
     assert store_vectors(project, feature_set.id, ids, np.ones((1500, 4), np.float32)) == 1500
     assert load_vectors(project, "net", "pooled", ids)[0].tolist() == ids
+
+
+def test_sides_are_written_in_short_transactions_with_the_time_last(project, monkeypatch):
+    """A label key on the GUI thread waits for at most one chunk of a training's side assignment."""
+    import storage.splits as splits
+    from storage.images import list_images
+
+    ids = _add_images(project, 25)
+    catalog.set_split(project, [ids[0]], "train")  # pinned by the user: keeps its side
+    monkeypatch.setattr(splits, "SPLIT_WRITE_CHUNK", 10)
+    transactions = []
+    writing = type(project).writing
+
+    def counted(self):
+        transactions.append(splits.splits_assigned_at(self))
+        return writing(self)
+
+    monkeypatch.setattr(type(project), "writing", counted)
+    when = dt.datetime(2026, 1, 2, 3, 4, 5)
+    splits.write_splits(project, dict.fromkeys(ids, "val"), when)
+    assert len(transactions) == 4  # 3 chunks of at most 10 images, then the time
+    assert transactions[-1] is None  # the time was not yet written while sides were
+    assert splits.splits_assigned_at(project) == when
+    sides = {info.id: info.split for info in list_images(project, ids)}
+    assert sides[ids[0]] == "train" and {sides[i] for i in ids[1:]} == {"val"}

@@ -81,6 +81,8 @@ def test_training_from_the_window_updates_report_map_and_history(qtbot, project,
     result: TrainResult = outcome.result
     assert result.model_version == 1 and result.metrics.evaluated and result.n_labeled == 24
     assert training.status.step_label.text() == done_text(result, outcome.seconds)
+    # The panels react one event-loop turn each (gui.one_per_turn): the history follows shortly.
+    qtbot.waitUntil(lambda: training.curves.history_curve.getData()[0] is not None, timeout=10000)
     x, y = training.curves.history_curve.getData()
     np.testing.assert_allclose(x, [24])
     np.testing.assert_allclose(y, [result.metrics.accuracy * 100], rtol=1e-12)
@@ -105,7 +107,7 @@ def test_training_from_the_window_updates_report_map_and_history(qtbot, project,
     with qtbot.waitSignal(training.training_finished, timeout=120000) as finished:
         window.label_images([features.image_ids[24]], features.class_by_name["c0"])
     assert finished.args[0].status is JobStatus.DONE and finished.args[0].result.model_version == 2
-    assert training.curves.history_curve.getData()[0].tolist() == [24, 25]
+    qtbot.waitUntil(lambda: training.curves.history_curve.getData()[0].tolist() == [24, 25], timeout=10000)
     # The report lists the new version as the one in use, and shows it: version 1 is out of date.
     qtbot.waitUntil(lambda: report.versions_table.rowCount() == 2, timeout=30000)
     assert report.versions_table.item(1, 1).text() == "✓" and report.selected_version() == 2

@@ -191,14 +191,15 @@ def _classifier(method: str, C: float, seed: int, levels=None):
 
 
 def advise(name: str | None, labeled: int, current_n: float, sizes, accuracies, accuracy: float,
-           seed: int = 0, bootstraps: int = BOOTSTRAPS) -> ClassAdvice:
-    """Advice from one curve's points: ``current_n`` is where the labels are now (on the curve's axis)."""
+           seed: int = 0, bootstraps: int = BOOTSTRAPS, context: JobContext | None = None) -> ClassAdvice:
+    """Advice from one curve's points: ``current_n`` is where the labels are now (on the curve's axis).
+    ``context``: checked between the bootstrap's curve fits (a safe point to stop or let another job run)."""
     params = fit_power_law(sizes, accuracies)
     if params is None:
         return ClassAdvice(name, labeled, accuracy, reason="the learning curve could not be fitted.")
     curve = LearningCurve(tuple(map(float, sizes)), tuple(map(float, accuracies)), *params)
     more = _more_labels(curve, current_n)
-    samples = _bootstrap_more_labels(sizes, accuracies, current_n, seed, bootstraps)
+    samples = _bootstrap_more_labels(sizes, accuracies, current_n, seed, bootstraps, context)
     if more is None:
         if samples and np.mean(np.isinf(samples)) >= SATURATED_AGREEMENT:
             return ClassAdvice(name, labeled, accuracy, saturated=True, curve=curve)
@@ -217,12 +218,15 @@ def advise(name: str | None, labeled: int, current_n: float, sizes, accuracies, 
     return ClassAdvice(name, labeled, accuracy, int(more), spread, curve=curve)
 
 
-def _bootstrap_more_labels(sizes, accuracies, current_n: float, seed: int, bootstraps: int) -> list[float]:
+def _bootstrap_more_labels(sizes, accuracies, current_n: float, seed: int, bootstraps: int,
+                           context: JobContext | None = None) -> list[float]:
     """Labels needed for 5 more points by curves refitted to resampled points (inf: out of reach)."""
     rng = np.random.default_rng(seed)
     sizes, accuracies = np.asarray(sizes), np.asarray(accuracies)
     samples = []
     for _ in range(bootstraps):
+        if context is not None:
+            context.check_cancelled()
         pick = rng.integers(0, len(sizes), len(sizes))
         refit = fit_power_law(sizes[pick], accuracies[pick])
         if refit is not None:
@@ -260,12 +264,14 @@ def learning_advice(context: JobContext, X: np.ndarray, y: np.ndarray, class_nam
             continue
         k = int(np.searchsorted(classes, c))
         accuracy = float(recalls[at_full, k].mean())
-        advice.append(advise(name_of[int(c)], int(n), float(n), per_class_n[:, k], recalls[:, k], accuracy, seed))
+        advice.append(advise(name_of[int(c)], int(n), float(n), per_class_n[:, k], recalls[:, k], accuracy, seed,
+                             context=context))
     if too_few:
         overall = ClassAdvice(None, int(len(y)), float(balanced[at_full].mean()),
                               reason=f"every class needs {MIN_PER_CLASS} labeled images for overall advice.")
     else:
-        overall = advise(None, int(len(y)), float(len(y)), totals, balanced, float(balanced[at_full].mean()), seed)
+        overall = advise(None, int(len(y)), float(len(y)), totals, balanced, float(balanced[at_full].mean()), seed,
+                         context=context)
     return Advice(advice, overall)
 
 

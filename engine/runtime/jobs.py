@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from engine.runtime.turns import WINDOW_TURNS, WorkerTurns
+
 ProgressCallback = Callable[[float, str], None]
 PartialCallback = Callable[[Any], None]
 
@@ -37,7 +39,9 @@ class JobContext:
         on_progress: ProgressCallback | None = None,
         on_partial: PartialCallback | None = None,
         cancel_event: threading.Event | None = None,
+        turns: WorkerTurns | None = None,
     ):
+        self._turns = turns
         self._on_progress = on_progress
         self._on_partial = on_partial
         self._cancel_event = cancel_event or threading.Event()
@@ -52,14 +56,25 @@ class JobContext:
         self._cancel_event.set()
 
     def check_cancelled(self) -> None:
+        """A safe point: raises JobCancelled when asked to stop, and lets another waiting job run a while."""
         if self._cancel_event.is_set():
             raise JobCancelled()
+        if self._turns is not None:
+            self._turns.pass_turn()
 
     def wait_cancelled(self, seconds: float) -> bool:
         """Sleep up to ``seconds`` but wake at once on cancel (a polling job's pause); True if cancelled."""
-        return self._cancel_event.wait(seconds)
+        if self._turns is None:
+            return self._cancel_event.wait(seconds)
+        self._turns.give()  # nobody waits on a sleeping job
+        try:
+            return self._cancel_event.wait(seconds)
+        finally:
+            self._turns.take()
 
     def progress(self, fraction: float, message: str = "") -> None:
+        if self._turns is not None:
+            self._turns.pass_turn()
         self.fraction = min(max(float(fraction), 0.0), 1.0)
         if message:
             self.message = message
@@ -77,7 +92,7 @@ class JobContext:
         def scaled(fraction: float, message: str) -> None:
             parent.progress(start + (end - start) * fraction, message)
 
-        return JobContext(scaled, self._on_partial, self._cancel_event)
+        return JobContext(scaled, self._on_partial, self._cancel_event, self._turns)
 
 
 class JobStatus(str, Enum):
@@ -170,11 +185,13 @@ def _step_back_from_the_gui() -> None:
 
 class JobRunner:
     """Runs jobs one at a time on a single worker thread, in submission order. ``yield_to_gui``
-    (the window's runners) runs that thread at a lower priority than the GUI thread."""
+    (the window's runners) runs that thread at a lower priority than the GUI thread, and its jobs
+    take turns with the other window runners' jobs (engine.runtime.turns)."""
 
     def __init__(self, yield_to_gui: bool = False) -> None:
+        self._turns = WINDOW_TURNS if yield_to_gui else None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sortlab-job",
-                                            initializer=_step_back_from_the_gui if yield_to_gui else None)
+                                            initializer=self._start_worker if yield_to_gui else None)
         self._lock = threading.Lock()
         self._pending: list[JobHandle] = []
 
@@ -188,12 +205,19 @@ class JobRunner:
         on_done: Callable[[JobOutcome], None] | None = None,
         **kwargs: Any,
     ) -> JobHandle:
-        context = JobContext(on_progress, on_partial)
+        context = JobContext(on_progress, on_partial, turns=self._turns)
 
         def work() -> JobOutcome:
-            outcome = (
-                JobOutcome(JobStatus.CANCELLED) if context.cancelled else run_job(fn, context, *args, **kwargs)
-            )
+            if context.cancelled:
+                outcome = JobOutcome(JobStatus.CANCELLED)
+            elif self._turns is None:
+                outcome = run_job(fn, context, *args, **kwargs)
+            else:
+                self._turns.take()
+                try:
+                    outcome = run_job(fn, context, *args, **kwargs)
+                finally:
+                    self._turns.give()
             with self._lock:
                 self._pending = [h for h in self._pending if h.context is not context]
             if on_done is not None:
@@ -204,6 +228,11 @@ class JobRunner:
         with self._lock:
             self._pending.append(handle)
         return handle
+
+    @staticmethod
+    def _start_worker() -> None:
+        _step_back_from_the_gui()
+        WINDOW_TURNS.join()
 
     def pending(self) -> list[JobHandle]:
         with self._lock:
