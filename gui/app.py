@@ -11,7 +11,9 @@ the panels ask for (gui/dock_layout.py)."""
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable
+from importlib import import_module
 from pathlib import Path
 
 from PySide6.QtCore import QCoreApplication, QEvent, QObject, Qt, QTimer
@@ -22,6 +24,26 @@ from gui import project_files
 
 # The docks gui/insight.py fills, in its order: run_app reserves them before the first paint.
 INSIGHT_DOCKS = ("Training", "Map of your images", "Model report")
+# What the main window's modules import from the layers below (no Qt there, by contract): SQLAlchemy
+# and the ORM models are ~0.5 s of the first start, imported while Qt starts (gui.app.run_app).
+WINDOW_ENGINE_MODULES = ("storage.catalog", "storage.browse", "storage.modelstore", "storage.images",
+                         "engine.curation.duplicates", "engine.curation.next_batch")
+
+
+def import_in_the_background(names=WINDOW_ENGINE_MODULES) -> threading.Thread:
+    """Start importing ``names`` on a thread of their own, so the imports overlap with Qt's start
+    (the platform plugin, fonts: C++ that leaves the GIL free). The window's own imports then find
+    them done, or wait on Python's import lock for the rest: never a half-imported module."""
+    def work() -> None:
+        for name in names:
+            try:
+                import_module(name)
+            except Exception:  # noqa: BLE001 - the window's own import will raise it where it can be seen
+                return
+
+    thread = threading.Thread(target=work, name="sortlab-first-imports", daemon=True)
+    thread.start()
+    return thread
 
 
 def create_main_window(insight: bool = True, **kwargs):
@@ -120,6 +142,8 @@ def open_window(argv: list[str], **kwargs):
 
 def run_app(argv: list[str]) -> int:
     """Open the main window (with the project named in argv, if any) and run the event loop."""
+    scan_imports_without_keeping_sources()  # before any import the next line starts
+    import_in_the_background()
     QCoreApplication.setOrganizationName(project_files.ORG_NAME)
     QCoreApplication.setApplicationName(project_files.APP_NAME)
     QGuiApplication.setHighDpiScaleFactorRoundingPolicy(Qt.HighDpiScaleFactorRoundingPolicy.PassThrough)

@@ -25,18 +25,28 @@ WAL_CHECKPOINT_BYTES = 4 << 20  # the write-ahead log a background writer copies
 WAL_MAIN_THREAD_BYTES = 64 << 20  # ... and the main thread (label keys), only if nothing else did
 _WRITE_TURNS: dict[str, threading.RLock] = {}
 _WRITE_TURNS_GUARD = threading.Lock()
+_WRITING = threading.local()  # how many write transactions this thread is inside
 
 
 @contextlib.contextmanager
 def write_turn(path: Path | None) -> Iterator[None]:
     """Held around every write transaction on the file at ``path`` (None: a database project)."""
-    if path is None:
-        yield
-        return
-    with _WRITE_TURNS_GUARD:
-        turn = _WRITE_TURNS.setdefault(str(path), threading.RLock())
-    with turn:
-        yield
+    _WRITING.depth = getattr(_WRITING, "depth", 0) + 1
+    try:
+        if path is None:
+            yield
+            return
+        with _WRITE_TURNS_GUARD:
+            turn = _WRITE_TURNS.setdefault(str(path), threading.RLock())
+        with turn:
+            yield
+    finally:
+        _WRITING.depth -= 1
+
+
+def inside_a_write() -> bool:
+    """Whether this thread is inside a write transaction (it must not pause there: others wait on it)."""
+    return getattr(_WRITING, "depth", 0) > 0
 
 
 def checkpoint_if_due(engine: Engine, path: Path | None) -> None:

@@ -180,3 +180,25 @@ def test_main_py_paints_its_window_before_importing_anything_heavy(tmp_path):
     assert seen["paint"] == []
     assert "gui.insight" in seen["panels"] and "pyqtgraph" in seen["panels"]
     assert "torch" not in seen["panels"]  # the start-up jobs import the rest later, on their threads
+
+
+def test_the_window_modules_below_qt_are_imported_while_qt_starts():
+    """gui.app.run_app imports the storage and engine modules the window needs on a thread of its own
+    (they overlap with Qt's start-up); a module that fails to import leaves the rest to the window."""
+    probe = (
+        "import sys, gui.app\n"
+        "before = 'storage.catalog' in sys.modules\n"
+        "qt = {name for name in sys.modules if name.startswith('PySide6')}\n"
+        "gui.app.import_in_the_background().join(60)\n"
+        "print(before, all(name in sys.modules for name in gui.app.WINDOW_ENGINE_MODULES),\n"
+        "      qt == {name for name in sys.modules if name.startswith('PySide6')})\n"
+        "gui.app.import_in_the_background(('no_such_module_here', 'wave')).join(60)\n"
+        "print('wave' in sys.modules)\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(root)})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.split("\n")
+    assert lines[0] == "False True True"  # not before; all of them after; no Qt module among what they import
+    assert lines[1] == "False"  # a failing import ends that thread quietly (the window's own import reports it)

@@ -152,3 +152,20 @@ def test_the_next_batch_pca_keeps_what_scikit_learn_keeps():
     ours = np.linalg.norm(centred @ axes.T) ** 2 / np.linalg.norm(centred) ** 2
     theirs = PCA(20, svd_solver="full").fit(X).explained_variance_ratio_.sum()
     assert ours == pytest.approx(theirs, abs=2e-3)
+
+
+def test_a_job_never_pauses_for_its_turn_inside_a_write(patient_turns, tmp_path):
+    """A label key may be waiting for that write to commit: the checkpoint lets nobody in there."""
+    from storage.file_writes import write_turn
+
+    context = jobs.JobContext(turns=patient_turns)
+    patient_turns.join()
+    patient_turns.take()
+    patient_turns._queue.append(-1)  # another job waits
+    try:
+        with write_turn(tmp_path / "p.sortlab"):
+            context.check_cancelled()
+            assert patient_turns._holder == threading.get_ident()  # kept it, did not queue behind
+    finally:
+        patient_turns._queue.clear()
+        patient_turns.give()

@@ -229,10 +229,9 @@ class JobRunner:
             self._pending.append(handle)
         return handle
 
-    @staticmethod
-    def _start_worker() -> None:
+    def _start_worker(self) -> None:
         _step_back_from_the_gui()
-        WINDOW_TURNS.join()
+        self._turns.join()
 
     def pending(self) -> list[JobHandle]:
         with self._lock:

@@ -17,9 +17,11 @@ import threading
 import time
 from collections import deque
 
+from storage.file_writes import inside_a_write
+
 
 class WorkerTurns:
-    """A first-come-first-served turn between job threads; ``hold`` marks which thread has it."""
+    """A first-come-first-served turn between job threads (``take``, ``give``, ``pass_turn``)."""
 
     def __init__(self, patience_s: float = 1.0) -> None:
         self.patience_s = patience_s
@@ -65,8 +67,9 @@ class WorkerTurns:
 
     def pass_turn(self) -> None:
         """At a checkpoint: let a waiting job run first, then queue again (nothing to do when none waits,
-        or on a thread that does not take part, e.g. a job's decoder threads)."""
-        if not getattr(self._members, "joined", False):
+        or on a thread that does not take part, e.g. a job's decoder threads, or inside a write
+        transaction: a label key may be waiting for it to commit)."""
+        if not getattr(self._members, "joined", False) or inside_a_write():
             return
         with self._condition:
             waiting = bool(self._queue)
