@@ -105,7 +105,7 @@ def _prediction_rows(version: int, class_ids: Sequence[int], batch: PredictionBa
                     [row.tobytes() for row in proba], oof.tolist()))
 
 
-PREDICTION_CHUNK = 2000  # rows per write transaction when storing predictions (a few ms each at 100k images)
+PREDICTION_CHUNK = 1000  # rows per write transaction when storing predictions (~15 ms each: a label key waits for one)
 PENDING_KEY = "model_pending:"  # project_meta key prefix: a version whose predictions are still being stored
 PENDING_STALE = dt.timedelta(hours=6)  # a mark this old was left by a save that never finished (a crash)
 

@@ -51,3 +51,51 @@ def test_a_write_holds_the_files_turn_until_it_commits(project):
 def test_database_projects_take_no_python_turn():
     with file_writes.write_turn(None):
         assert "None" not in file_writes._WRITE_TURNS
+
+
+def test_a_writer_that_asks_again_queues_behind_the_one_already_waiting(project):
+    """A job storing chunk after chunk lets a waiting label key in after the chunk it is writing."""
+    catalog.add_class(project, "ant")  # the file's turn exists from here
+    turn = file_writes._WRITE_TURNS[str(project.path)]
+    order: list[str] = []
+    holding = threading.Event()
+    pause = threading.Event()
+
+    def job() -> None:
+        with file_writes.write_turn(project.path):
+            holding.set()
+            while not turn.waiting:  # until the label key queues
+                pause.wait(0.001)
+            order.append("chunk 1")
+        with file_writes.write_turn(project.path):  # at once: the next chunk
+            order.append("chunk 2")
+
+    writer = threading.Thread(target=job)
+    writer.start()
+    assert holding.wait(30)
+    with file_writes.write_turn(project.path):
+        order.append("label key")
+    writer.join(30)
+    assert order == ["chunk 1", "label key", "chunk 2"]
+
+
+def test_the_write_turn_is_reentrant_and_refuses_a_foreign_release():
+    turn = file_writes.FairTurn()
+    with turn, turn:
+        assert turn.acquire(blocking=False)
+        turn.release()
+    errors = []
+    other = threading.Thread(target=lambda: errors.append(_release_fails(turn)))
+    turn.acquire()
+    other.start()
+    other.join(10)
+    turn.release()
+    assert errors == [True]
+
+
+def _release_fails(turn) -> bool:
+    try:
+        turn.release()
+    except RuntimeError:
+        return True
+    return False

@@ -218,22 +218,27 @@ def test_deleting_a_version_removes_its_predictions_in_short_transactions(projec
 
 
 def test_the_cycle_collector_is_paused_while_training_and_back_after(project, monkeypatch):
-    """Full garbage collections during a 100k-image training froze the GUI thread; the job pauses the
-    collector and gives it back as it found it, also when training fails."""
+    """Full garbage collections during a 100k-image training froze the GUI thread, and its Python loops
+    kept the GIL 5 ms at a time from a label key's writes: the job pauses the collector and shortens the
+    switch interval, and gives both back as it found them, also when training fails."""
+    import sys
+
     from engine.models import training
 
     make_feature_project(project, [30, 30], dim=16)
     seen = []
     real = training.save_model_version
+    interval = sys.getswitchinterval()
 
     def saving(*args, **kwargs):
-        seen.append(gc.isenabled())
+        seen.append((gc.isenabled(), sys.getswitchinterval()))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(training, "save_model_version", saving)
     assert gc.isenabled()
     train_on_cached_features(JobContext(), project, "logreg", BACKBONE, LAYER)
-    assert seen == [False] and gc.isenabled()
+    assert seen == [(False, pytest.approx(min(interval, training.TRAINING_SWITCH_INTERVAL_S)))]
+    assert gc.isenabled() and sys.getswitchinterval() == pytest.approx(interval)
 
     def failing(*args, **kwargs):
         raise OSError("disk trouble")

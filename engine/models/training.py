@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -140,7 +142,7 @@ def train_on_cached_features(
     """The linear-method training step on features already in the project (records a training run)."""
     run_id = start_training_run(project, method)
     try:
-        with cyclic_gc_paused():
+        with quiet_for_other_threads():
             result = _train_linear(context, project, method, backbone, layer, seed, quick, run_id, automatic)
     except JobCancelled:
         finish_training_run(project, run_id, "cancelled", message="Cancelled by the user.")
@@ -151,22 +153,41 @@ def train_on_cached_features(
     return result
 
 
+TRAINING_SWITCH_INTERVAL_S = 0.002  # how soon a thread waiting for the GIL gets it while training runs
+_QUIET_GUARD = threading.Lock()
+_quiet_depth = 0
+_quiet_saved: tuple[bool, float] = (True, 0.005)
+
+
 @contextlib.contextmanager
-def cyclic_gc_paused():
-    """Python's cycle collector off while training (on again after, if it was on).
+def quiet_for_other_threads():
+    """While a linear training runs: Python's cycle collector off, and the GIL handed over sooner.
 
     Training at 100k images makes and drops hundreds of thousands of objects (label rows, feature
     blobs, prediction rows); that many allocations set off full collections, each walking every object
-    of the process with the GIL held: the GUI thread stood still 0.3-0.4 s at a time (a label key
-    pressed meanwhile waited as long; benchmarks/gui_latency.py --case retrain-100k: 80 ms without
-    them). What training allocates has no cycles, reference counting frees it all at the end."""
-    was_enabled = gc.isenabled()
-    gc.disable()
+    of the process with the GIL held: the GUI thread stood still 0.3-0.4 s at a time. What training
+    allocates has no cycles: reference counting frees it all at the end. And its long Python loops
+    keep the GIL for CPython's switch interval (5 ms) each time another thread asks for it; a label
+    key's write asks ~10 times (once per SQLite call), so it took 45-77 ms while a 100k training ran,
+    15-30 ms with 2 ms (benchmarks/gui_latency.py --case retrain-100k). Both are process-wide: the
+    first training in sets them, the last one out restores them."""
+    global _quiet_depth, _quiet_saved
+    with _QUIET_GUARD:
+        if _quiet_depth == 0:
+            _quiet_saved = (gc.isenabled(), sys.getswitchinterval())
+            gc.disable()
+            sys.setswitchinterval(min(TRAINING_SWITCH_INTERVAL_S, _quiet_saved[1]))
+        _quiet_depth += 1
     try:
         yield
     finally:
-        if was_enabled:
-            gc.enable()
+        with _QUIET_GUARD:
+            _quiet_depth -= 1
+            if _quiet_depth == 0:
+                was_enabled, interval = _quiet_saved
+                sys.setswitchinterval(interval)
+                if was_enabled:
+                    gc.enable()
 
 
 def load_labeled_features(
