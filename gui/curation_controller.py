@@ -234,7 +234,7 @@ class CurationController(QObject):
 
     def _job_succeeded(self, _name: str, _result) -> None:
         if self.mode == LABEL_NEXT and self.project is not None:
-            in_turn(self._show_counter_after_training)  # a retrain changes the accuracy
+            in_turn(self._show_counter_after_training, self)  # a retrain changes the accuracy
 
     def _show_counter_after_training(self) -> None:
         if self.mode == LABEL_NEXT and self.project is not None:

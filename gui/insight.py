@@ -139,12 +139,13 @@ class InsightPanels(QObject):
             return
         # Each in a turn of its own, so the window answers in between (gui.one_per_turn).
         project = self.training.project
-        in_turn(lambda: self.report.refresh() if self._still_showing(project) else None)
+        in_turn(lambda: self.report.refresh() if self._still_showing(project) else None, self.report)
         if not outcome.result.params.get("quick"):  # a quick retrain after a label edit barely moves the curves
-            in_turn(lambda: self.training.advice.refresh(project) if self._still_showing(project) else None)
+            in_turn(lambda: self.training.advice.refresh(project) if self._still_showing(project) else None,
+                    self.training.advice)
         # Features exist now: draw the map (or only recolor it when the images are the same).
         in_turn(lambda: self.embedding.compute(self.training.backbone, self.training.layer)
-                if self._still_showing(project) else None)
+                if self._still_showing(project) else None, self.embedding)
 
     def _still_showing(self, project) -> bool:
         return not self.closed and self.training.project is project

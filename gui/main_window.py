@@ -373,7 +373,7 @@ class MainWindow(QMainWindow):
         # New predictions while the user labels: repaint in place, never reshuffle the grid under them
         # (in a turn of its own: the other panels react to the same training; gui.one_per_turn).
         project = self.project
-        in_turn(lambda: self.refresh_predictions_view(rerun_filter=False) if self.project is project else None)
+        in_turn(lambda: self.refresh_predictions_view(rerun_filter=False) if self.project is project else None, self)
 
     def refresh_predictions_view(self, rerun_filter: bool = True) -> None:
         """The active model changed (another version picked in the model report, one trained or

@@ -11,18 +11,19 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
-from PySide6.QtCore import QTimer
+import shiboken6
+from PySide6.QtCore import QObject, QTimer
 
 
 class OnePerTurn:
     """A first-in-first-out queue of callbacks; one runs per turn of the event loop."""
 
     def __init__(self) -> None:
-        self._queue: deque[Callable[[], None]] = deque()
+        self._queue: deque[tuple[Callable[[], None], QObject]] = deque()
         self._scheduled = False
 
-    def add(self, callback: Callable[[], None]) -> None:
-        self._queue.append(callback)
+    def add(self, callback: Callable[[], None], owner: QObject) -> None:
+        self._queue.append((callback, owner))
         self._schedule()
 
     def _schedule(self) -> None:
@@ -34,18 +35,16 @@ class OnePerTurn:
 
     def _run_next(self) -> None:
         self._scheduled = False
-        callback = self._queue.popleft()
+        callback, owner = self._queue.popleft()
         self._schedule()  # before running it: a failing reaction must not strand the rest
-        callback()
-
-    @property
-    def pending(self) -> int:
-        return len(self._queue)
+        if shiboken6.isValid(owner):  # its window may have closed meanwhile
+            callback()
 
 
 REACTIONS = OnePerTurn()  # the GUI thread's one queue
 
 
-def in_turn(callback: Callable[[], None]) -> None:
-    """Run ``callback`` after the reactions already queued, in a turn of its own."""
-    REACTIONS.add(callback)
+def in_turn(callback: Callable[[], None], owner: QObject) -> None:
+    """Run ``callback`` after the reactions already queued, in a turn of its own, unless ``owner`` (the
+    widget it updates) was deleted by then."""
+    REACTIONS.add(callback, owner)

@@ -285,7 +285,7 @@ class TrainingPanel(QWidget):
             cancelled_text = self._back_to_quick(method)
         self.status.show_outcome(outcome, automatic, cancelled_text)
         if method.trains_on_features:
-            in_turn(self._show_history_after_training)  # a turn of its own (gui.one_per_turn)
+            in_turn(self._show_history_after_training, self)  # a turn of its own (gui.one_per_turn)
         self.training_finished.emit(outcome)
         if self._retrain_pending:
             self._retrain_pending = False

@@ -128,10 +128,15 @@ def test_reactions_run_in_order_each_in_a_turn_of_its_own(qtbot):
         seen.append("failing")
         raise RuntimeError("a reaction that fails")
 
+    from PySide6.QtCore import QObject
+
+    owner, closed = QObject(), QObject()
     with qtbot.capture_exceptions() as raised:
-        in_turn(first)
-        in_turn(failing)
-        in_turn(lambda: seen.append("last"))
+        in_turn(first, owner)
+        in_turn(failing, owner)
+        in_turn(lambda: seen.append("its window closed"), closed)
+        closed.deleteLater()
+        in_turn(lambda: seen.append("last"), owner)
         qtbot.waitUntil(lambda: "last" in seen, timeout=WAIT_S * 1000)
     assert seen == ["first", "an event posted by the first", "failing", "last"]
     assert [str(error[1]) for error in raised] == ["a reaction that fails"]  # reported, and the rest still ran
