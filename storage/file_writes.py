@@ -18,6 +18,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +31,7 @@ WAL_MAIN_THREAD_BYTES = 64 << 20  # ... and the main thread (label keys), only i
 
 class FairTurn:
     """A reentrant lock granted first come, first served (``threading.RLock`` favours the thread that
-    just released it)."""
+    just released it). Also the job threads' turn (engine.runtime.turns), with a timeout."""
 
     def __init__(self) -> None:
         self._condition = threading.Condition()
@@ -38,8 +39,10 @@ class FairTurn:
         self._depth = 0
         self._queue: deque[int] = deque()
 
-    def acquire(self, blocking: bool = True) -> bool:
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        """Wait for the turn behind those already waiting; False if not granted within ``timeout`` s."""
         me = threading.get_ident()
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._condition:
             if self._owner == me:
                 self._depth += 1
@@ -48,7 +51,12 @@ class FairTurn:
                 return False
             self._queue.append(me)
             while self._owner is not None or self._queue[0] != me:
-                self._condition.wait()
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    self._queue.remove(me)
+                    self._condition.notify_all()  # the next in line may now be first
+                    return False
+                self._condition.wait(left)
             self._queue.popleft()
             self._owner, self._depth = me, 1
             return True
@@ -66,6 +74,11 @@ class FairTurn:
     def waiting(self) -> int:
         with self._condition:
             return len(self._queue)
+
+    @property
+    def owner(self) -> int | None:
+        """The thread ident holding the turn (None: free)."""
+        return self._owner
 
     def __enter__(self) -> FairTurn:
         self.acquire()

@@ -70,7 +70,7 @@ def test_a_job_waiting_on_another_runs_anyway_after_the_patience(monkeypatch):
     first, second = _runners(2)
     try:
         handle = first.submit("waits", lambda _context: done.wait(WAIT_S))
-        _wait_until(lambda: fresh._holder is not None)
+        _wait_until(lambda: fresh.holder is not None)
         second.submit("sets", lambda _context: done.set())
         assert handle.outcome(WAIT_S).result is True
     finally:
@@ -80,14 +80,14 @@ def test_a_job_waiting_on_another_runs_anyway_after_the_patience(monkeypatch):
 def test_threads_outside_the_window_runners_never_take_the_turn(patient_turns):
     """A job's own helper threads (decoders) report progress through its context: no turn for them."""
     context = jobs.JobContext(turns=patient_turns)
-    patient_turns._queue.append(-1)  # someone waits
+    patient_turns._turn._queue.append(-1)  # someone waits
     try:
         helper = threading.Thread(target=context.progress, args=(0.5, "decoding"))
         helper.start()
         helper.join(WAIT_S)
-        assert not helper.is_alive() and patient_turns._holder is None
+        assert not helper.is_alive() and patient_turns.holder is None
     finally:
-        patient_turns._queue.clear()
+        patient_turns._turn._queue.clear()
 
 
 def test_a_sleeping_job_lets_the_others_run(patient_turns):
@@ -95,7 +95,7 @@ def test_a_sleeping_job_lets_the_others_run(patient_turns):
     first, second = _runners(2)
     try:
         handle = first.submit("polls", lambda context: context.wait_cancelled(WAIT_S))
-        _wait_until(lambda: patient_turns._holder is None and not handle.done)  # gave the turn while asleep
+        _wait_until(lambda: patient_turns.holder is None and not handle.done)  # gave the turn while asleep
         second.submit("other", lambda _context: ran.set()).outcome(WAIT_S)
         assert ran.is_set()
         handle.cancel()
@@ -166,11 +166,11 @@ def test_a_job_never_pauses_for_its_turn_inside_a_write(patient_turns, tmp_path)
     context = jobs.JobContext(turns=patient_turns)
     patient_turns.join()
     patient_turns.take()
-    patient_turns._queue.append(-1)  # another job waits
+    patient_turns._turn._queue.append(-1)  # another job waits
     try:
         with write_turn(tmp_path / "p.sortlab"):
             context.check_cancelled()
-            assert patient_turns._holder == threading.get_ident()  # kept it, did not queue behind
+            assert patient_turns.holder == threading.get_ident()  # kept it, did not queue behind
     finally:
-        patient_turns._queue.clear()
+        patient_turns._turn._queue.clear()
         patient_turns.give()

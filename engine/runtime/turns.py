@@ -14,20 +14,17 @@ never holds the report up for more than one of its steps.
 from __future__ import annotations
 
 import threading
-import time
-from collections import deque
 
-from storage.file_writes import inside_a_write
+from storage.file_writes import FairTurn, inside_a_write
 
 
 class WorkerTurns:
-    """A first-come-first-served turn between job threads (``take``, ``give``, ``pass_turn``)."""
+    """A first-come-first-served turn between job threads (``take``, ``give``, ``pass_turn``), on the
+    same fair lock as the project file's write turn, taken at most once per thread."""
 
     def __init__(self, patience_s: float = 1.0) -> None:
         self.patience_s = patience_s
-        self._condition = threading.Condition()
-        self._holder: int | None = None
-        self._queue: deque[int] = deque()
+        self._turn = FairTurn()
         self._members = threading.local()  # set on the job threads that take part
 
     def join(self) -> None:
@@ -36,34 +33,26 @@ class WorkerTurns:
 
     def take(self) -> None:
         """Wait (at most ``patience_s``) for this thread's turn; run without it past that."""
-        me = threading.get_ident()
-        deadline = time.monotonic() + self.patience_s
-        with self._condition:
-            if self._holder == me:
-                return
-            self._queue.append(me)
-            while self._holder is not None or self._queue[0] != me:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    self._queue.remove(me)
-                    self._condition.notify_all()  # the next in line may now be first
-                    return
-                self._condition.wait(left)
-            self._queue.popleft()
-            self._holder = me
+        if not self.held_here:
+            self._turn.acquire(timeout=self.patience_s)
 
     def give(self) -> None:
         """End this thread's turn (if it had one)."""
-        with self._condition:
-            if self._holder == threading.get_ident():
-                self._holder = None
-                self._condition.notify_all()
+        if self.held_here:
+            self._turn.release()
+
+    @property
+    def held_here(self) -> bool:
+        return self._turn.owner == threading.get_ident()
+
+    @property
+    def holder(self) -> int | None:
+        return self._turn.owner
 
     @property
     def waiting(self) -> int:
         """How many job threads wait for the turn now."""
-        with self._condition:
-            return len(self._queue)
+        return self._turn.waiting
 
     def pass_turn(self) -> None:
         """At a checkpoint: let a waiting job run first, then queue again (nothing to do when none waits,
@@ -71,9 +60,7 @@ class WorkerTurns:
         transaction: a label key may be waiting for it to commit)."""
         if not getattr(self._members, "joined", False) or inside_a_write():
             return
-        with self._condition:
-            waiting = bool(self._queue)
-        if waiting:
+        if self.waiting:
             self.give()
             self.take()
 
