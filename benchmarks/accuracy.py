@@ -52,6 +52,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dataset_features import DIGITS_DEMO, LabeledSet, load_labeled_set  # noqa: E402
 from engine.features.backbones import DEFAULT_BACKBONE  # noqa: E402
 from engine.models.classifiers import make_classifier, unit_rows  # noqa: E402
+from engine.models.evaluation import VAL_FRACTION, plan_evaluation  # noqa: E402
+from engine.models.recipes import recipe_for_training  # noqa: E402
+from engine.runtime.jobs import JobContext  # noqa: E402
 
 DATASETS = ("hymenoptera", DIGITS_DEMO, "caltech101-dev")
 BUDGETS = (5, 10, 30, "all")
@@ -119,7 +122,32 @@ def _head(name: str) -> Callable[[int], object]:
         return lambda seed: make_classifier("logreg", C=C, unit_length=True, standardize=False, random_state=seed)
     if name == "default":  # whatever make_classifier('logreg') does now
         return lambda seed: make_classifier("logreg", random_state=seed)
+    if name == "auto":  # Quick's automatic recipe choice, as a project's full training makes it
+        return AutoRecipeHead
     raise ValueError(f"unknown head {name!r}")
+
+
+class AutoRecipeHead:
+    """engine.models.recipes' choice on the draw's labeled images, as a project training makes it: a
+    random 20 % of each class plays the validation side (which never chooses), the rest chooses when
+    the plan is a holdout; the model then fits every labeled image with the chosen C."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def fit(self, X: np.ndarray, y: np.ndarray):
+        rng = np.random.default_rng(self.seed)
+        is_val = np.zeros(len(y), dtype=bool)
+        for c in np.unique(y):
+            members = rng.permutation(np.flatnonzero(y == c))
+            is_val[members[:int(round(VAL_FRACTION * len(members)))]] = True
+        choice = recipe_for_training(JobContext(), plan_evaluation(y, is_val), X, y, is_val, self.seed, None)
+        self.chosen = choice.recipe.name
+        self.model = make_classifier("logreg", C=choice.recipe.C, random_state=self.seed).fit(X, y)
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.model.predict(X)
 
 
 def split_recipe(name: str) -> tuple[FeatureRecipe, str]:
@@ -133,7 +161,7 @@ DEFAULT_RECIPE = f"{SHORT_NAMES[DEFAULT_BACKBONE]}-pooled-default"
 DEFAULT_RECIPES = (
     BASELINE, "lite0-pooled-unit-C1", "lite0-pooled-default", DEFAULT_RECIPE, "lite2-pooled-default",
     "lite0-pooled+block6-default", "lite1-pooled+block6-default", "lite0-flip-default", "lite1-flip-default",
-    "lite0+lite1-pooled-default",
+    "lite0+lite1-pooled-default", f"{SHORT_NAMES[DEFAULT_BACKBONE]}-pooled-auto",
 )
 
 
@@ -167,6 +195,8 @@ def evaluate(data: LabeledSet, head: str, budget, draws: int) -> tuple[list[floa
             warnings.simplefilter("ignore")
             model.fit(data.X[labeled], data.y[labeled])
         seconds.append(time.perf_counter() - started)
+        if getattr(model, "chosen", None):
+            print(f"    {head}: {model.chosen} chosen ({data.name}, {budget} per class, draw {seed})", flush=True)
         accuracies.append(float(balanced_accuracy_score(data.y[test], model.predict(data.X[test]))))
     return accuracies, seconds
 

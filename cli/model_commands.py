@@ -119,12 +119,16 @@ def run_train(args: argparse.Namespace) -> CommandResult:
     m = result.metrics
     data = {"model": result.model_version, "method": result.method, "backbone": result.backbone,
             "layer": result.layer, "n_labeled": result.n_labeled, "metrics": m.to_json(),
-            "advice": advice.to_json() if advice is not None else None}
+            "advice": advice.to_json() if advice is not None else None,
+            "recipe": result.params.get("recipe"), "recipe_reason": result.params.get("recipe_reason")}
     text = (
         f"Model version {result.model_version} ({result.method}, {result.backbone}/{result.layer}) is now active.\n"
         f"Accuracy {_fmt(m.accuracy)}, balanced accuracy {_fmt(m.balanced_accuracy)} "
         f"({m.evaluation}, {result.n_labeled} labeled images)."
     )
+    if result.params.get("recipe"):
+        reason = result.params.get("recipe_reason")
+        text += f"\nRecipe: {result.params['recipe']}" + (f" ({reason})." if reason else ".")
     if advice is not None:
         text += "\n" + "\n".join(advice.sentences())
     return CommandResult(data, text)

@@ -95,6 +95,9 @@ def done_text(result: TrainResult, seconds: float) -> str:
         text = f"Model version {result.model_version} ready (took {took})."
     if result.metrics.accuracy is not None:
         text += f" Right on {result.metrics.accuracy * 100:.1f}% of the images it was tested on."
+    if result.params.get("recipe") and not result.params.get("automatic"):
+        text += f" Recipe: {result.params['recipe']}"
+        text += f" ({result.params['recipe_reason']})." if result.params.get("recipe_reason") else "."
     return text
 
 
@@ -176,7 +179,7 @@ class TrainingStatus(QWidget):
         else:
             self.device_label.setText(
                 "No GPU found: training uses the processor. Quick training stays fast; "
-                "Thorough training will be slow."
+                "Thorough tunes only the network's last stage and takes minutes."
             )
             if name and name != "cpu":
                 self.device_label.setToolTip(name)

@@ -65,6 +65,8 @@ def test_train_json_has_the_documented_keys(trained, capsys):
     assert result["method"] == "logreg" and result["n_labeled"] == 16
     metrics = result["metrics"]
     assert metrics["evaluation"] == "5-fold CV" and metrics["n_val"] == 16
+    # 16 labeled images: cross-validated, so Quick keeps its default recipe and says why.
+    assert result["recipe"].startswith("logistic regression") and "validation side" in result["recipe_reason"]
     assert metrics["accuracy"] >= 0.8 and metrics["balanced_accuracy"] >= 0.8  # red versus blue: easy
     assert set(metrics["per_class"]) == set(COLOURS) and metrics["confusion_matrix"]["labels"] == ["blue", "red"]
     advice = sorted(result["advice"], key=lambda row: row["class"])  # 8 per class: enough to tell

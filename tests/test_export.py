@@ -295,7 +295,9 @@ def test_exported_bundle_reproduces_sortlab_predictions(trained, tmp_path, capsy
     card = (out / "README.md").read_text()
     assert "red circle" in card and "blue square" in card and "python predict.py" in card
     assert f"**{result.metrics.accuracy * 100:.1f}%**" in card
-    assert "then a logistic-regression classifier." in card  # the method's words from the registry
+    # The recipe Quick used, and why (28 labeled images: too few to compare recipes, engine.models.recipes).
+    assert f"then {info.params['recipe']}." in card and info.params["recipe"].startswith("logistic regression")
+    assert f"- Why this recipe: {info.params['recipe_reason']}" in card and "the default" in info.params["recipe_reason"]
     assert "on 28 labeled images" in card
     assert "| Class | Labeled images | Precision | Recall | F1 |" in card
     for name in ("red circle", "blue square"):

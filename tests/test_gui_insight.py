@@ -1087,3 +1087,18 @@ def test_map_tools_switch_what_a_drag_does(qtbot):
     assert view.viewbox.tool == "rect"
     view.set_tool("move")
     assert view.viewbox.tool == "move" and view.toolbar.tool_buttons["move"].isChecked()
+
+
+def test_a_finished_run_says_its_recipe_and_why_unless_it_retrained_by_itself():
+    from engine.models.metrics import Metrics
+    from engine.models.results import TrainResult
+
+    params = {"recipe": "logistic regression on unit-length features, C = 3",
+              "recipe_reason": "chosen: 91.0% against the default's 89.5%"}
+    result = TrainResult(4, "logreg", "efficientnet_lite1", "pooled", Metrics(accuracy=0.9), 300, 1, params)
+    text = done_text(result, 2.0)
+    assert text.endswith("Recipe: logistic regression on unit-length features, C = 3 "
+                         "(chosen: 91.0% against the default's 89.5%).")
+    automatic = TrainResult(5, "logreg", "efficientnet_lite1", "pooled", Metrics(accuracy=0.9), 301, 2,
+                            params | {"automatic": True})
+    assert "Recipe" not in done_text(automatic, 0.5)

@@ -292,7 +292,7 @@ from PIL import Image as PILImage  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-from engine.torch import finetune  # noqa: E402
+from engine.torch import cached_tail, finetune  # noqa: E402
 
 
 class TinyFeatures(nn.Module):
@@ -406,7 +406,7 @@ def jpeg(colour, size=64) -> bytes:
 
 def test_probe_and_finetune_on_lite0_store_models_that_predict_files(project, tmp_path, monkeypatch):
     from engine.models.predicting import predict_files, refresh_predictions
-    from storage.images import NewImage, add_images
+    from storage.images import NewImage, add_images, list_images
 
     colours = {"red": (220, 40, 40), "blue": (40, 40, 220)}
     ids = catalog.ensure_classes(project, list(colours))
@@ -419,11 +419,22 @@ def test_probe_and_finetune_on_lite0_store_models_that_predict_files(project, tm
     add_images(project, rows)
     monkeypatch.setattr(finetune, "DEFAULT_CONFIG",
                         finetune.FineTuneConfig(head_epochs=1, full_epochs=1, head_lr=0.01, batch_size=8))
+    monkeypatch.setattr(cached_tail, "CACHED_TAIL_CONFIG",
+                        finetune.FineTuneConfig(head_epochs=2, full_epochs=1, head_lr=0.01, batch_size=8))
     probe = train_model(JobContext(), project, method="probe")
     assert probe.metrics.n_labeled == 12 and len(modelstore.predictions(project)) == 12
     assert modelstore.list_training_runs(project)[-1].curves[0]["kind"] == "epoch"
-    tuned = train_model(JobContext(), project, method="finetune")
-    assert [e["stage"] for e in modelstore.list_training_runs(project)[-1].curves] == ["head", "full"]
+    image_ids = [info.id for info in list_images(project)]
+    # A validation image of each class, pinned: the leak guard moves their near-duplicates (every other
+    # image here) to the validation side too, leaving nothing to train on; training goes on unevaluated.
+    catalog.set_split(project, [image_ids[0], image_ids[6]], "val")
+    streamed = []
+    tuned = train_model(JobContext(on_partial=streamed.append), project, method="finetune")
+    # On a CPU: the head, then the last stage on cached activations.
+    assert [e["stage"] for e in modelstore.list_training_runs(project)[-1].curves] == ["head", "head", "full"]
+    assert [e.stage for e in streamed] == ["head", "head", "full"]
+    assert tuned.metrics.n_val == 0 and tuned.metrics.n_train == 12 and tuned.metrics.evaluation == "not evaluated"
+    assert "cached activations" in modelstore.get_model(project, tuned.model_version).params["recipe"]
     for name, colour in colours.items():
         (tmp_path / f"{name}.jpg").write_bytes(jpeg(colour))
     (tmp_path / "broken.jpg").write_bytes(b"not an image")

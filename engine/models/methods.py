@@ -57,8 +57,8 @@ METHODS: dict[str, TrainingMethod] = {
             MethodKind.LINEAR, needs_torch=True, exportable=True, fine_tunes=False, trains_on_features=False,
         ),
         TrainingMethod(
-            "finetune", "Thorough", "Thorough — fine-tune the network, best with more labels and a GPU",
-            "the whole network fine-tuned on these images", MethodKind.NETWORK,
+            "finetune", "Thorough", "Thorough — fine-tune the network (minutes), best with more labels",
+            "the network fine-tuned on these images", MethodKind.NETWORK,
             needs_torch=True, exportable=True, fine_tunes=True, trains_on_features=False,
         ),
     )

@@ -46,6 +46,7 @@ from engine.models.evaluation import (
     twins_across_folds,
     twins_without_guard,
 )
+from engine.models import recipes
 from engine.models.evolving import plan_version, prune
 from engine.models.methods import DEFAULT_METHOD, get_method
 from engine.models.metrics import Metrics
@@ -255,8 +256,12 @@ def _train_linear(
         previous = None  # saved before unit-length rows (issue 15): its C was chosen for standardized features
     is_quick = _use_quick(quick, previous[0] if previous else None, len(y))
     warm = previous[1] if (is_quick and previous) else None
-    base = make_feature_classifier(method, levels, C=previous[0].params["C"] if is_quick else None,
-                                   random_state=seed, warm_start_from=warm)
+    recipe = None  # Quick's recipe (engine.models.recipes): the default method only
+    if method == DEFAULT_METHOD:
+        recipe = recipes.recipe_for_training(context.subcontext(0.1, 0.3), plan, X_labeled, y, data.is_val, seed,
+                                             previous[0] if is_quick else None)
+    C = previous[0].params["C"] if is_quick else (recipe.recipe.C if recipe else None)
+    base = make_feature_classifier(method, levels, C=C, random_state=seed, warm_start_from=warm)
     loaded = time.perf_counter()
     context.check_cancelled()
     context.progress(0.1, f"Training on {len(y)} labeled images, {TESTED_HOW.get(plan.kind, 'too few to test it')}")
@@ -282,6 +287,9 @@ def _train_linear(
     out_of_fold[data.rows[held_out]] = True
     params = {"C": final.C_, "seed": seed, "quick": is_quick, "n_features": int(data.X.shape[1]),
               "cv_results": getattr(final, "cv_results_", [])}
+    if recipe:
+        params |= {"recipe": recipe.recipe.title, "recipe_name": recipe.recipe.name, "recipe_reason": recipe.reason,
+                   "recipe_scores": recipe.scores}
     keeping = plan_version(list_models(project), automatic, metrics.accuracy)
     params.update(keeping.params)
     version = save_model_version(

@@ -85,14 +85,15 @@ class JobContext:
         if self._on_partial is not None:
             self._on_partial(result)
 
-    def subcontext(self, start: float, end: float) -> JobContext:
-        """A context whose 0..1 progress maps onto [start, end] of this one (for job steps)."""
+    def subcontext(self, start: float, end: float, partials: bool = True) -> JobContext:
+        """A context whose 0..1 progress maps onto [start, end] of this one (for job steps); without
+        ``partials`` the step's partial results are not passed on (a step nobody should chart)."""
         parent = self
 
         def scaled(fraction: float, message: str) -> None:
             parent.progress(start + (end - start) * fraction, message)
 
-        return JobContext(scaled, self._on_partial, self._cancel_event, self._turns)
+        return JobContext(scaled, self._on_partial if partials else None, self._cancel_event, self._turns)
 
 
 class JobStatus(str, Enum):

@@ -126,6 +126,8 @@ def model_card(description: dict[str, Any], verification: VerificationResult) ->
     classes = description["classes"]
     counts = description["training"]["labeled_images_per_class_at_export"]
     method = get_method(description["training"]["method"])
+    params = description["training"].get("params") or {}
+    recipe, reason = params.get("recipe") or method.description, params.get("recipe_reason")
     prep = description["preprocessing"]
     lines = [
         f"# Image classifier: {', '.join(classes)}",
@@ -151,7 +153,8 @@ def model_card(description: dict[str, Any], verification: VerificationResult) ->
         "## What it is",
         "",
         f"- Network: {description['backbone']['title']} (pretrained on ImageNet), features from its "
-        f"'{description['backbone']['layer']}' layer, then {method.description}.",
+        f"'{description['backbone']['layer']}' layer, then {recipe}.",
+        *([f"- Why this recipe: {reason}"] if reason else []),
         f"- Input: RGB pictures, shorter side resized to {prep['resize_shorter_side']} pixels, center crop "
         f"{prep['input_size'][1]}x{prep['input_size'][0]}, {prep['interpolation']} resampling, "
         f"normalized with mean {[round(v, 4) for v in prep['mean']]} and std "

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from engine.features.backbones import BackboneSpec
-from engine.torch.extractors import _LiteFeatures, _PooledSequential, load_feature_extractor
+from engine.torch.extractors import LiteFeatures, _PooledSequential, load_feature_extractor
 
 
 class FeatureMaps(nn.Module):
@@ -31,7 +31,7 @@ class FeatureMaps(nn.Module):
 
     def __init__(self, extractor: nn.Module):
         super().__init__()
-        if not isinstance(extractor, (_LiteFeatures, _PooledSequential)):
+        if not isinstance(extractor, (LiteFeatures, _PooledSequential)):
             raise TypeError(f"No feature map for {type(extractor).__name__}.")
         if isinstance(extractor, _PooledSequential) and extractor.post is not None \
                 and not isinstance(extractor.post, nn.LayerNorm):
@@ -48,7 +48,7 @@ class FeatureMaps(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if isinstance(self.extractor, _LiteFeatures):
+        if isinstance(self.extractor, LiteFeatures):
             maps = self._lite_map(x)
             return maps, maps.mean(dim=(2, 3))
         maps = self.extractor.body(x)

@@ -13,7 +13,7 @@ from engine.features.backbones import BackboneSpec, BackboneUnavailable, get_bac
 from engine.torch.networks import load_backbone
 
 
-class _LiteFeatures(nn.Module):
+class LiteFeatures(nn.Module):
     """EfficientNet-Lite up to a chosen point, globally average-pooled."""
 
     def __init__(self, model: nn.Module, last_block: int | None):
@@ -31,14 +31,34 @@ class _LiteFeatures(nn.Module):
             self.bn1 = model._bn1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act(self.bn0(self.conv_stem(x)))
-        for index, block in enumerate(self.blocks):
-            # Stochastic depth only matters while fine-tuning (it is a no-op in eval mode).
-            rate = self.drop_connect_rate * index / self.total_blocks if self.training else None
-            x = block(x, drop_connect_rate=rate)
+        return self.finish(self.body(x, len(self.blocks)), len(self.blocks))
+
+    def body(self, x: torch.Tensor, stop: int) -> torch.Tensor:
+        """The stem and blocks ``[0, stop)``: the activations a cached-tail fine-tune keeps."""
+        return self._blocks(self.act(self.bn0(self.conv_stem(x))), 0, stop)
+
+    def finish(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """Blocks ``[start, end)``, the head convolution and the pooling, from ``body(x, start)``."""
+        x = self._blocks(x, start, len(self.blocks))
         if self.use_head:
             x = self.act(self.bn1(self.conv_head(x)))
         return x.mean(dim=(2, 3))
+
+    def _blocks(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        for index in range(start, stop):
+            # Stochastic depth only matters while fine-tuning (it is a no-op in eval mode).
+            rate = self.drop_connect_rate * index / self.total_blocks if self.training else None
+            x = self.blocks[index](x, drop_connect_rate=rate)
+        return x
+
+    @property
+    def last_stage_start(self) -> int:
+        """Index of the first block of the last stage (the last blocks of one output width)."""
+        widths = [block._block_args.output_filters for block in self.blocks]
+        start = len(widths) - 1
+        while start > 0 and widths[start - 1] == widths[-1]:
+            start -= 1
+        return start
 
 
 def _lite_stage_ends(model: nn.Module) -> list[int]:
@@ -91,7 +111,7 @@ def feature_extractor(model: nn.Module, layer: str | None = None, backbone: str 
         else:
             stage = int(layer_name.removeprefix("block"))
             last_block = _lite_stage_ends(model)[stage - 1]
-        extractor = _LiteFeatures(model, last_block)
+        extractor = LiteFeatures(model, last_block)
     else:
         extractor = _torchvision_extractor(spec.name, model, layer_name)
     return extractor.train(model.training)

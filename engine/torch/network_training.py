@@ -26,7 +26,7 @@ from engine.models.methods import TrainingMethod, get_method
 from engine.models.metrics import Metrics
 from engine.models.results import EpochResult, TrainResult
 from engine.runtime.jobs import JobCancelled, JobContext, user_message
-from engine.torch import finetune
+from engine.torch import cached_tail, finetune
 from engine.torch.image_data import ImageListDataset, eval_transform, train_transform
 from engine.torch.network_predict import stored_image_predictions
 from storage.catalog import list_classes
@@ -53,8 +53,7 @@ def train_network(
 
     recording = JobContext(context.progress, _chain(context.partial, keep_curve), context._cancel_event)
     try:
-        result = _train_network(recording, project, method, backbone, layer, seed,
-                                config or finetune.DEFAULT_CONFIG, run_id)
+        result = _train_network(recording, project, method, backbone, layer, seed, config, run_id)
     except JobCancelled:
         finish_training_run(project, run_id, "cancelled", curves, "Cancelled by the user.")
         raise
@@ -66,15 +65,16 @@ def train_network(
 
 def holdout_metrics(context: JobContext, project: Project, network: nn.Module, val_loader: DataLoader | None,
                     run_on: torch.device, val_rows, classes: np.ndarray, class_names,
-                    counts: dict) -> tuple[Metrics, np.ndarray | None]:
+                    counts: dict, val_proba: np.ndarray | None = None) -> tuple[Metrics, np.ndarray | None]:
     """(metrics, validation probabilities) of the network on its validation images (rows with ``class_id``
-    and ``source``, in the loader's order); "not evaluated" and None without a loader. Shared by
-    one-device and distributed training."""
-    if val_loader is None:
+    and ``source``, in the loader's order, or given as ``val_proba``); "not evaluated" and None without
+    either. Shared by one-device, cached-tail and distributed training."""
+    if val_loader is None and val_proba is None:
         return Metrics(evaluation="not evaluated",
                        evaluation_note="every class needs an image on the validation side to be evaluated",
                        **counts), None
-    _, _, val_proba = finetune.evaluate(network, nn.CrossEntropyLoss(), val_loader, run_on, context)
+    if val_proba is None:
+        _, _, val_proba = finetune.evaluate(network, nn.CrossEntropyLoss(), val_loader, run_on, context)
     metrics = classification_metrics(np.array([row.class_id for row in val_rows]), val_proba, classes, class_names,
                                      [row.source for row in val_rows], class_levels(project)
                                      ).with_counts(evaluation="holdout", **counts)
@@ -89,7 +89,8 @@ def _chain(*callbacks: Callable) -> Callable:
     return call
 
 
-def _train_network(context, project, method, backbone, layer, seed, config: finetune.FineTuneConfig, run_id):
+def _train_network(context, project, method, backbone, layer, seed, config: finetune.FineTuneConfig | None,
+                   run_id):
     started = time.perf_counter()
     training_method = get_method(method)
     spec = get_backbone(backbone)
@@ -102,26 +103,31 @@ def _train_network(context, project, method, backbone, layer, seed, config: fine
     images = {i: load_stored_image(b) for i, b in read_image_bytes(project, [img.image_id for img in labeled]).items()}
     labeled = [img for img in labeled if img.image_id in images]
     val = [img for img in labeled if sides.get(img.image_id) == "val"]
-    has_val = {img.class_id for img in val} == set(index_of)
-    train = [img for img in labeled if not has_val or sides.get(img.image_id) != "val"]
-    generator = torch.Generator().manual_seed(seed)
-    augment = train_transform(spec.input_size, spec.mean, spec.std)
-    train_loader = DataLoader(
-        ImageListDataset([images[i.image_id] for i in train], [index_of[i.class_id] for i in train], augment),
-        batch_size=config.batch_size, shuffle=True, generator=generator, drop_last=len(train) > config.batch_size,
-    )
-    eval_tf = eval_transform(spec)
-    val_loader = None
-    if has_val:
-        val_loader = DataLoader(ImageListDataset([images[i.image_id] for i in val], [index_of[i.class_id] for i in val],
-                                                 eval_tf), batch_size=config.batch_size)
+    train_side = [img for img in labeled if sides.get(img.image_id) != "val"]
+    # Judged on the validation side only when every class has images on both sides (pinned images and
+    # their near-duplicates can leave a class with none to train on).
+    has_val = {img.class_id for img in val} == {img.class_id for img in train_side} == set(index_of)
+    train = train_side if has_val else labeled
     network = finetune.build_network(spec.name, layer, len(classes))
-    report = finetune.fit_network(context.subcontext(0.0, 0.85), network, train_loader, val_loader, config,
-                                  fine_tune=training_method.fine_tunes, seed=seed)
-    counts = {"n_train": len(train), "n_val": len(val) if has_val else 0, "n_labeled": len(labeled),
-              "best_epoch": report.best_epoch, "stopped_early": report.stopped_early}
-    metrics, val_proba = holdout_metrics(context, project, network, val_loader if has_val else None, finetune.device(), val,
-                                         classes, class_names, counts)
+    counts = {"n_train": len(train), "n_val": len(val) if has_val else 0, "n_labeled": len(labeled)}
+    predicted: dict[int, np.ndarray] = {}  # image id -> probabilities already known (cached labeled images)
+    if uses_cached_tail(training_method, network):
+        recipe = cached_tail.RECIPE
+        config = config or cached_tail.CACHED_TAIL_CONFIG
+        report, val_proba, predicted = fine_tune_cached_tail(
+            context.subcontext(0.0, 0.85), network, spec, images, train, val if has_val else [], index_of, config, seed)
+        counts |= {"best_epoch": report.best_epoch, "stopped_early": report.stopped_early}
+        metrics, val_proba = holdout_metrics(context, project, network, None, finetune.device(), val, classes,
+                                             class_names, counts, val_proba)
+    else:
+        recipe = FULL_NETWORK_RECIPE if training_method.fine_tunes else PROBE_RECIPE
+        config = config or finetune.DEFAULT_CONFIG
+        train_loader, val_loader = _image_loaders(spec, images, train, val if has_val else [], index_of, config, seed)
+        report = finetune.fit_network(context.subcontext(0.0, 0.85), network, train_loader, val_loader, config,
+                                      fine_tune=training_method.fine_tunes, seed=seed)
+        counts |= {"best_epoch": report.best_epoch, "stopped_early": report.stopped_early}
+        metrics, val_proba = holdout_metrics(context, project, network, val_loader, finetune.device(), val,
+                                             classes, class_names, counts)
     context.progress(0.9, "Predicting every image")
     network.eval().cpu()
     if training_method.predicts_from_features:
@@ -129,7 +135,7 @@ def _train_network(context, project, method, backbone, layer, seed, config: fine
     else:
         weights = save_state({k: v.contiguous() for k, v in network.state_dict().items()},
                              metadata={"format": "sortlab-finetune-1"})
-    ids, proba = _predict_all(context, project, training_method, spec.name, layer, weights, network)
+    ids, proba = _predict_all(context, project, training_method, spec.name, layer, weights, network, predicted)
     out_of_fold = np.zeros(len(ids), dtype=bool)
     if val_proba is not None:
         row_of = {int(i): r for r, i in enumerate(ids)}
@@ -137,7 +143,7 @@ def _train_network(context, project, method, backbone, layer, seed, config: fine
             if img.image_id in row_of:
                 proba[row_of[img.image_id]] = p
                 out_of_fold[row_of[img.image_id]] = True
-    params = {"seed": seed, "config": asdict(config), "device": str(finetune.device())}
+    params = {"seed": seed, "config": asdict(config), "device": str(finetune.device()), "recipe": recipe}
     version = save_model_version(
         project, NewModel(method, spec.name, layer, class_names, classes.tolist(), weights, params, metrics.to_json(), len(labeled)),
         PredictionBatch(ids, proba, out_of_fold),
@@ -149,6 +155,58 @@ def _train_network(context, project, method, backbone, layer, seed, config: fine
                        {"total_s": time.perf_counter() - started})
 
 
+FULL_NETWORK_RECIPE = "the whole network fine-tuned, head first, with augmented images"
+PROBE_RECIPE = "a linear head trained on the frozen network's features"
+
+
+def uses_cached_tail(method: TrainingMethod, network: finetune.ClassifierNetwork) -> bool:
+    """Thorough without CUDA fine-tunes the last stage on cached activations (engine.torch.cached_tail);
+    with CUDA, or for networks it cannot cut, the whole network."""
+    return method.fine_tunes and finetune.device().type == "cpu" and cached_tail.can_cache_body(network)
+
+
+def fine_tune_cached_tail(context: JobContext, network: finetune.ClassifierNetwork, spec, images: dict, train: list,
+                          val: list, index_of: dict[int, int], config: finetune.FineTuneConfig, seed: int):
+    """(fit report, validation probabilities or None, {image id: probabilities} of every labeled image).
+
+    Fits on the training side and stops by the validation side; the network then learns again from its
+    starting weights on every labeled image for the epochs validation chose (cheap once activations are
+    cached), so the shipped model has seen every label, as Quick's does; the metrics and the
+    validation images' probabilities are those of the network that did not see them."""
+    cached = cached_tail.cache_body(context.subcontext(0.0, 0.6), network, spec,
+                                    [images[i.image_id] for i in train + val],
+                                    [index_of[i.class_id] for i in train + val])
+    train_rows, val_rows = np.arange(len(train)), np.arange(len(train), len(train) + len(val))
+    start = cached_tail.trainable_state(network)
+    report = cached_tail.fit_cached_tail(context.subcontext(0.6, 0.8), network, cached.subset(train_rows),
+                                         cached.subset(val_rows) if val else None, config, seed)
+    val_proba = cached_tail.cached_probabilities(network, cached.subset(val_rows)) if val else None
+    if val:
+        head_epochs = sum(1 for epoch in report.curves if epoch.stage == "head")
+        epochs = (min(report.best_epoch, head_epochs), max(report.best_epoch - head_epochs, 0))
+        network.load_state_dict(start, strict=False)
+        cached_tail.fit_cached_tail(context.subcontext(0.8, 1.0, partials=False), network, cached, None, config, seed,
+                                    epochs=epochs)
+    proba = cached_tail.cached_probabilities(network, cached)
+    return report, val_proba, {img.image_id: p for img, p in zip(train + val, proba)}
+
+
+def _image_loaders(spec, images: dict, train: list, val: list, index_of: dict[int, int],
+                   config: finetune.FineTuneConfig, seed: int) -> tuple[DataLoader, DataLoader | None]:
+    """Augmented training images and plain validation images (None without validation images)."""
+    generator = torch.Generator().manual_seed(seed)
+    augment = train_transform(spec.input_size, spec.mean, spec.std)
+    train_loader = DataLoader(
+        ImageListDataset([images[i.image_id] for i in train], [index_of[i.class_id] for i in train], augment),
+        batch_size=config.batch_size, shuffle=True, generator=generator, drop_last=len(train) > config.batch_size,
+    )
+    val_loader = None
+    if val:
+        val_loader = DataLoader(ImageListDataset([images[i.image_id] for i in val], [index_of[i.class_id] for i in val],
+                                                 eval_transform(spec)), batch_size=config.batch_size)
+    return train_loader, val_loader
+
+
 def probe_predictor(network: finetune.ClassifierNetwork, classes: np.ndarray) -> LinearPredictor:
     """The probe's head as plain arrays over (unstandardized) backbone features."""
     weight = network.head.weight.detach().cpu().double().numpy()
@@ -157,8 +215,10 @@ def probe_predictor(network: finetune.ClassifierNetwork, classes: np.ndarray) ->
     return LinearPredictor(classes, np.zeros(dim), np.ones(dim), weight, bias)
 
 
-def _predict_all(context, project, method: TrainingMethod, backbone: str, layer: str, weights: bytes, network):
-    """Predictions for every project image: cached features for a probe, the network itself otherwise."""
+def _predict_all(context, project, method: TrainingMethod, backbone: str, layer: str, weights: bytes, network,
+                 predicted: dict[int, np.ndarray]):
+    """Predictions for every project image: cached features for a probe, the network itself otherwise
+    (except for the images in ``predicted``, whose probabilities training already has)."""
     if method.predicts_from_features:
         from engine.features.extraction import ensure_features
         from storage.featurestore import load_vectors
@@ -166,4 +226,13 @@ def _predict_all(context, project, method: TrainingMethod, backbone: str, layer:
         ensure_features(context.subcontext(0.9, 0.98), project, backbone, layer)
         ids, X = load_vectors(project, backbone, layer)
         return ids, LinearPredictor.from_bytes(weights).predict_proba(X)
-    return stored_image_predictions(context, project, network, backbone, all_image_ids(project))
+    ids = all_image_ids(project)
+    ran_ids, ran_proba = stored_image_predictions(context, project, network, backbone,
+                                                  [i for i in ids if i not in predicted])
+    if not predicted:
+        return ran_ids, ran_proba
+    known = np.array(list(predicted), dtype=np.int64)
+    both_ids = np.concatenate([ran_ids.astype(np.int64), known])
+    both_proba = np.concatenate([ran_proba, np.stack([predicted[int(i)] for i in known])])
+    order = np.argsort(both_ids, kind="stable")
+    return both_ids[order], both_proba[order]

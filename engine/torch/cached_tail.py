@@ -1,0 +1,245 @@
+"""Thorough on a CPU: fine-tune the network's last stage and its head on activations of the frozen
+body, computed once per image.
+
+Why: EfficientNet-Lite1's forward pass alone runs at ~16 images/s in PyTorch on 2 cores, so ten
+epochs of forward and backward passes over 1,500 images would take about 40 minutes. On a CPU budget everything before the last stage
+stays frozen anyway, so its output (Lite1: 192 x 8 x 8 values) is computed once per image and once for
+its mirror image (the augmentation; each epoch takes one of the two at random), kept in float16, and
+every epoch runs only the last block, the 1x1 head convolution and the classifier: seconds per epoch.
+The trained modules are the network's own, so the saved network, its predictions and its exported
+bundle are those of any fine-tuned network. The head is trained first on the pooled features (linear
+probe, then fine-tune: the head starts out useful, so the pretrained blocks are not pulled around by a
+random one). The whole network stays in eval mode: BatchNorm keeps its ImageNet statistics, which
+batches of a few dozen images would only make noisier. benchmarks/thorough.py measures it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import ImageOps
+from torch import nn
+
+from engine.features.backbones import BackboneSpec
+from engine.models.results import EpochResult
+from engine.runtime.jobs import JobContext
+from engine.torch.extractors import LiteFeatures
+from engine.torch.finetune import ClassifierNetwork, FineTuneConfig, FitReport
+from engine.torch.image_data import eval_transform
+
+# Chosen on caltech101-dev (30 labeled per class, 4 draws): 10 epochs of the last stage at 3e-4 (the head
+# at 10x) after 30 epochs of the head alone; measured with benchmarks/thorough.py.
+CACHED_TAIL_CONFIG = FineTuneConfig(head_epochs=30, full_epochs=10, head_lr=1e-3, full_lr=3e-4, layer_decay=None,
+                                    batch_size=32, patience=3, label_smoothing=0.1)
+RECIPE = "the last stage and the head fine-tuned on cached activations of the frozen body (CPU)"
+HEAD_LR_FACTOR = 10.0  # the head's learning rate over the last stage's while both train
+VIEWS = 2  # the image and its mirror image
+
+
+def can_cache_body(network: ClassifierNetwork) -> bool:
+    """Whether the network is an EfficientNet-Lite cut at its pooled layer (the default backbones)."""
+    return isinstance(network.features, LiteFeatures) and network.features.use_head
+
+
+@dataclass
+class CachedImages:
+    """Body activations of labeled images: ``activations[view, image]`` (float16; view 0 the image, 1 its
+    mirror image) and the class index of each image."""
+
+    activations: torch.Tensor
+    targets: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def subset(self, rows: np.ndarray) -> CachedImages:
+        index = torch.from_numpy(np.asarray(rows, dtype=np.int64))
+        return CachedImages(self.activations[:, index], self.targets[index])
+
+
+def cache_body(context: JobContext, network: ClassifierNetwork, spec: BackboneSpec, images: list, targets: list[int],
+               batch_size: int = 32) -> CachedImages:
+    """The frozen body's activations of each PIL image and of its mirror image (progress per batch)."""
+    features: LiteFeatures = network.features
+    stop = features.last_stage_start
+    to_tensor = eval_transform(spec)
+    network.eval()
+    activations: torch.Tensor | None = None
+    with torch.no_grad():  # not inference_mode: the cached tensors are inputs of training later
+        for start in range(0, len(images), batch_size):
+            context.check_cancelled()
+            chunk = images[start:start + batch_size]
+            for view in range(VIEWS):
+                x = torch.stack([to_tensor(ImageOps.mirror(image) if view else image) for image in chunk])
+                h = features.body(x, stop).to(torch.float16)
+                if activations is None:
+                    activations = torch.empty((VIEWS, len(images), *h.shape[1:]), dtype=torch.float16)
+                activations[view, start:start + len(chunk)] = h
+            context.progress((start + len(chunk)) / len(images),
+                             f"Preparing labeled images: {start + len(chunk)} of {len(images)}")
+    if activations is None:
+        raise ValueError("No labeled images to fine-tune on.")
+    return CachedImages(activations, torch.as_tensor(targets, dtype=torch.int64))
+
+
+def tail_logits(network: ClassifierNetwork, activations: torch.Tensor) -> torch.Tensor:
+    """The trained part of the network on cached body activations."""
+    features: LiteFeatures = network.features
+    return network.head(features.finish(activations.float(), features.last_stage_start))
+
+
+def fit_cached_tail(context: JobContext, network: ClassifierNetwork, train: CachedImages, val: CachedImages | None,
+                    config: FineTuneConfig = CACHED_TAIL_CONFIG, seed: int = 0, epochs: tuple[int, int] | None = None,
+                    ) -> FitReport:
+    """The head alone, then the last stage with the head. With validation images, the head stops after
+    ``patience`` epochs without a lower validation loss and keeps its best epoch; the last stage then
+    runs all its epochs (its learning rate warms up and anneals: early epochs judge it unfairly) and
+    keeps its own best epoch. That is kept unless it classifies the validation images worse than the
+    best head (a run gone wrong): compared by the label-smoothed loss instead, a sharper fine-tuned
+    network lost to the head although it classified better (caltech101-dev, 30 per class).
+    ``epochs`` = (head, last stage) runs exactly that many (the refit on every labeled image)."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    features: LiteFeatures = network.features
+    network.eval()
+    tail = [features.blocks[i] for i in range(features.last_stage_start, len(features.blocks))]
+    tail += [features.conv_head, features.bn1]
+    for parameter in network.parameters():
+        parameter.requires_grad_(False)
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    head_epochs, tail_epochs = epochs or (config.head_epochs, config.full_epochs)
+    with torch.no_grad():  # the head alone trains on pooled features, computed once
+        pooled = torch.stack([_pooled(features, train.activations[view]) for view in range(VIEWS)])
+        val_pooled = _pooled(features, val.activations[0]) if val is not None else None
+    curves: list[EpochResult] = []
+    total = head_epochs + tail_epochs
+    stages = [("head", head_epochs, [network.head], network.head, val_pooled, pooled),
+              ("full", tail_epochs, tail + [network.head], lambda h: tail_logits(network, h),
+               None if val is None else val.activations[0], train.activations)]
+    stopped_early = False
+    stage_bests: list[_Best] = []
+    for stage, n_epochs, modules, model, val_inputs, inputs in stages:
+        if n_epochs == 0:
+            continue
+        for module in modules:
+            module.requires_grad_(True)
+        optimizer = _optimizer(network, modules, stage, config)
+        steps = n_epochs * math.ceil(len(train) / config.batch_size)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=steps, pct_start=0.1)
+        best, waited = _Best(network), 0
+        for _ in range(n_epochs):
+            epoch = len(curves)
+            words = "every labeled image" if epochs is not None else ("head" if stage == "head" else "last stage")
+            loss, accuracy = _one_epoch(context, model, criterion, optimizer, schedule, inputs, train.targets,
+                                        config.batch_size, generator, (epoch, total), words)
+            val_loss = val_acc = None
+            if val is not None:
+                val_loss, val_acc = _evaluate(model, criterion, val_inputs, val.targets)
+            row = EpochResult(epoch + 1, stage, loss, accuracy, val_loss, val_acc)
+            curves.append(row)
+            context.partial(row)
+            if epochs is not None or val is None:
+                best.keep(network, epoch + 1)
+            elif best.improves(val_loss):
+                best.keep(network, epoch + 1, val_loss, val_acc)
+                waited = 0
+            else:
+                waited += 1
+                if stage == "head" and waited >= config.patience:
+                    stopped_early = True
+                    break
+        best.restore(network)  # the next stage starts from this one's best epoch
+        stage_bests.append(best)
+    if not stage_bests:
+        return FitReport(curves, 0, False)
+    kept = stage_bests[-1]
+    if len(stage_bests) == 2 and kept.accuracy is not None and kept.accuracy < stage_bests[0].accuracy:
+        kept = stage_bests[0]  # the last stage made things worse: the best head alone is kept
+        kept.restore(network)
+    for parameter in network.parameters():
+        parameter.requires_grad_(False)
+    return FitReport(curves, kept.epoch, stopped_early)
+
+
+def _pooled(features: LiteFeatures, activations: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    return torch.cat([features.finish(activations[i:i + batch].float(), features.last_stage_start)
+                      for i in range(0, len(activations), batch)])
+
+
+def _optimizer(network: ClassifierNetwork, modules: list[nn.Module], stage: str, config: FineTuneConfig):
+    if stage == "head":
+        return torch.optim.AdamW(network.head.parameters(), lr=config.head_lr, weight_decay=config.weight_decay)
+    body = [p for module in modules if module is not network.head for p in module.parameters()]
+    return torch.optim.AdamW([{"params": body, "lr": config.full_lr},
+                              {"params": list(network.head.parameters()), "lr": config.full_lr * HEAD_LR_FACTOR}],
+                             weight_decay=config.weight_decay)
+
+
+def _one_epoch(context, model, criterion, optimizer, schedule, inputs: torch.Tensor, targets: torch.Tensor,
+               batch_size: int, generator: torch.Generator, place: tuple[int, int], words: str) -> tuple[float, float]:
+    """One pass in random order, each image seen as itself or as its mirror image; (mean loss, accuracy)."""
+    epoch, total = place
+    order = torch.randperm(len(targets), generator=generator)
+    views = torch.randint(0, VIEWS, (len(targets),), generator=generator)
+    summed, correct = 0.0, 0
+    batches = math.ceil(len(targets) / batch_size)
+    for number, start in enumerate(range(0, len(targets), batch_size)):
+        context.check_cancelled()
+        rows = order[start:start + batch_size]
+        x = inputs[views[rows], rows]
+        output = model(x.float())
+        loss = criterion(output, targets[rows])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        summed += float(loss.item()) * len(rows)
+        correct += int((output.argmax(dim=1) == targets[rows]).sum().item())
+        context.progress((epoch + (number + 1) / batches) / total, f"Epoch {epoch + 1} of {total} ({words})")
+    return summed / len(targets), correct / len(targets)
+
+
+@torch.no_grad()
+def _evaluate(model, criterion, inputs: torch.Tensor, targets: torch.Tensor, batch: int = 256) -> tuple[float, float]:
+    output = torch.cat([model(inputs[i:i + batch].float()) for i in range(0, len(inputs), batch)])
+    return float(criterion(output, targets).item()), float((output.argmax(dim=1) == targets).float().mean().item())
+
+
+@torch.no_grad()
+def cached_probabilities(network: ClassifierNetwork, cached: CachedImages, batch: int = 256) -> np.ndarray:
+    """Softmax outputs for the cached images as they are (view 0), as the network predicts them."""
+    view = cached.activations[0]
+    return torch.cat([torch.softmax(tail_logits(network, view[i:i + batch]), dim=1)
+                      for i in range(0, len(view), batch)]).numpy()
+
+
+def trainable_state(network: ClassifierNetwork) -> dict[str, torch.Tensor]:
+    """A copy of the weights this recipe trains (the head and the last stage, not the frozen body)."""
+    start = network.features.last_stage_start
+    keep = ("head.", "features.conv_head.", "features.bn1.") + tuple(
+        f"features.blocks.{i}." for i in range(start, len(network.features.blocks)))
+    return {k: v.detach().clone() for k, v in network.state_dict().items() if k.startswith(keep)}
+
+
+class _Best:
+    """The trained weights of the best epoch so far."""
+
+    def __init__(self, network: ClassifierNetwork):
+        self.score, self.epoch, self.accuracy = math.inf, 0, None
+        self.state = trainable_state(network)
+
+    def improves(self, score: float) -> bool:
+        return score < self.score - 1e-6
+
+    def keep(self, network: ClassifierNetwork, epoch: int, score: float = math.inf,
+             accuracy: float | None = None) -> None:
+        self.score, self.epoch, self.accuracy = score, epoch, accuracy
+        self.state = trainable_state(network)
+
+    def restore(self, network: ClassifierNetwork) -> None:
+        network.load_state_dict(self.state, strict=False)
+
