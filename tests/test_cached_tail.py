@@ -153,7 +153,7 @@ def test_a_last_stage_that_classifies_worse_than_the_head_is_dropped(spec):
     report = cached_tail.fit_cached_tail(JobContext(), network, train, val, wild)
     head_best = min((e for e in report.curves if e.stage == "head"), key=lambda e: e.val_loss)
     full_best = min((e for e in report.curves if e.stage == "full"), key=lambda e: e.val_loss)
-    assert full_best.val_acc < head_best.val_acc
+    assert full_best.val_acc < head_best.val_acc - cached_tail.WORSE_BY
     assert report.best_epoch == head_best.epoch
     proba = cached_tail.cached_probabilities(network, cached.subset(np.r_[4:6, 10:12]))
     assert (proba.argmax(axis=1) == val.targets.numpy()).mean() == pytest.approx(head_best.val_acc)

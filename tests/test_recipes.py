@@ -85,8 +85,11 @@ def test_only_the_training_side_chooses_and_cross_validated_projects_keep_the_de
 
 def test_training_stores_the_recipe_and_a_quick_retrain_keeps_it(project, monkeypatch):
     make_feature_project(project, [130, 130], unlabeled=5, dim=16)
-    first = train_on_cached_features(JobContext(), project, "logreg", BACKBONE, LAYER, quick=False)
+    fractions, messages = [], []
+    context = JobContext(lambda fraction, message: (fractions.append(fraction), messages.append(message)))
+    first = train_on_cached_features(context, project, "logreg", BACKBONE, LAYER, quick=False)
     assert first.metrics.evaluation == "holdout"
+    assert fractions == sorted(fractions) and any(m.startswith("Comparing recipes") for m in messages)
     assert first.params["recipe_name"] in recipes.RECIPES_BY_NAME and first.params["recipe_reason"]
     assert first.params["recipe_scores"] and first.params["C"] == pytest.approx(
         recipes.RECIPES_BY_NAME[first.params["recipe_name"]].C)

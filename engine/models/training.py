@@ -256,19 +256,19 @@ def _train_linear(
         previous = None  # saved before unit-length rows (issue 15): its C was chosen for standardized features
     is_quick = _use_quick(quick, previous[0] if previous else None, len(y))
     warm = previous[1] if (is_quick and previous) else None
+    loaded = time.perf_counter()
     recipe = None  # Quick's recipe (engine.models.recipes): the default method only
     if method == DEFAULT_METHOD:
         recipe = recipes.recipe_for_training(context.subcontext(0.1, 0.3), plan, X_labeled, y, data.is_val, seed,
                                              previous[0] if is_quick else None)
     C = previous[0].params["C"] if is_quick else (recipe.recipe.C if recipe else None)
     base = make_feature_classifier(method, levels, C=C, random_state=seed, warm_start_from=warm)
-    loaded = time.perf_counter()
     context.check_cancelled()
-    context.progress(0.1, f"Training on {len(y)} labeled images, {TESTED_HOW.get(plan.kind, 'too few to test it')}")
+    context.progress(0.3, f"Training on {len(y)} labeled images, {TESTED_HOW.get(plan.kind, 'too few to test it')}")
 
     splits = evaluation_splits(plan, y, data.is_val, data.groups, seed, quick=is_quick)
     final, metrics, held_out_proba = _fit_and_evaluate(
-        context.subcontext(0.1, 0.85), base, plan, splits, X_labeled, y, data, classes, class_names, levels
+        context.subcontext(0.3, 0.85), base, plan, splits, X_labeled, y, data, classes, class_names, levels
     )
     metrics = metrics.with_counts(evaluation=plan.description, n_labeled=int(len(y)),
                                   evaluation_note=plan.reason or metrics.evaluation_note,

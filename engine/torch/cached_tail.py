@@ -30,12 +30,18 @@ from engine.torch.extractors import LiteFeatures
 from engine.torch.finetune import ClassifierNetwork, FineTuneConfig, FitReport
 from engine.torch.image_data import eval_transform
 
-# Chosen on caltech101-dev (30 labeled per class, 4 draws): 10 epochs of the last stage at 3e-4 (the head
-# at 10x) after 30 epochs of the head alone; measured with benchmarks/thorough.py.
+# Chosen on caltech101-dev (30 labeled per class, experiments on cached activations, then
+# benchmarks/thorough.py): 10 epochs of the last stage at 3e-4 (the head at 10x) after 30 epochs of the
+# head alone. The head runs all 30 (patience = head_epochs): stopped after 3 epochs without a lower
+# validation loss, Thorough lost 0.3 and 0.6 points on the same two draws.
 CACHED_TAIL_CONFIG = FineTuneConfig(head_epochs=30, full_epochs=10, head_lr=1e-3, full_lr=3e-4, layer_decay=None,
-                                    batch_size=32, patience=3, label_smoothing=0.1)
+                                    batch_size=32, patience=30, label_smoothing=0.1)
 RECIPE = "the last stage and the head fine-tuned on cached activations of the frozen body (CPU)"
 HEAD_LR_FACTOR = 10.0  # the head's learning rate over the last stage's while both train
+# Validation accuracy the last stage must lose to be dropped for the head alone: a few images of ~300 go
+# either way by chance (compared strictly, it was dropped in one of five draws of benchmarks/thorough.py,
+# which then scored 1.1 points below Quick); a run gone wrong loses far more.
+WORSE_BY = 0.01
 VIEWS = 2  # the image and its mirror image
 
 
@@ -97,9 +103,9 @@ def fit_cached_tail(context: JobContext, network: ClassifierNetwork, train: Cach
     """The head alone, then the last stage with the head. With validation images, the head stops after
     ``patience`` epochs without a lower validation loss and keeps its best epoch; the last stage then
     runs all its epochs (its learning rate warms up and anneals: early epochs judge it unfairly) and
-    keeps its own best epoch. That is kept unless it classifies the validation images worse than the
-    best head (a run gone wrong): compared by the label-smoothed loss instead, a sharper fine-tuned
-    network lost to the head although it classified better (caltech101-dev, 30 per class).
+    keeps its own best epoch. That is kept unless it classifies the validation images clearly worse
+    than the best head (by ``WORSE_BY``: a run gone wrong). Compared by the label-smoothed loss instead,
+    a sharper fine-tuned network lost to the head although it classified better (caltech101-dev).
     ``epochs`` = (head, last stage) runs exactly that many (the refit on every labeled image)."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -157,8 +163,9 @@ def fit_cached_tail(context: JobContext, network: ClassifierNetwork, train: Cach
     if not stage_bests:
         return FitReport(curves, 0, False)
     kept = stage_bests[-1]
-    if len(stage_bests) == 2 and kept.accuracy is not None and kept.accuracy < stage_bests[0].accuracy:
-        kept = stage_bests[0]  # the last stage made things worse: the best head alone is kept
+    if (len(stage_bests) == 2 and kept.accuracy is not None
+            and kept.accuracy < stage_bests[0].accuracy - WORSE_BY):
+        kept = stage_bests[0]  # the last stage made things clearly worse: the best head alone is kept
         kept.restore(network)
     for parameter in network.parameters():
         parameter.requires_grad_(False)
