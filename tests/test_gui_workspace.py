@@ -370,6 +370,8 @@ def test_new_images_get_predictions_after_an_import(labeled_window, qtbot, tmp_p
     dialog.start()
     qtbot.waitUntil(lambda: "Suggestions added for 1 new images" in window.statusBar().currentMessage(), timeout=10_000)
     assert len(asked[0]) == 1 and asked[0][0] not in ids  # only the new image needed a prediction
+    # The grid repaints in a turn of its own after the job (gui.one_per_turn), maybe after the message.
+    qtbot.waitUntil(lambda: bool(repaints), timeout=10_000)
     assert repaints == [True]  # the grid dropped its tile facts once the predictions were stored
     new_row = window.grid_model.row_of(asked[0][0])
     assert window.grid_model.tile(new_row).predicted_class_id == dogs.id
