@@ -84,8 +84,7 @@ def test_fitting_trains_the_last_stage_and_head_and_leaves_the_body(spec):
     train, val = cached.subset(np.r_[0:4, 6:10]), cached.subset(np.r_[4:6, 10:12])
     report = cached_tail.fit_cached_tail(JobContext(on_partial=partials.append), network, train, val, SMALL)
     assert [e.stage for e in report.curves] == ["head"] * 8 + ["full"] * 2 and partials == report.curves
-    best = min((e for e in report.curves if e.stage == "full"), key=lambda e: e.val_loss)
-    assert report.best_epoch == best.epoch  # the last stage's best epoch: it classifies no worse than the head
+    assert report.best_epoch == 10  # the last stage's last epoch: it classifies no worse than the head
     for key, value in body_state(network).items():
         assert torch.equal(value, body[key]), key
     changed = [k for k, v in cached_tail.trainable_state(network).items() if not torch.equal(v, tail[k])]
@@ -103,13 +102,16 @@ def test_fitting_trains_the_last_stage_and_head_and_leaves_the_body(spec):
     np.testing.assert_allclose(proba, direct, atol=2e-2)
 
 
-def test_a_refit_runs_exactly_the_epochs_asked_without_validation(spec):
+def test_without_validation_every_epoch_runs_and_the_last_is_kept(spec):
     network = finetune.build_network(BACKBONE, "pooled", 2)
     images, targets = pictures(3)
     cached = cached_tail.cache_body(JobContext(), network, spec, images, targets)
-    report = cached_tail.fit_cached_tail(JobContext(), network, cached, None, SMALL, epochs=(2, 0))
-    assert [e.stage for e in report.curves] == ["head", "head"] and report.curves[0].val_loss is None
-    assert report.best_epoch == 2 and not report.stopped_early
+    report = cached_tail.fit_cached_tail(JobContext(), network, cached, None, SMALL)
+    assert [e.stage for e in report.curves] == ["head"] * 8 + ["full"] * 2 and report.curves[0].val_loss is None
+    assert report.best_epoch == 10 and not report.stopped_early
+    head_only = finetune.build_network(BACKBONE, "pooled", 2)
+    report = cached_tail.fit_cached_tail(JobContext(), head_only, cached, None, SMALL, last_stage=False)
+    assert [e.stage for e in report.curves] == ["head"] * 8 and report.best_epoch == 8
 
 
 def test_cancelling_stops_within_a_batch(spec):
@@ -130,17 +132,19 @@ def test_cancelling_stops_within_a_batch(spec):
     assert len(batches) == 2
 
 
-def test_the_head_stops_early_and_the_last_stage_still_runs_all_its_epochs(spec):
+def test_with_validation_every_epoch_still_runs_and_the_last_stage_ends_as_its_last_epoch(spec):
     network = finetune.build_network(BACKBONE, "pooled", 2)
     images, targets = pictures(6)
     cached = cached_tail.cache_body(JobContext(), network, spec, images, targets)
-    absurd = finetune.FineTuneConfig(head_epochs=30, full_epochs=2, head_lr=50.0, full_lr=1e-4, batch_size=4,
-                                     patience=2)  # the head's validation loss degrades at once
-    report = cached_tail.fit_cached_tail(JobContext(), network, cached.subset(np.r_[0:4, 6:10]),
-                                         cached.subset(np.r_[4:6, 10:12]), absurd)
-    stages = [e.stage for e in report.curves]
-    assert report.stopped_early and stages.count("head") < 30 and stages.count("full") == 2
-    assert report.curves[report.best_epoch - 1].stage == "full"
+    noisy = finetune.FineTuneConfig(head_epochs=6, full_epochs=3, head_lr=50.0, full_lr=1e-4, batch_size=4,
+                                    patience=2)  # the head's validation loss degrades at once: no early stop
+    val = cached.subset(np.r_[4:6, 10:12])
+    report = cached_tail.fit_cached_tail(JobContext(), network, cached.subset(np.r_[0:4, 6:10]), val, noisy)
+    assert [e.stage for e in report.curves] == ["head"] * 6 + ["full"] * 3 and not report.stopped_early
+    last = report.curves[-1]
+    assert report.best_epoch == 9 and last.val_loss is not None
+    proba = cached_tail.cached_probabilities(network, val)
+    assert (proba.argmax(axis=1) == val.targets.numpy()).mean() == pytest.approx(last.val_acc)
 
 
 def test_a_last_stage_that_classifies_worse_than_the_head_is_dropped(spec):
@@ -151,12 +155,11 @@ def test_a_last_stage_that_classifies_worse_than_the_head_is_dropped(spec):
                                    patience=20)  # the last stage's learning rate wrecks it
     train, val = cached.subset(np.r_[0:4, 6:10]), cached.subset(np.r_[4:6, 10:12])
     report = cached_tail.fit_cached_tail(JobContext(), network, train, val, wild)
-    head_best = min((e for e in report.curves if e.stage == "head"), key=lambda e: e.val_loss)
-    full_best = min((e for e in report.curves if e.stage == "full"), key=lambda e: e.val_loss)
-    assert full_best.val_acc < head_best.val_acc - cached_tail.WORSE_BY
-    assert report.best_epoch == head_best.epoch
+    head_end = [e for e in report.curves if e.stage == "head"][-1]
+    assert report.curves[-1].stage == "full" and report.curves[-1].val_acc < head_end.val_acc - cached_tail.WORSE_BY
+    assert report.best_epoch == head_end.epoch
     proba = cached_tail.cached_probabilities(network, cached.subset(np.r_[4:6, 10:12]))
-    assert (proba.argmax(axis=1) == val.targets.numpy()).mean() == pytest.approx(head_best.val_acc)
+    assert (proba.argmax(axis=1) == val.targets.numpy()).mean() == pytest.approx(head_end.val_acc)
 
 
 def test_the_job_step_judges_on_validation_images_then_learns_again_from_every_labeled_image(spec, monkeypatch):
@@ -171,16 +174,15 @@ def test_the_job_step_judges_on_validation_images_then_learns_again_from_every_l
     real_fit = cached_tail.fit_cached_tail
     monkeypatch.setattr(cached_tail, "fit_cached_tail",
                         lambda context, network, train_part, val_part, *args, **kwargs:
-                        fits.append((len(train_part), val_part, kwargs.get("epochs")))
+                        fits.append((len(train_part), val_part, kwargs.get("last_stage", True)))
                         or real_fit(context, network, train_part, val_part, *args, **kwargs))
     network = finetune.build_network(BACKBONE, "pooled", 2)
     streamed = []
     report, val_proba, predicted = fine_tune_cached_tail(
         JobContext(on_partial=streamed.append), network, spec, {row.image_id: image for row, image in zip(rows, images)},
         train, val, {7: 0, 8: 1}, SMALL, seed=0)
-    head_epochs = sum(e.stage == "head" for e in report.curves)
-    expected = (min(report.best_epoch, head_epochs), max(report.best_epoch - head_epochs, 0))
-    assert [(n, v is None, e) for n, v, e in fits] == [(8, False, None), (12, True, expected)]
+    kept_last_stage = report.curves[report.best_epoch - 1].stage == "full"
+    assert [(n, v is None, e) for n, v, e in fits] == [(8, False, True), (12, True, kept_last_stage)]
     assert streamed == report.curves  # the refit is not charted
     assert val_proba.shape == (4, 2) and (val_proba.argmax(axis=1) == [0, 0, 1, 1]).all()
     assert sorted(predicted) == [row.image_id for row in rows]

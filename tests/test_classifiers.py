@@ -23,6 +23,7 @@ from engine.models.classifiers import (
     NotEnoughLabelsError,
     make_classifier,
 )
+from engine.models.logistic_float32 import TOL
 
 
 def blobs(n: int, k: int, dim: int = 24, seed: int = 0, spread: float = 2.0):
@@ -88,8 +89,10 @@ def test_exported_arrays_match_independent_sklearn_models():
     X, y = blobs(90, 3, seed=4)
     rows = normalize(X.astype(np.float64)) * np.sqrt(X.shape[1])
     logreg = LogisticClassifier(C=0.1).fit(X, y)
-    reference = LogisticRegression(C=0.1, class_weight="balanced", max_iter=2000).fit(rows, y)
-    np.testing.assert_allclose(logreg.predict_proba(X), reference.predict_proba(rows), atol=1e-6)
+    reference = LogisticRegression(C=0.1, class_weight="balanced", tol=TOL, max_iter=2000).fit(rows, y)
+    # The same objective from float32 rows rounded a little differently: at a tolerance of 1e-5 the solver
+    # runs to where float32 rounding steers its last steps, so the two stop a few 1e-4 apart.
+    np.testing.assert_allclose(logreg.predict_proba(X), reference.predict_proba(rows), atol=1e-3)
     svm = LinearSVMClassifier(C=0.1, random_state=0).fit(X, y)
     calibrated = CalibratedClassifierCV(
         LinearSVC(C=0.1, class_weight="balanced", max_iter=5000, random_state=0), method="sigmoid", ensemble=False,
@@ -97,8 +100,9 @@ def test_exported_arrays_match_independent_sklearn_models():
     ).fit(rows, y, sample_weight=compute_sample_weight("balanced", y))
     np.testing.assert_allclose(svm.predict_proba(X), calibrated.predict_proba(rows), atol=1e-6)
     old_recipe = LogisticClassifier(C=0.1, unit_length=False, standardize=True).fit(X, y)
-    standardized = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, class_weight="balanced", max_iter=2000))
-    np.testing.assert_allclose(old_recipe.predict_proba(X), standardized.fit(X, y).predict_proba(X), atol=1e-6)
+    standardized = make_pipeline(StandardScaler(),
+                                 LogisticRegression(C=0.1, class_weight="balanced", tol=TOL, max_iter=2000))
+    np.testing.assert_allclose(old_recipe.predict_proba(X), standardized.fit(X, y).predict_proba(X), atol=1e-3)
 
 
 @pytest.mark.parametrize("cls", [LogisticClassifier, LinearSVMClassifier])

@@ -33,7 +33,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 from sklearn.utils.class_weight import compute_sample_weight
 
-from engine.models.logistic_float32 import fit_logistic_float32, fit_many_logistic_float32
+from engine.models.logistic_float32 import TOL, fit_logistic_float32, fit_many_logistic_float32
 from engine.runtime.blas import native_threads
 from engine.models.predictor import MIN_NORM, LinearPredictor, _row_lengths, unit_rows  # noqa: F401 (re-exported)
 from storage.errors import ProjectError
@@ -206,7 +206,7 @@ class LogisticClassifier(_LinearFeatureClassifier):
     cv_scoring = "neg_log_loss"
 
     def _linear_model(self, C: float) -> LogisticRegression:
-        return LogisticRegression(C=C, class_weight="balanced", max_iter=2000, random_state=self.random_state)
+        return LogisticRegression(C=C, class_weight="balanced", tol=TOL, max_iter=2000, random_state=self.random_state)
 
     def fits_in_float32(self, X: np.ndarray) -> bool:
         """Whether fits on ``X`` take the float32 solver: from ``FLOAT32_FIT_FROM`` feature values, on

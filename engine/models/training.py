@@ -332,7 +332,8 @@ def _fit_and_evaluate(context, base, plan: EvaluationPlan, splits, X, y, data: L
     split holds out)). The holdout plan's first split is the validation side: its model chooses C (when
     not quick) and gives the metrics; the other splits' models, which only score the training side,
     reuse that C and start from the final model's solution (a started solver stops within its
-    tolerance of the fold's own optimum: measured on Lite0 features with 10 % flipped labels, the
+    tolerance of the fold's own optimum, tight enough that it forgets the labels it started from:
+    engine.models.logistic_float32.TOL; measured on Lite0 features with 10 % flipped labels, the
     out-of-fold scores find the same mistakes as cold fits).
 
     Large projects (``LogisticClassifier.fits_in_float32``, from ~3,000 labeled images of 1280-d features):

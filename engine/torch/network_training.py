@@ -169,24 +169,25 @@ def fine_tune_cached_tail(context: JobContext, network: finetune.ClassifierNetwo
                           val: list, index_of: dict[int, int], config: finetune.FineTuneConfig, seed: int):
     """(fit report, validation probabilities or None, {image id: probabilities} of every labeled image).
 
-    Fits on the training side and stops by the validation side; the network then learns again from its
-    starting weights on every labeled image for the epochs validation chose (cheap once activations are
-    cached), so the shipped model has seen every label, as Quick's does; the metrics and the
-    validation images' probabilities are those of the network that did not see them."""
-    cached = cached_tail.cache_body(context.subcontext(0.0, 0.6), network, spec,
+    Fits on the training side, scored on the validation side; the network then learns again from its
+    starting weights on every labeled image with the same schedule (cheap once activations are cached;
+    without the last stage when validation dropped it), so the shipped model has seen every label, as
+    Quick's does; the metrics and the validation images' probabilities are those of the network that
+    did not see them."""
+    cached = cached_tail.cache_body(context.subcontext(0.0, 0.5), network, spec,
                                     [images[i.image_id] for i in train + val],
                                     [index_of[i.class_id] for i in train + val])
     train_rows, val_rows = np.arange(len(train)), np.arange(len(train), len(train) + len(val))
     start = cached_tail.trainable_state(network)
-    report = cached_tail.fit_cached_tail(context.subcontext(0.6, 0.8), network, cached.subset(train_rows),
-                                         cached.subset(val_rows) if val else None, config, seed)
+    report = cached_tail.fit_cached_tail(context.subcontext(0.5, 0.75 if val else 1.0), network,
+                                         cached.subset(train_rows), cached.subset(val_rows) if val else None,
+                                         config, seed)
     val_proba = cached_tail.cached_probabilities(network, cached.subset(val_rows)) if val else None
     if val:
-        head_epochs = sum(1 for epoch in report.curves if epoch.stage == "head")
-        epochs = (min(report.best_epoch, head_epochs), max(report.best_epoch - head_epochs, 0))
+        kept_last_stage = report.curves[report.best_epoch - 1].stage == "full"
         network.load_state_dict(start, strict=False)
-        cached_tail.fit_cached_tail(context.subcontext(0.8, 1.0, partials=False), network, cached, None, config, seed,
-                                    epochs=epochs)
+        cached_tail.fit_cached_tail(context.subcontext(0.75, 1.0, partials=False), network, cached, None, config,
+                                    seed, last_stage=kept_last_stage)
     proba = cached_tail.cached_probabilities(network, cached)
     return report, val_proba, {img.image_id: p for img, p in zip(train + val, proba)}
 
