@@ -29,6 +29,7 @@ def window(qtbot, tmp_path):
     def idle_then_close() -> None:
         runners = main.findChildren(QtJobRunner)
         qtbot.waitUntil(lambda: not any(r.busy for r in runners), timeout=60_000)
+        main._confirm_quit_while_busy = lambda: True  # a job started after the wait: no box nobody answers
         for dialog in main.findChildren(BackupDialog):
             for other in dialog.side_windows:
                 other.close()

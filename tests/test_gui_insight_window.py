@@ -52,6 +52,9 @@ def open_window(qtbot, tmp_path):
         qtbot.waitUntil(lambda: not any(shiboken6.isValid(r) and r.busy for r in runners), timeout=120000)
         if not shiboken6.isValid(window):
             continue
+        # A job may still start after that wait (on a loaded machine one did, and the modal box hung the
+        # run): answer the box as a user who wants to quit would.
+        window._confirm_quit_while_busy = lambda: True
         window.close()
         qtbot.waitUntil(lambda: window.insight.closed, timeout=30000)
         assert window.insight.map_runner.closed and window.insight.read_runner.closed

@@ -43,6 +43,7 @@ def window_for(qtbot, tmp_path):
     def idle_then_close() -> None:
         runners = window.findChildren(QtJobRunner)
         qtbot.waitUntil(lambda: not any(r.busy for r in runners), timeout=60_000)
+        window._confirm_quit_while_busy = lambda: True  # a job started after the wait: no box nobody answers
 
     qtbot.addWidget(window, before_close_func=lambda _widget: idle_then_close())
     return window, settings
