@@ -181,7 +181,10 @@ def test_missing_folder_is_an_error(tmp_path):
 
 
 _CHILD = """
-import sys, time
+import signal, sys, time
+# Ctrl+C raises KeyboardInterrupt even where the test run itself was started in the background, whose
+# children inherit SIGINT ignored (Python then installs no handler and the child never stops).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, sys.argv[3])
 from engine.runtime.jobs import JobContext
 from engine.ship.watch import PredictBatchResult, PredictedRow, watch_folder
