@@ -104,7 +104,7 @@ def fit_cached_tail(context: JobContext, network: ClassifierNetwork, train: Cach
     classifies them clearly worse than the head alone (by ``WORSE_BY``: a run gone wrong) is dropped for
     the head. Why no best epoch: with ~300 validation images the choice was noise, and learning again
     from every labeled image for the chosen, shorter schedule lost what fine-tuning had gained
-    (benchmarks/thorough.py: +0.1 points over Quick, against +1.2 with the fixed schedule)."""
+    (benchmarks/thorough.py, the same five draws: +0.1 points over Quick, against +1.0 with this schedule)."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     features: LiteFeatures = network.features
