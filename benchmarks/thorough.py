@@ -7,7 +7,8 @@ never used to choose anything. Quick (the default method, ``train_model``) and T
 (``--method finetune``: on a CPU the last stage and the head on cached activations,
 engine.torch.cached_tail) each train a model version; their stored predictions of the test images are
 scored as mean per-class accuracy. Quick is a full training in every draw (never a quick retrain
-started from the previous draw's model, which saw this draw's test images labeled). Reported per draw and as mean +- standard error: both accuracies,
+started from the previous draw's model, which saw this draw's test images labeled). Reported per draw
+and as mean +- standard error: both accuracies,
 the gain in points, and Thorough's minutes (caching, fitting, refitting and predicting every image).
 Targets (issue 15): >= 1 point over Quick at 30 per class, <= 10 minutes for ~1,500 images on 2 cores.
 Last line: JSON.
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                 started = time.perf_counter()
                 # quick=False: a quick retrain would start from the previous draw's model, which saw
                 # this draw's test images labeled (its solver stops within a tolerance of the optimum,
-                # not at it: 0.5-1.9 points too high on caltech101-dev).
+                # not at it: 0.4-0.9 points too high at the old tolerance of 1e-4).
                 result = train_model(JobContext(), project, **({"method": method} if method else {"quick": False}))
                 row[f"{name}_s"] = round(time.perf_counter() - started, 1)
                 row[name] = round(score(project, result.model_version, truth, test), 4)

@@ -125,7 +125,7 @@ def fit_cached_tail(context: JobContext, network: ClassifierNetwork, train: Cach
                None if val is None else val.activations[0], train.activations)]
     words = ({"head": "head", "full": "last stage"} if val is not None
              else dict.fromkeys(("head", "full"), "every labeled image"))
-    ends: list[tuple[str, dict, EpochResult]] = []  # each stage's last epoch and the weights after it
+    head_end: tuple[dict, EpochResult] | None = None  # the head's weights and last epoch, before the last stage
     for stage, n_epochs, modules, model, val_inputs, inputs in stages:
         if n_epochs == 0:
             continue
@@ -147,16 +147,16 @@ def fit_cached_tail(context: JobContext, network: ClassifierNetwork, train: Cach
             context.partial(row)
         for module in modules:
             module.requires_grad_(False)
-        ends.append((stage, trainable_state(network), curves[-1]))
+        if stage == "head" and tail_epochs and val is not None:  # what a failed last stage falls back to
+            head_end = (trainable_state(network), curves[-1])
     for parameter in network.parameters():
         parameter.requires_grad_(False)
-    if not ends:
+    if not curves:
         return FitReport(curves, 0, False)
-    kept = ends[-1]
-    if len(ends) == 2 and val is not None and ends[1][2].val_acc < ends[0][2].val_acc - WORSE_BY:
-        kept = ends[0]  # the last stage made things clearly worse: the head alone is kept
-        network.load_state_dict(kept[1], strict=False)
-    return FitReport(curves, kept[2].epoch, False)
+    if head_end is not None and curves[-1].val_acc < head_end[1].val_acc - WORSE_BY:
+        network.load_state_dict(head_end[0], strict=False)  # the last stage made things clearly worse
+        return FitReport(curves, head_end[1].epoch, False)
+    return FitReport(curves, curves[-1].epoch, False)
 
 
 def _pooled(features: LiteFeatures, activations: torch.Tensor, batch: int = 256) -> torch.Tensor:
