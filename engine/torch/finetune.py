@@ -102,10 +102,16 @@ def parameter_groups(network: ClassifierNetwork, lr: float, layer_decay: float |
     return groups
 
 
-def build_network(backbone: str, layer: str, n_classes: int) -> ClassifierNetwork:
-    """The (backbone, layer) feature extractor with its ImageNet weights and a new head for ``n_classes``."""
+def build_network(backbone: str, layer: str, n_classes: int, seed: int | None = None) -> ClassifierNetwork:
+    """The (backbone, layer) feature extractor with its ImageNet weights and a new head for ``n_classes``.
+    ``seed``: the new head's random initial weights come from it, so a training's recorded seed gives
+    the same model again (None: from torch's global generator, as a network about to be loaded needs)."""
     spec = get_backbone(backbone)
-    return ClassifierNetwork(load_feature_extractor(spec, layer), spec.feature_dim(layer), n_classes)
+    extractor = load_feature_extractor(spec, layer)
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):  # the caller's generator untouched
+        if seed is not None:
+            torch.manual_seed(seed)
+        return ClassifierNetwork(extractor, spec.feature_dim(layer), n_classes)
 
 
 def train_one_epoch(

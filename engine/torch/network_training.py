@@ -108,7 +108,7 @@ def _train_network(context, project, method, backbone, layer, seed, config: fine
     # their near-duplicates can leave a class with none to train on).
     has_val = {img.class_id for img in val} == {img.class_id for img in train_side} == set(index_of)
     train = train_side if has_val else labeled
-    network = finetune.build_network(spec.name, layer, len(classes))
+    network = finetune.build_network(spec.name, layer, len(classes), seed)
     counts = {"n_train": len(train), "n_val": len(val) if has_val else 0, "n_labeled": len(labeled)}
     predicted: dict[int, np.ndarray] = {}  # image id -> probabilities already known (cached labeled images)
     if uses_cached_tail(training_method, network):
