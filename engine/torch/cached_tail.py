@@ -34,12 +34,12 @@ from engine.torch.image_data import eval_transform
 # head alone, then 20 of the last stage at 1e-3 (the head at 3x), each on a one-cycle schedule run to
 # its end. The last stage at 3e-4 for 10 epochs gained 0.8 points over Quick (2 draws), at 1e-3 for 20
 # 1.1 and 1.7 (2 other draws); benchmarks/thorough.py measures it on draws that chose nothing.
-# Tried on draws 12-16 (not among the benchmark's 0-9), fitted on every labeled image as the refit is, and
-# not kept; gains over Quick in points: this schedule +0.2 to +0.3 (three runs: it varies ~0.5 point per draw from run to run); averaging its
-# probabilities with Quick's +0.3, with its mirror image's +0.4, weights averaged over the last 3-15
-# epochs +0.1 to +0.2, a fresh logistic regression on its pooled features +0.2, shifted crops or dropped
-# positions of the cached activations +0.2 to +0.4; stage 6 trained too (activations cached before it)
-# -0.4 on the one draw run, at 6x the time per epoch (Thorough would take ~20 minutes).
+# Tried on draws 12-16 (not among the benchmark's draws), fitted on every labeled image as the refit is,
+# and not kept; gains over Quick in points: this schedule +0.2 to +0.3 (three runs, before the head's
+# start was seeded); averaging its probabilities with Quick's +0.3, with its mirror image's +0.4; weights
+# averaged over the last 3-15 epochs +0.1 to +0.2; a fresh logistic regression on its pooled features
+# +0.2; shifted crops or dropped positions of the cached activations +0.2 to +0.4; stage 6 trained too
+# (activations cached before it) -0.4 on the one draw run, at 6x the time per epoch (~20 minutes).
 CACHED_TAIL_CONFIG = FineTuneConfig(head_epochs=30, full_epochs=20, head_lr=1e-3, full_lr=1e-3, layer_decay=None,
                                     batch_size=32, patience=30, label_smoothing=0.1)
 RECIPE = "the last stage and the head fine-tuned on cached activations of the frozen body (CPU)"
