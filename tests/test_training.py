@@ -396,6 +396,20 @@ def test_layer_wise_learning_rates_shrink_towards_the_input():
     assert n_params == len(list(network.parameters()))
 
 
+def add_colour_images(project, colours: dict[str, tuple[int, int, int]], per_class: int, step: int) -> None:
+    """``per_class`` labeled noisy JPEGs of each named colour, each a little brighter (``step``) than the last."""
+    from storage.images import NewImage, add_images
+
+    ids = catalog.ensure_classes(project, list(colours))
+    rows = []
+    for name, colour in colours.items():
+        for i in range(per_class):
+            data = jpeg(tuple(c + step * i for c in colour))
+            rows.append(NewImage(f"{name}{i}", f"{name}{i}.jpg", f"/x/{name}{i}.jpg", "gen", 64, 64, "JPEG", data,
+                                 data, ids[name]))
+    add_images(project, rows)
+
+
 def jpeg(colour, size=64) -> bytes:
     buffer = io.BytesIO()
     rng = np.random.default_rng(sum(colour))
@@ -406,17 +420,10 @@ def jpeg(colour, size=64) -> bytes:
 
 def test_probe_and_finetune_on_lite0_store_models_that_predict_files(project, tmp_path, monkeypatch):
     from engine.models.predicting import predict_files, refresh_predictions
-    from storage.images import NewImage, add_images, list_images
+    from storage.images import list_images
 
     colours = {"red": (220, 40, 40), "blue": (40, 40, 220)}
-    ids = catalog.ensure_classes(project, list(colours))
-    rows = []
-    for name, colour in colours.items():
-        for i in range(6):
-            data = jpeg(tuple(c + 3 * i for c in colour))
-            rows.append(NewImage(f"{name}{i}", f"{name}{i}.jpg", f"/x/{name}{i}.jpg", "gen", 64, 64, "JPEG", data,
-                                 data, ids[name]))
-    add_images(project, rows)
+    add_colour_images(project, colours, per_class=6, step=3)
     monkeypatch.setattr(finetune, "DEFAULT_CONFIG",
                         finetune.FineTuneConfig(head_epochs=1, full_epochs=1, head_lr=0.01, batch_size=8))
     monkeypatch.setattr(cached_tail, "CACHED_TAIL_CONFIG",
@@ -459,16 +466,7 @@ def test_thorough_training_with_the_same_seed_gives_the_same_model_again(project
     accuracy on caltech101-dev moved ~0.5 points per draw from one run to the next)."""
     from safetensors.numpy import load
 
-    from storage.images import NewImage, add_images
-
-    ids = catalog.ensure_classes(project, ["red", "blue"])
-    rows = []
-    for name, colour in (("red", (220, 40, 40)), ("blue", (40, 40, 220))):
-        for i in range(4):
-            data = jpeg(tuple(c + 5 * i for c in colour))
-            rows.append(NewImage(f"{name}{i}", f"{name}{i}.jpg", f"/x/{name}{i}.jpg", "gen", 64, 64, "JPEG", data,
-                                 data, ids[name]))
-    add_images(project, rows)
+    add_colour_images(project, {"red": (220, 40, 40), "blue": (40, 40, 220)}, per_class=4, step=5)
     monkeypatch.setattr(cached_tail, "CACHED_TAIL_CONFIG",
                         finetune.FineTuneConfig(head_epochs=2, full_epochs=1, head_lr=0.01, batch_size=4))
 
