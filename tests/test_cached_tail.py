@@ -61,6 +61,36 @@ def test_body_then_finish_is_the_network(spec):
     torch.testing.assert_close(split, whole, rtol=1e-4, atol=1e-4)
 
 
+def test_the_frozen_body_runs_in_onnxruntime_with_the_activations_torch_computes(spec):
+    from engine.torch.body_runner import BodyRunner
+
+    network = finetune.build_network(BACKBONE, "pooled", 3).eval()
+    features = network.features
+    body = BodyRunner(features, spec, features.last_stage_start)
+    assert body.onnx is not None, body.why_torch
+    x = torch.randn(3, 3, spec.input_size, spec.input_size)
+    with torch.no_grad():
+        expected = features.body(x, features.last_stage_start)
+        torch.testing.assert_close(body(x), expected, rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(cached_tail.whole_network(network, body)(x), network(x), rtol=1e-3, atol=1e-3)
+
+
+def test_a_body_that_cannot_be_exported_runs_in_torch(spec, monkeypatch, caplog):
+    from engine.torch import body_runner
+
+    def broken_export(*args, **kwargs):
+        raise RuntimeError("exporter broke")
+
+    monkeypatch.setattr(body_runner, "to_onnx", broken_export)
+    network = finetune.build_network(BACKBONE, "pooled", 2).eval()
+    features = network.features
+    body = body_runner.BodyRunner(features, spec, features.last_stage_start)
+    assert body.onnx is None and body.why_torch == "exporter broke" and "exporter broke" in caplog.text
+    x = torch.randn(2, 3, spec.input_size, spec.input_size)
+    with torch.no_grad():
+        assert torch.equal(body(x), features.body(x, features.last_stage_start))
+
+
 def test_cached_views_hold_the_image_and_its_mirror_image(spec):
     network = finetune.build_network(BACKBONE, "pooled", 2)
     images, targets = pictures(3)

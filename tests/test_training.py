@@ -420,7 +420,7 @@ def jpeg(colour, size=64) -> bytes:
 
 def test_probe_and_finetune_on_lite0_store_models_that_predict_files(project, tmp_path, monkeypatch):
     from engine.models.predicting import predict_files, refresh_predictions
-    from storage.images import list_images
+    from storage.images import NewImage, add_images, list_images
 
     colours = {"red": (220, 40, 40), "blue": (40, 40, 220)}
     add_colour_images(project, colours, per_class=6, step=3)
@@ -432,6 +432,10 @@ def test_probe_and_finetune_on_lite0_store_models_that_predict_files(project, tm
     assert probe.metrics.n_labeled == 12 and len(modelstore.predictions(project)) == 12
     assert modelstore.list_training_runs(project)[-1].curves[0]["kind"] == "epoch"
     image_ids = [info.id for info in list_images(project)]
+    unlabeled = [NewImage(f"new{i}", f"new{i}.jpg", f"/x/new{i}.jpg", "gen", 64, 64, "JPEG", jpeg(colour), jpeg(colour),
+                          None) for i, colour in enumerate(colours.values())]
+    add_images(project, unlabeled)  # predicted by the network itself after training (not from cached activations)
+    new_ids = sorted({info.id for info in list_images(project)} - set(image_ids))
     # A validation image of each class, pinned: the leak guard moves their near-duplicates (every other
     # image here) to the validation side too, leaving nothing to train on; training goes on unevaluated.
     catalog.set_split(project, [image_ids[0], image_ids[6]], "val")
@@ -454,10 +458,11 @@ def test_probe_and_finetune_on_lite0_store_models_that_predict_files(project, tm
         assert [r.class_name for r in result.predictions] == ["red", "blue"], f"version {version}"
         assert all(r.probability > 0.5 for r in result.predictions)
     stored = modelstore.predictions(project, tuned.model_version)
+    assert len(stored) == 14 and [stored[i].class_name for i in new_ids] == ["red", "blue"]
     assert refresh_predictions(JobContext(), project, tuned.model_version) == sum(not p.out_of_fold for p in stored.values())
     refreshed = modelstore.predictions(project, tuned.model_version)
     for image_id, prediction in stored.items():  # reloaded safetensors weights predict what training did
-        assert refreshed[image_id].probability == pytest.approx(prediction.probability, abs=1e-4)
+        assert refreshed[image_id].probability == pytest.approx(prediction.probability, abs=1e-3)
 
 
 def test_thorough_training_with_the_same_seed_gives_the_same_model_again(project, monkeypatch):

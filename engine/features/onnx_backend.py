@@ -86,7 +86,7 @@ def model_path(spec: BackboneSpec, layer: str) -> Path:
     return cache_dir() / f"{spec.name}-{layer}-{digest}.onnx"
 
 
-def _verification_batch(spec: BackboneSpec) -> np.ndarray:
+def verification_batch(spec: BackboneSpec) -> np.ndarray:
     """Two deterministic, image-like inputs (smooth gradients plus noise) in the network's range."""
     rng = np.random.default_rng(1234)
     size = spec.input_size
@@ -126,7 +126,7 @@ def _export_verified(spec: BackboneSpec, layer: str, target: Path, model=None) -
 
     target.parent.mkdir(parents=True, exist_ok=True)
     extractor = load_feature_extractor(spec, layer, model)
-    sample = _verification_batch(spec)
+    sample = verification_batch(spec)
     handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}-", suffix=".onnx")
     os.close(handle)
     try:
@@ -174,9 +174,10 @@ def default_threads() -> int:
 
 
 class OnnxFeatureRunner:
-    """An onnxruntime session mapping (N, 3, H, W) float32 to (N, D) features. Releases the GIL."""
+    """An onnxruntime session mapping (N, 3, H, W) float32 to (N, D) features. Releases the GIL.
+    ``model`` is the ONNX file, or the model itself as bytes (a copy made for one job)."""
 
-    def __init__(self, path: Path, threads: int | None = None):
+    def __init__(self, model: Path | bytes, threads: int | None = None):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -186,7 +187,8 @@ class OnnxFeatureRunner:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         # Spinning threads would steal the cores the image decoders need between batches.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        source = model if isinstance(model, bytes) else str(model)
+        self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         self.threads = options.intra_op_num_threads
         self._input = self.session.get_inputs()[0].name
 

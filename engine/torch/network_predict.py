@@ -29,9 +29,10 @@ def load_fine_tuned(project: Project, info: ModelInfo) -> ClassifierNetwork:
 
 def network_predictions(
     context: JobContext, network: ClassifierNetwork, spec: BackboneSpec, keys: Sequence,
-    load: Callable[[Sequence], dict], batch: int = 32,
+    load: Callable[[Sequence], dict], batch: int = 32, forward: Callable | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax outputs of a network for images loaded chunk by chunk: (keys that loaded, proba)."""
+    """Softmax outputs of a network for images loaded chunk by chunk: (keys that loaded, proba).
+    ``forward`` computes the network's logits another way (engine.torch.cached_tail.whole_network)."""
     run_on = device()
     network.eval().to(run_on)
     to_tensor = eval_transform(spec)
@@ -44,7 +45,8 @@ def network_predictions(
             ok = [k for k in chunk if k in loaded]
             if ok:
                 x = torch.stack([to_tensor(loaded[k]) for k in ok]).to(run_on)
-                outputs.append(torch.softmax(network(x).float(), dim=1).cpu().numpy())
+                logits = (forward or network)(x)
+                outputs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
                 done_keys.extend(ok)
     n_classes = network.head.out_features
     proba = np.concatenate(outputs) if outputs else np.zeros((0, n_classes), dtype=np.float32)
@@ -53,11 +55,12 @@ def network_predictions(
 
 def stored_image_predictions(
     context: JobContext, project: Project, network: ClassifierNetwork, backbone: str, image_ids: Sequence[int],
+    forward: Callable | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(image ids, proba) of ``network`` for stored project images."""
+    """(image ids, proba) of ``network`` (or ``forward``) for stored project images."""
     return network_predictions(
         context, network, get_backbone(backbone), image_ids,
-        lambda chunk: {i: load_stored_image(b) for i, b in read_image_bytes(project, chunk).items()},
+        lambda chunk: {i: load_stored_image(b) for i, b in read_image_bytes(project, chunk).items()}, forward=forward,
     )
 
 
