@@ -43,7 +43,8 @@ from engine.torch.image_data import eval_transform
 # +0.2; shifted crops or dropped positions of the cached activations +0.2 to +0.4; stage 6 trained too
 # (activations cached before it) -0.4 on the one draw run, at 6x the time per epoch (~20 minutes); with
 # the seeded head start, +0.4 against 4 more views of each image cropped, flipped and colour-jittered as
-# the GPU recipe's augmentation (random resized crops of 50-100 %) +0.2.
+# the GPU recipe's augmentation (random resized crops of 50-100 %) +0.2; two tails of different seeds,
+# weights or probabilities averaged, +0.5 against one tail's +0.4 at twice the time.
 CACHED_TAIL_CONFIG = FineTuneConfig(head_epochs=30, full_epochs=20, head_lr=1e-3, full_lr=1e-3, layer_decay=None,
                                     batch_size=32, patience=30, label_smoothing=0.1)
 RECIPE = "the last stage and the head fine-tuned on cached activations of the frozen body (CPU)"
