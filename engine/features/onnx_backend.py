@@ -86,6 +86,11 @@ def model_path(spec: BackboneSpec, layer: str) -> Path:
     return cache_dir() / f"{spec.name}-{layer}-{digest}.onnx"
 
 
+def largest_difference(expected: np.ndarray, got: np.ndarray) -> float:
+    """How far an ONNX copy's output is from torch's on the same batch (inf when the shapes differ)."""
+    return float(np.max(np.abs(expected - got))) if expected.shape == got.shape else float("inf")
+
+
 def verification_batch(spec: BackboneSpec) -> np.ndarray:
     """Two deterministic, image-like inputs (smooth gradients plus noise) in the network's range."""
     rng = np.random.default_rng(1234)
@@ -133,7 +138,7 @@ def _export_verified(spec: BackboneSpec, layer: str, target: Path, model=None) -
         write_onnx(extractor, sample, temporary, "pixels", "features", OPSET)
         expected = run_network(extractor, sample)
         got = OnnxFeatureRunner(Path(temporary), threads=1).run(sample)
-        difference = float(np.max(np.abs(expected - got))) if expected.shape == got.shape else float("inf")
+        difference = largest_difference(expected, got)
         if not difference <= VERIFY_TOLERANCE:
             raise OnnxExportFailed(
                 f"ONNX copy of {spec.name}/{layer} differs from torch by {difference:.2e}"

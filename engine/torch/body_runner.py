@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from engine.features.backbones import BackboneSpec
-from engine.features.onnx_backend import OPSET, VERIFY_TOLERANCE, OnnxFeatureRunner, verification_batch
+from engine.features.onnx_backend import (OPSET, VERIFY_TOLERANCE, OnnxFeatureRunner, largest_difference,
+                                         verification_batch)
 from engine.torch.extractors import LiteFeatures
 from engine.torch.onnx_export import run_network, to_onnx
 
@@ -49,7 +50,7 @@ class BodyRunner:
             runner = OnnxFeatureRunner(to_onnx(self._body, spec.input_size, "pixels", "activations", OPSET))
             expected, got = run_network(self._body, sample), runner.run(sample)
             scale = max(1.0, float(np.max(np.abs(expected))))
-            difference = float(np.max(np.abs(expected - got))) if expected.shape == got.shape else float("inf")
+            difference = largest_difference(expected, got)
             if not difference <= VERIFY_TOLERANCE * scale:
                 raise ValueError(f"the ONNX copy differs from torch by {difference:.2e}")
             self.onnx = runner
