@@ -46,8 +46,9 @@ from engine.torch.image_data import eval_transform
 # the GPU recipe's augmentation (random resized crops of 50-100 %) +0.2; two tails of different seeds,
 # weights or probabilities averaged, +0.5 against one tail's +0.4 at twice the time.
 # Tried on the same draws later (2026-12-03; gains over logistic regression on the pooled features of both
-# views, the schedule itself +1.2 there): mixup of the cached activations (alpha 0.4) +1.2, CutMix of the
-# 8x8 maps worse (two draws), 40 last-stage epochs +1.3 at twice the fitting time, 3e-3 +1.2, both +1.3.
+# views, a weaker stand-in for Quick than the one above, so the schedule itself +1.2 there): mixup of the
+# cached activations (alpha 0.4) +1.2, CutMix of the 8x8 maps worse (two draws), 40 last-stage epochs +1.3
+# at twice the fitting time, 3e-3 +1.2, both +1.3.
 CACHED_TAIL_CONFIG = FineTuneConfig(head_epochs=30, full_epochs=20, head_lr=1e-3, full_lr=1e-3, layer_decay=None,
                                     batch_size=32, patience=30, label_smoothing=0.1)
 RECIPE = "the last stage and the head fine-tuned on cached activations of the frozen body (CPU)"
