@@ -49,9 +49,9 @@ from engine.torch.image_data import eval_transform
 # views, a weaker stand-in for Quick than the one above, so the schedule itself +1.2 there): mixup of the
 # cached activations (alpha 0.4) +1.2, CutMix of the 8x8 maps worse (two draws), 40 last-stage epochs +1.3
 # at twice the fitting time, 3e-3 +1.2, both +1.3.
-# What did help (same draws, paired, not built: it needs a model of two networks everywhere a fine-tuned
-# one goes, and ~2.2x the time): a second tail on EfficientNet-Lite2's activations, probabilities averaged
-# with this one's, +0.6 +- 0.1 points over this tail alone; a Lite0 tail instead +0.1 +- 0.4 (README figures).
+# The best found, not built (draws 12-16 and 40-44, against a faithful stand-in for Quick): a second tail on
+# EfficientNet-Lite2's activations, probabilities averaged with this one's, +0.8 +- 0.1 points over Quick
+# against this tail's +0.4 +- 0.2, at ~2.2x the time and with a model of two networks (README figures).
 CACHED_TAIL_CONFIG = FineTuneConfig(head_epochs=30, full_epochs=20, head_lr=1e-3, full_lr=1e-3, layer_decay=None,
                                     batch_size=32, patience=30, label_smoothing=0.1)
 RECIPE = "the last stage and the head fine-tuned on cached activations of the frozen body (CPU)"
