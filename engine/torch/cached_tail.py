@@ -45,10 +45,9 @@ from engine.torch.image_data import eval_transform
 # the seeded head start, +0.4 against 4 more views of each image cropped, flipped and colour-jittered as
 # the GPU recipe's augmentation (random resized crops of 50-100 %) +0.2; two tails of different seeds,
 # weights or probabilities averaged, +0.5 against one tail's +0.4 at twice the time.
-# Tried on the same draws later (2026-12-03; gains over logistic regression on the pooled features of both
-# views, a weaker stand-in for Quick than the one above, so the schedule itself +1.2 there): mixup of the
-# cached activations (alpha 0.4) +1.2, CutMix of the 8x8 maps worse (two draws), 40 last-stage epochs +1.3
-# at twice the fitting time, 3e-3 +1.2, both +1.3.
+# Tried on the same draws later (2026-12-03), paired against this schedule, in points: mixup of the cached
+# activations (alpha 0.4) -0.1, CutMix of the 8x8 maps -0.8 (two draws), 40 last-stage epochs +0.1 at twice
+# the fitting time, 3e-3 +0.0, both +0.1.
 # The best found, not built (draws 12-16 and 40-44, against a faithful stand-in for Quick): a second tail on
 # EfficientNet-Lite2's activations, probabilities averaged with this one's, +0.8 +- 0.1 points over Quick
 # against this tail's +0.4 +- 0.2, at ~2.2x the time and with a model of two networks (README figures).
