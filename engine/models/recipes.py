@@ -40,8 +40,8 @@ QUICK_RECIPES = (  # the default first: it is kept when nothing beats it clearly
     QuickRecipe("unit-C10", "logistic regression on unit-length features, C = 10 (weaker regularization)", 10.0),
 )
 # Tried on caltech101-dev and not kept (README figures): self-training on Quick's confident predictions of
-# unlabeled images (+1.1 / +0.8 / +0.2 points at 5 / 10 / 30 labels per class, a second fit per retrain,
-# over-confident suggestions), square-rooted or project-centred features (within 0.3 points).
+# unlabeled images (+1.1 / +0.8 / +0.2 points at 5 / 10 / 30 labels per class; costs a second fit per retrain;
+# risks, not measured: over-confident suggestions), square-rooted or project-centred features (within 0.3 points).
 DEFAULT_RECIPE = QUICK_RECIPES[0]
 RECIPES_BY_NAME = {recipe.name: recipe for recipe in QUICK_RECIPES}
 CHOICE_FOLDS = 3
